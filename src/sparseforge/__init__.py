@@ -1,0 +1,22 @@
+"""sparseforge: recipe-driven pruning, quantization-aware training and distillation for
+transformer encoders, with a verified ONNX export. Runs SparseML recipes unmodified."""
+
+from sparseforge.errors import DataError, ExportError, ModelMatchError, RecipeError, SparseforgeError
+from sparseforge import modifiers  # noqa: F401 - registers every modifier tag
+from sparseforge.manager import Manager, ScheduledModifierManager, ScheduledOptimizer
+from sparseforge.recipe import Recipe
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "ExportError",
+    "Manager",
+    "ModelMatchError",
+    "Recipe",
+    "RecipeError",
+    "ScheduledModifierManager",
+    "ScheduledOptimizer",
+    "SparseforgeError",
+    "__version__",
+]

@@ -1,0 +1,102 @@
+"""`sparseforge ...` subcommands.
+
+Each command family lives beside the code it drives and is imported only when used, so
+`sparseforge recipe check` does not pay for transformers. Library errors are printed in one
+line without a traceback (exit 2); `SPARSEFORGE_DEBUG=1` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from sparseforge.errors import RecipeError, SparseforgeError
+
+# subcommand -> (module:function taking argv and returning an exit code, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "recipe": ("sparseforge.cli:recipe_main", "check a recipe and print its schedule"),
+    "analyze": ("sparseforge.sparsity:cli_main", "print per-parameter sparsity of a model or checkpoint"),
+    "export": ("sparseforge.export.cli:cli_main", "export a trained model to a verified ONNX deployment folder"),
+    "train": ("sparseforge.transformers.cli:cli_main", "train with a recipe: text-classification, token-classification, ..."),
+    "zoo": ("sparseforge.zoo:cli_main", "manage zoo: stubs in the local registry"),
+    "demo": ("sparseforge.demo:cli_main", "offline end-to-end demo: MiniLM sparse transfer on BBC News"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: sparseforge COMMAND [ARGS]\n\ncommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from sparseforge import __version__
+
+        print(f"sparseforge {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"sparseforge: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=os.environ.get("SPARSEFORGE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    target, _ = COMMANDS[command]
+    module_name, function_name = target.split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        return int(function(rest) or 0)
+    except SparseforgeError as err:
+        if os.environ.get("SPARSEFORGE_DEBUG"):
+            raise
+        print(f"sparseforge {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sparseforge {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def recipe_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sparseforge recipe", description="Work with recipes.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    check = sub.add_parser("check", help="validate a recipe and print its modifiers and schedule")
+    check.add_argument("file", help="recipe file (.yaml, .yml, .md) or zoo: stub")
+    check.add_argument("--recipe_args", "--recipe-args", default=None, help="variable overrides: JSON or k=v,k2=v2")
+    check.add_argument("--steps_per_epoch", "--steps-per-epoch", type=int, default=100, help="steps per epoch for step-based fields and the table (default 100)")
+    check.add_argument("--yaml", action="store_true", help="also print the evaluated recipe as YAML")
+    args = parser.parse_args(list(argv))
+    if args.steps_per_epoch < 1:
+        parser.error("--steps_per_epoch must be >= 1")
+
+    from sparseforge.recipe import Recipe
+    from sparseforge.schedule import format_schedule, schedule_table
+
+    source = args.file
+    if source.startswith("zoo:"):
+        from sparseforge.zoo import resolve_recipe
+
+        source = resolve_recipe(source)
+    recipe = Recipe.load(source, args.recipe_args)
+    if not recipe.modifiers:
+        raise RecipeError("the recipe defines no modifiers (groups are top-level keys whose name contains 'modifiers')", file=args.file)
+    print(f"{args.file}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {recipe.max_epochs}")
+    for stage in recipe.stages:
+        if stage.name:
+            print(f"stage {stage.name} (starts at epoch {stage.offset:g})")
+        for group, mods in stage.groups.items():
+            print(f"  {group}:")
+            for mod in mods:
+                fields = ", ".join(f"{k}={v!r}" for k, v in mod.recipe_fields().items())
+                print(f"    {mod.name}({fields})")
+    print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
+    print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
+    if args.yaml:
+        print("\n" + recipe.to_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

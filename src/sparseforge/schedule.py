@@ -1,0 +1,78 @@
+"""A recipe's schedule as a table: learning rate, sparsity targets and events per epoch.
+
+Used by `sparseforge recipe check` so a user sees what a recipe will do before training for hours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from sparseforge.modifiers.base import TrainingState
+from sparseforge.recipe import Recipe
+
+
+@dataclass
+class ScheduleRow:
+    epoch: float
+    learning_rate: float | None
+    values: dict[str, float]
+    events: list[str]
+
+
+def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | None = None) -> list[ScheduleRow]:
+    """One row per whole epoch (and per event epoch) from 0 to `recipe.max_epochs`.
+
+    The learning rate is simulated by running the recipe's LR modifiers over every step on a
+    stand-in optimizer; other modifiers contribute `schedule_values()` and `schedule_events()`.
+    """
+    max_epochs = max(recipe.max_epochs, 0)
+    events: dict[float, list[str]] = {}
+    for mod in recipe.modifiers:
+        mod._steps_per_epoch = steps_per_epoch
+        for epoch, text in mod.schedule_events():
+            events.setdefault(round(max(epoch, 0.0), 4), []).append(text)
+    epochs = sorted({float(e) for e in range(max_epochs + 1)} | set(events))
+
+    lr_mods = [mod.model_copy(deep=True) for mod in recipe.modifiers if type(mod).controls_learning_rate]
+    dummy = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([dummy], lr=base_lr if base_lr is not None else 0.0)
+    state = TrainingState(model=torch.nn.Module(), optimizer=optimizer, steps_per_epoch=steps_per_epoch)
+    for mod in lr_mods:
+        mod.initialize(state)
+    lr_mods.sort(key=lambda mod: mod.scheduled_start)
+    lr_at_step: dict[int, float] = {}
+    wanted_steps = {math.floor(e * steps_per_epoch) for e in epochs}
+    for step in range(max(wanted_steps, default=0) + 1):
+        state.step = step
+        for mod in lr_mods:
+            mod.update(state)
+        if step in wanted_steps:
+            lr_at_step[step] = optimizer.param_groups[0]["lr"]
+
+    rows = []
+    for epoch in epochs:
+        values: dict[str, float] = {}
+        for mod in recipe.modifiers:
+            values.update(mod.schedule_values(epoch))
+        lr = lr_at_step.get(math.floor(epoch * steps_per_epoch)) if lr_mods else None
+        rows.append(ScheduleRow(epoch, lr, values, events.get(round(epoch, 4), [])))
+    return rows
+
+
+def format_schedule(rows: list[ScheduleRow]) -> str:
+    value_keys = sorted({key for row in rows for key in row.values})
+    header = ["epoch", "lr"] + value_keys + ["events"]
+    lines = []
+    for row in rows:
+        cells = [f"{row.epoch:g}", "-" if row.learning_rate is None else f"{row.learning_rate:.3g}"]
+        cells += [f"{row.values[key]:.4g}" if key in row.values else "-" for key in value_keys]
+        cells.append("; ".join(row.events))
+        lines.append(cells)
+    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header) - 1)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths)) + "  " + header[-1]]
+    for line in lines:
+        out.append("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1])
+    return "\n".join(out)
