@@ -31,6 +31,9 @@ class Manager:
     def __init__(self, recipe: Recipe | Any, args: str | Mapping[str, Any] | None = None):
         self.recipe = Recipe.load(recipe, args)
         self.state: TrainingState | None = None
+        # Fixed at initialize(): the modifiers bound to the model, and the order they update in.
+        self._active_modifiers: list[Modifier] = []
+        self._update_order: list[Modifier] = []
         self._updated_step: int | None = None
         self._finalized = False
 
@@ -87,8 +90,10 @@ class Manager:
             grad_sampler=grad_sampler,
             extras=dict(extras),
         )
-        for mod in self.modifiers:
+        self._active_modifiers = self.modifiers
+        for mod in self._active_modifiers:
             mod.initialize(self.state)
+        self._update_order = self._in_update_order()
         return self.state
 
     def modify(
@@ -113,18 +118,18 @@ class Manager:
         if self._updated_step == state.step:
             return
         self._updated_step = state.step
-        for mod in self._in_update_order():
+        for mod in self._update_order:
             mod.update(state)
 
     def optimizer_pre_step(self) -> None:
         state = self._require_state()
         self.update()
-        for mod in self.modifiers:
+        for mod in self._active_modifiers:
             mod.optimizer_pre_step(state)
 
     def optimizer_post_step(self) -> None:
         state = self._require_state()
-        for mod in self.modifiers:
+        for mod in self._active_modifiers:
             mod.optimizer_post_step(state)
         state.step += 1
 
@@ -132,7 +137,7 @@ class Manager:
         """Let active modifiers change the loss (distillation); kwargs: student outputs and inputs."""
         state = self._require_state()
         self.update()
-        for mod in self.modifiers:
+        for mod in self._active_modifiers:
             if mod.active:
                 loss = mod.loss_update(loss, state, **outputs_and_inputs)
         return loss

@@ -53,6 +53,17 @@ class TrainingState:
         return self.step / self.steps_per_epoch
 
 
+@dataclass
+class ScheduleRuntime:
+    """Where a modifier is in its schedule (plain attributes: read on every optimizer step)."""
+
+    started: bool = False
+    ended: bool = False
+    last_update_epoch: float = -1.0
+    epoch_offset: float = 0.0
+    steps_per_epoch: int | None = None
+
+
 class Modifier(BaseModel):
     """Base of every modifier: start/end scheduling and the lifecycle hooks (no-ops here)."""
 
@@ -67,11 +78,9 @@ class Modifier(BaseModel):
     start_step: int | None = None
     end_step: int | None = None
 
-    _started: bool = PrivateAttr(default=False)
-    _ended: bool = PrivateAttr(default=False)
-    _last_update_epoch: float = PrivateAttr(default=-1.0)
-    _epoch_offset: float = PrivateAttr(default=0.0)
-    _steps_per_epoch: int | None = PrivateAttr(default=None)
+    # Runtime state lives in one plain object: pydantic's private-attribute access is slow, and
+    # update() runs every optimizer step.
+    _rt: ScheduleRuntime = PrivateAttr(default_factory=lambda: ScheduleRuntime())
 
     @model_validator(mode="after")
     def _check_schedule(self) -> Modifier:
@@ -97,85 +106,123 @@ class Modifier(BaseModel):
     def name(self) -> str:
         return type(self).tag or type(self).__name__
 
-    def _epoch_of(self, epoch: float, step: int | None) -> float:
+    def _epoch_of(self, epoch: float, step: int | None, rt: ScheduleRuntime) -> float:
         if step is not None:
             if step == -1:
                 return -1.0
-            if self._steps_per_epoch is None:
+            if rt.steps_per_epoch is None:
                 raise RuntimeError(f"{self.name}: steps_per_epoch is unknown before initialize()")
-            return step / self._steps_per_epoch + self._epoch_offset
-        return epoch + self._epoch_offset if epoch >= 0 else -1.0
+            return step / rt.steps_per_epoch + rt.epoch_offset
+        return epoch + rt.epoch_offset if epoch >= 0 else -1.0
 
     @property
     def scheduled_start(self) -> float:
         """Start epoch in the run's time (stage offset applied); -1 = immediately."""
-        return self._epoch_of(self.start_epoch, self.start_step)
+        return self._epoch_of(self.start_epoch, self.start_step, self._rt)
 
     @property
     def scheduled_end(self) -> float:
         """End epoch in the run's time (stage offset applied); -1 = never."""
-        return self._epoch_of(self.end_epoch, self.end_step)
+        return self._epoch_of(self.end_epoch, self.end_step, self._rt)
 
     def epoch_bounds(self) -> list[float]:
         """Epochs this modifier needs the run to reach, for `max_epochs` (stage offset applied)."""
+        rt = self._rt
         bounds = []
         for epoch, step in ((self.start_epoch, self.start_step), (self.end_epoch, self.end_step)):
             if step is None and epoch >= 0:
-                bounds.append(epoch + self._epoch_offset)
-            elif step is not None and step >= 0 and self._steps_per_epoch:
-                bounds.append(step / self._steps_per_epoch + self._epoch_offset)
+                bounds.append(epoch + rt.epoch_offset)
+            elif step is not None and step >= 0 and rt.steps_per_epoch:
+                bounds.append(step / rt.steps_per_epoch + rt.epoch_offset)
         return bounds
+
+    # Short names for the runtime state, used by subclasses and the recipe loader.
+    @property
+    def _started(self) -> bool:
+        return self._rt.started
+
+    @_started.setter
+    def _started(self, value: bool) -> None:
+        self._rt.started = value
+
+    @property
+    def _ended(self) -> bool:
+        return self._rt.ended
+
+    @_ended.setter
+    def _ended(self, value: bool) -> None:
+        self._rt.ended = value
+
+    @property
+    def _epoch_offset(self) -> float:
+        return self._rt.epoch_offset
+
+    @_epoch_offset.setter
+    def _epoch_offset(self, value: float) -> None:
+        self._rt.epoch_offset = value
+
+    @property
+    def _steps_per_epoch(self) -> int | None:
+        return self._rt.steps_per_epoch
+
+    @_steps_per_epoch.setter
+    def _steps_per_epoch(self, value: int | None) -> None:
+        self._rt.steps_per_epoch = value
 
     @property
     def started(self) -> bool:
-        return self._started
+        return self._rt.started
 
     @property
     def ended(self) -> bool:
-        return self._ended
+        return self._rt.ended
 
     @property
     def active(self) -> bool:
         """Between its start and its end."""
-        return self._started and not self._ended
+        rt = self._rt
+        return rt.started and not rt.ended
 
-    def _update_frequency_epochs(self) -> float:
+    def _update_frequency_epochs(self, rt: ScheduleRuntime) -> float:
         return -1.0
 
+    def _ready(self, epoch: float, rt: ScheduleRuntime) -> bool:
+        start = self._epoch_of(self.start_epoch, self.start_step, rt)
+        if not rt.started:
+            return not rt.ended and (start == -1 or epoch >= start)
+        if rt.ended:
+            return False
+        end = self._epoch_of(self.end_epoch, self.end_step, rt)
+        if end >= 0 and epoch >= end:
+            return True
+        if epoch <= start:
+            return False
+        frequency = self._update_frequency_epochs(rt)
+        return frequency < 0 or (rt.last_update_epoch >= 0 and epoch >= rt.last_update_epoch + frequency - 1e-9)
+
     def update_ready(self, epoch: float) -> bool:
-        start, end = self.scheduled_start, self.scheduled_end
-        if not self._started and not self._ended and (start == -1 or epoch >= start):
-            return True
-        if self._started and not self._ended and end >= 0 and epoch >= end:
-            return True
-        frequency = self._update_frequency_epochs()
-        return (
-            self._started
-            and not self._ended
-            and epoch > start
-            and frequency != 0
-            and (frequency < 0 or (self._last_update_epoch >= 0 and epoch >= self._last_update_epoch + frequency - 1e-9))
-        )
+        """SparseML's rule: start pending, end pending, or an update due by `update_frequency`."""
+        return self._ready(epoch, self._rt)
 
     # ----- lifecycle, driven by the manager --------------------------------------------------
     def initialize(self, state: TrainingState) -> None:
-        self._steps_per_epoch = state.steps_per_epoch
+        self._rt.steps_per_epoch = state.steps_per_epoch
         self.on_initialize(state)
 
     def update(self, state: TrainingState) -> None:
         """Start, update or end this modifier at the current epoch, as SparseML's schedule does."""
+        rt = self._rt
         epoch = state.epoch
-        if not self.update_ready(epoch):
+        if not self._ready(epoch, rt):
             return
-        starting = not self._started
-        if starting:
-            self._started = True
+        if not rt.started:
+            rt.started = True
             self.on_start(state)
-        self._last_update_epoch = epoch
+        rt.last_update_epoch = epoch
         self.on_update(state)
-        end = self.scheduled_end
+        end = self._epoch_of(self.end_epoch, self.end_step, rt)
         if end >= 0 and epoch >= end:
-            self._ended = True
+            rt.ended = True
             self.on_end(state)
 
     def optimizer_pre_step(self, state: TrainingState) -> None:
@@ -222,17 +269,19 @@ class Modifier(BaseModel):
     # ----- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Schedule position plus whatever `extra_state()` returns (tensors allowed)."""
+        rt = self._rt
         return {
-            "started": self._started,
-            "ended": self._ended,
-            "last_update_epoch": self._last_update_epoch,
+            "started": rt.started,
+            "ended": rt.ended,
+            "last_update_epoch": rt.last_update_epoch,
             "extra": self.extra_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._started = bool(state["started"])
-        self._ended = bool(state["ended"])
-        self._last_update_epoch = float(state["last_update_epoch"])
+        rt = self._rt
+        rt.started = bool(state["started"])
+        rt.ended = bool(state["ended"])
+        rt.last_update_epoch = float(state["last_update_epoch"])
         self.load_extra_state(state.get("extra") or {})
 
     def extra_state(self) -> dict[str, Any]:
@@ -264,11 +313,11 @@ class UpdatingModifier(Modifier):
             raise ValueError(f"update_every_steps must be >= 1, got {self.update_every_steps}")
         return self
 
-    def _update_frequency_epochs(self) -> float:
+    def _update_frequency_epochs(self, rt: ScheduleRuntime) -> float:
         if self.update_every_steps is not None:
-            if self._steps_per_epoch is None:
+            if rt.steps_per_epoch is None:
                 raise RuntimeError(f"{self.name}: steps_per_epoch is unknown before initialize()")
-            return self.update_every_steps / self._steps_per_epoch
+            return self.update_every_steps / rt.steps_per_epoch
         return self.update_frequency
 
 

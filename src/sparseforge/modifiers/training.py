@@ -70,8 +70,6 @@ class LearningRateFunctionModifier(Modifier):
     lr_func: Literal["linear", "cosine", "cyclic_linear"]
     init_lr: float
     final_lr: float
-    start_epoch: float
-    end_epoch: float
     cycle_epochs: float = 1.0
     param_groups: list[int] | None = None
     update_frequency: float = -1.0
@@ -88,7 +86,9 @@ class LearningRateFunctionModifier(Modifier):
     def _check(self) -> LearningRateFunctionModifier:
         if self.update_frequency != -1.0:
             raise ValueError("update_frequency must be kept at -1 (the learning rate is set every step)")
-        if "end_step" not in self.model_fields_set and self.end_epoch <= self.start_epoch:
+        if self.end_epoch == -1 and self.end_step is None:
+            raise ValueError("end_epoch (or end_step) is required: the function needs an end to interpolate to")
+        if self.end_step is None and self.start_step is None and self.end_epoch <= self.start_epoch:
             raise ValueError(f"end_epoch ({self.end_epoch}) must be greater than start_epoch ({self.start_epoch})")
         if self.lr_func == "cyclic_linear" and self.cycle_epochs <= 0:
             raise ValueError("cycle_epochs must be positive for cyclic_linear")
@@ -140,8 +140,6 @@ class LearningRateModifier(Modifier):
     lr_class: Literal["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingWarmRestarts"]
     lr_kwargs: dict[str, Any]
     init_lr: float
-    start_epoch: float
-    end_epoch: float = -1.0
     update_frequency: float = -1.0
     constant_logging: bool = False
     param_groups: list[int] | None = None

@@ -279,6 +279,10 @@ def _build_group(
         raise RecipeError(f"'{group}' must be a list of !Modifier entries", file=file, line=line)
     built = []
     for entry in entries:
+        if hasattr(entry, "recipe_fields"):  # an already built Modifier (dict sources)
+            built.append(entry.model_copy(deep=True))
+            continue
+        entry = _spec_from_plain(entry)
         if not isinstance(entry, ModifierSpec):
             raise RecipeError(
                 f"every entry of '{group}' must be a tagged modifier like '- !GMPruningModifier', got {entry!r}",
@@ -287,6 +291,16 @@ def _build_group(
             )
         built.append(build_modifier(entry, variables, file))
     return built
+
+
+def _spec_from_plain(entry: Any) -> Any:
+    """Dict sources spell a modifier as `{"!Name": {fields}}` (or `{"Name": {...}}`)."""
+    if isinstance(entry, Mapping) and not isinstance(entry, LineDict) and len(entry) == 1:
+        (name, fields), = entry.items()
+        if isinstance(name, str) and isinstance(fields, (Mapping, type(None))):
+            line_fields = LineDict(fields or {})
+            return ModifierSpec(name=name.lstrip("!"), fields=line_fields)
+    return entry
 
 
 def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str | None = None) -> Modifier:

@@ -1,0 +1,115 @@
+"""`sparseforge export onnx ...`: the command-line face of `sparseforge.export.to_onnx`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from sparseforge.export.onnx_export import DEFAULT_OPSET
+from sparseforge.tasks import TASK_ALIASES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparseforge export", description="Export a trained model."
+    )
+    sub = parser.add_subparsers(dest="format", required=True)
+    onnx = sub.add_parser(
+        "onnx",
+        help="export to a verified ONNX deployment folder",
+        description="Export a saved model folder (QAT, pruned or dense) to <model_path>/deployment: model.onnx, "
+        "config, tokenizer, recipe.yaml and export_report.json. Fails if onnxruntime and PyTorch disagree.",
+    )
+    onnx.add_argument(
+        "--model_path",
+        "--model-path",
+        required=True,
+        help="folder with config.json, weights, tokenizer (and recipe.yaml)",
+    )
+    onnx.add_argument(
+        "--task", required=True, help=f"task or SparseML alias: {', '.join(sorted(TASK_ALIASES))}"
+    )
+    onnx.add_argument(
+        "--sequence_length",
+        "--sequence-length",
+        type=int,
+        default=384,
+        help="sample sequence length (default 384, as SparseML); the graph's axes stay dynamic",
+    )
+    onnx.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+    )
+    onnx.add_argument(
+        "--output_dir",
+        "--output-dir",
+        default=None,
+        help="deployment folder (default <model_path>/deployment)",
+    )
+    onnx.add_argument(
+        "--int8_ops",
+        "--int8-ops",
+        action="store_true",
+        help="rewrite quantized MatMul/Gemm to MatMulInteger ops (SparseML's form)",
+    )
+    onnx.add_argument(
+        "--data_file",
+        "--data-file",
+        "--dataset",
+        default=None,
+        help="real text for verification: .tsv/.csv/.json/.jsonl",
+    )
+    onnx.add_argument(
+        "--text_column",
+        "--text-column",
+        default=None,
+        help="column of --data_file with the text (default: sentence/text/question/...)",
+    )
+    onnx.add_argument(
+        "--num_samples",
+        "--num-samples",
+        type=int,
+        default=8,
+        help="number of verification samples (default 8)",
+    )
+    onnx.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe to rebuild the model's structure (default: recipe.yaml beside the weights)",
+    )
+    onnx.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output folder that is not a previous deployment",
+    )
+    return parser
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    from sparseforge.export.deployment import REPORT_FILE, to_onnx
+
+    target = to_onnx(
+        args.model_path,
+        args.task,
+        sequence_length=args.sequence_length,
+        opset=args.opset,
+        output_dir=args.output_dir,
+        int8_ops=args.int8_ops,
+        data_file=args.data_file,
+        text_column=args.text_column,
+        num_samples=args.num_samples,
+        overwrite=args.overwrite,
+        recipe=args.recipe,
+    )
+    report = json.loads((target / REPORT_FILE).read_text(encoding="utf-8"))
+    check = report["verification"]
+    print(
+        f"exported {report['precision']} ONNX to {target / 'model.onnx'} ({report['file_size_bytes'] / 1e6:.1f} MB, opset {report['opset']})"
+    )
+    print(
+        f"verified with onnxruntime on {report['samples']['source']}: max |diff| {check['max_abs_diff']:.3g} "
+        f"(tolerance {check['tolerance']['max_abs_diff']:.3g}), mean {check['mean_abs_diff']:.3g}, "
+        f"argmax agreement {check['argmax_agreement']:.3f}"
+    )
+    return 0

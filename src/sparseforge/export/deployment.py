@@ -1,0 +1,211 @@
+"""`to_onnx`: a trained model folder -> a verified `deployment/` folder.
+
+    deployment/
+      model.onnx            FP32 (dense) or QDQ int8 (QAT) graph; model.data beside it when large
+      config.json, tokenizer files, recipe.yaml (when the model has one)
+      export_report.json    ORT-vs-PyTorch differences, opset, node counts, size, weight sparsity
+
+Where it goes follows SparseML (`<model_path>/deployment`) unless `output_dir` says otherwise.
+Nothing the user did not ask to replace is deleted: an existing folder is replaced only when it
+is a previous sparseforge deployment holding nothing but what that export wrote, or when
+`overwrite=True`. The new folder is written beside the target and renamed into place, so a
+failed export (including a failed verification) leaves no half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from sparseforge.errors import ExportError, SparseforgeError
+from sparseforge.export import verify
+from sparseforge.export.onnx_export import DEFAULT_OPSET, export_onnx
+from sparseforge.export.samples import read_texts, sample_batches
+from sparseforge.tasks import TASK_OUTPUTS, normalize_task
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "export_report.json"
+MODEL_FILE = "model.onnx"
+GENERATOR = "sparseforge"
+
+
+def _is_previous_deployment(folder: Path) -> bool:
+    """A folder sparseforge wrote and nobody added files to since."""
+    report = folder / REPORT_FILE
+    try:
+        data = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("generator") != GENERATOR:
+        return False
+    written = set(data.get("files", [])) | {REPORT_FILE}
+    return all(entry.name in written for entry in folder.iterdir())
+
+
+def resolve_output_dir(
+    model_path: Path, output_dir: str | os.PathLike | None, overwrite: bool
+) -> Path:
+    """Where the deployment goes; refuse early (before exporting) if it may not be replaced."""
+    target = Path(output_dir) if output_dir is not None else model_path / "deployment"
+    resolved, model_resolved = target.resolve(), model_path.resolve()
+    if resolved == model_resolved or resolved in model_resolved.parents:
+        raise ExportError(
+            f"--output_dir {target} would replace the model folder {model_path}; choose another folder"
+        )
+    if target.exists():
+        if not target.is_dir():
+            raise ExportError(
+                f"{target} exists and is not a folder; remove it or choose another --output_dir"
+            )
+        if not overwrite and any(target.iterdir()) and not _is_previous_deployment(target):
+            raise ExportError(
+                f"{target} exists and is not a sparseforge deployment folder (or holds files an export did not "
+                "write); pass --overwrite to replace it, or choose another --output_dir"
+            )
+    return target
+
+
+def _replace_folder(staging: Path, target: Path) -> None:
+    """Move `staging` to `target`, replacing an existing `target` only once the new one is complete."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, backup)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _load_tokenizer(model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_path))
+    except Exception as err:  # transformers raises OSError/ValueError/... for missing files
+        raise SparseforgeError(
+            f"{model_path}: cannot load the tokenizer ({type(err).__name__}); the deployment folder needs "
+            "the tokenizer files saved with the model"
+        ) from None
+
+
+def to_onnx(
+    model_path: str | os.PathLike,
+    task: str,
+    *,
+    sequence_length: int = 384,
+    opset: int = DEFAULT_OPSET,
+    output_dir: str | os.PathLike | None = None,
+    int8_ops: bool = False,
+    data_file: str | os.PathLike | None = None,
+    text_column: str | None = None,
+    num_samples: int = 8,
+    overwrite: bool = False,
+    recipe: str | os.PathLike | None = None,
+) -> Path:
+    """Export the model at `model_path` for `task` into a verified deployment folder; returns it.
+
+    Raises ExportError when onnxruntime's outputs differ from PyTorch's beyond the tolerance
+    (see `sparseforge.export.verify`); the report is then in the error message, no folder is written.
+    """
+    from sparseforge.transformers.loading import RECIPE_FILE, load_model
+
+    model_path = Path(model_path)
+    task = normalize_task(task)
+    if sequence_length < 2:
+        raise ExportError(f"sequence_length must be >= 2, got {sequence_length}")
+    target = resolve_output_dir(model_path, output_dir, overwrite)
+    model = load_model(model_path, task, recipe=recipe)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and sequence_length > max_positions:
+        raise ExportError(
+            f"sequence_length {sequence_length} exceeds the model's max_position_embeddings {max_positions}"
+        )
+    tokenizer = _load_tokenizer(model_path)
+    texts = read_texts(Path(data_file), num_samples, text_column) if data_file else None
+    batches = sample_batches(tokenizer, task, sequence_length, texts=texts, num_samples=num_samples)
+    output_names = TASK_OUTPUTS[task]
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(
+        staging, 0o777 & ~umask
+    )  # mkdtemp makes it private; a deployment is an ordinary folder
+    try:
+        onnx_path = staging / MODEL_FILE
+        logger.info("exporting %s (%s) to ONNX opset %d", model_path, task, opset)
+        stats = export_onnx(
+            model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops
+        )
+        proto = onnx.load(str(onnx_path))
+        quantized = verify.is_quantized_graph(proto)
+        optimized_path = staging / "ort_optimized.onnx"
+        session = verify.create_session(onnx_path, optimized_path)
+        optimized_counts = verify.node_counts(
+            onnx.load(str(optimized_path), load_external_data=False)
+        )
+        for leftover in staging.glob("ort_optimized.onnx*"):
+            leftover.unlink()
+        diff = verify.compare(session, model, batches, output_names)
+        ok, bounds = verify.tolerance_check(diff, quantized)
+
+        config_src = model_path / "config.json"
+        shutil.copy2(config_src, staging / "config.json")
+        tokenizer.save_pretrained(str(staging))
+        recipe_src = Path(recipe) if recipe is not None else model_path / RECIPE_FILE
+        if recipe_src.is_file():
+            shutil.copy2(recipe_src, staging / RECIPE_FILE)
+        report = {
+            "generator": GENERATOR,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model_path": str(model_path),
+            "task": task,
+            "precision": ("int8 integer ops" if int8_ops else "int8 QDQ") if quantized else "fp32",
+            "opset": opset,
+            "inputs": list(batches[0]),
+            "outputs": list(output_names),
+            "sequence_length": sequence_length,
+            "samples": {
+                "source": str(data_file) if data_file else "built-in sentences",
+                "count": len(batches[0]["input_ids"]),
+            },
+            "verification": {**diff, "tolerance": bounds, "passed": ok},
+            "rewrites": stats,
+            "node_counts": verify.node_counts(proto),
+            "onnxruntime_optimized_node_counts": optimized_counts,
+            "file_size_bytes": verify.file_size(onnx_path),
+            "weight_sparsity": verify.weight_sparsity(proto),
+        }
+        if not ok:
+            raise ExportError(
+                f"onnxruntime differs from PyTorch beyond tolerance: max |diff| {diff['max_abs_diff']:.3g} "
+                f"(bound {bounds['max_abs_diff']:.3g}), mean {diff['mean_abs_diff']:.3g} "
+                f"(bound {bounds['mean_abs_diff']:.3g}); nothing was written to {target}"
+            )
+        report["files"] = sorted(entry.name for entry in staging.iterdir()) + [REPORT_FILE]
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        _replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info(
+        "deployment written to %s (%s, max |ORT - torch| %.3g)",
+        target,
+        report["precision"],
+        diff["max_abs_diff"],
+    )
+    return target

@@ -1,0 +1,287 @@
+"""QDQ ONNX: fake quantization as QuantizeLinear/DequantizeLinear, int8 weights, integer ops.
+
+1. `fake_quantize_onnx` translates the `sparseforge::fake_quantize` op (what a FakeQuantize
+   module becomes while exporting) into QuantizeLinear -> DequantizeLinear with the module's
+   scale and zero point: uint8 for asymmetric activations, int8 for symmetric grids. Grids
+   narrower than the 8-bit type (reduce_range, < 8 bits) get a Clip first, so ONNX saturates
+   where torch's fake quantization clamps.
+2. `fold_weight_quantization` stores each quantized weight as an int8 initializer feeding its
+   DequantizeLinear (4x smaller, what onnxruntime's QDQ fusions look for), folding the weight
+   Transpose the exporter puts before MatMul into the initializer.
+3. `convert_to_integer_ops` (`--int8_ops`) rewrites DQ -> MatMul / Gemm into MatMulInteger ->
+   Cast -> Mul (-> Add bias), SparseML's integer form, for runtimes without QDQ fusion.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def fake_quantize_onnx(
+    x: Any, scale: Any, zero_point: Any, axis: int, quant_min: int, quant_max: int
+) -> Any:
+    """onnxscript translation of `sparseforge::fake_quantize` (traced with Python attributes)."""
+    from onnxscript import opset18 as op
+
+    signed = quant_min < 0
+    zp = op.Cast(zero_point, to=TensorProto.INT8 if signed else TensorProto.UINT8)
+    full = (-128, 127) if signed else (0, 255)
+    if (quant_min, quant_max) != full:
+        low = op.Mul(
+            op.Sub(
+                op.Constant(value_float=float(quant_min)), op.Cast(zero_point, to=TensorProto.FLOAT)
+            ),
+            scale,
+        )
+        high = op.Mul(
+            op.Sub(
+                op.Constant(value_float=float(quant_max)), op.Cast(zero_point, to=TensorProto.FLOAT)
+            ),
+            scale,
+        )
+        if axis >= 0:  # per-channel grids are weights of rank 2, channels on `axis`
+            other = [1 - axis]
+            low, high = (
+                op.Unsqueeze(low, op.Constant(value_ints=other)),
+                op.Unsqueeze(high, op.Constant(value_ints=other)),
+            )
+        x = op.Min(op.Max(x, low), high)
+    if axis < 0:
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp), scale, zp)
+    return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp, axis=axis), scale, zp, axis=axis)
+
+
+def translation_table() -> dict[Callable, Callable]:
+    """`custom_translation_table` for `torch.onnx.export` (dynamo exporter)."""
+    import torch
+
+    import sparseforge.modifiers.quantization.observers  # noqa: F401 - defines the op
+
+    return {torch.ops.sparseforge.fake_quantize.default: fake_quantize_onnx}
+
+
+class _Graph:
+    """Index of a graph's constants, producers and consumers for small rewrites."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.graph = model.graph
+        self.initializers = {init.name: init for init in self.graph.initializer}
+        self.constants: dict[str, np.ndarray] = {
+            name: numpy_helper.to_array(t) for name, t in self.initializers.items()
+        }
+        for node in self.graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.reindex()
+
+    def reindex(self) -> None:
+        self.producer = {out: node for node in self.graph.node for out in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.graph_outputs = {out.name for out in self.graph.output}
+
+    def add_initializer(self, array: np.ndarray, name: str) -> str:
+        base, index = name, 0
+        while name in self.initializers or name in self.producer:
+            index += 1
+            name = f"{base}_{index}"
+        tensor = numpy_helper.from_array(array, name)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = tensor
+        self.constants[name] = array
+        return name
+
+    def remove_unused(self) -> None:
+        """Drop nodes whose outputs nobody reads, and initializers nobody reads."""
+        changed = True
+        while changed:
+            self.reindex()
+            keep = [
+                node
+                for node in self.graph.node
+                if any(out in self.graph_outputs or self.consumers.get(out) for out in node.output)
+            ]
+            changed = len(keep) != len(self.graph.node)
+            del self.graph.node[:]
+            self.graph.node.extend(keep)
+        self.reindex()
+        used = [
+            init
+            for init in self.graph.initializer
+            if self.consumers.get(init.name) or init.name in self.graph_outputs
+        ]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(used)
+        self.initializers = {init.name: init for init in self.graph.initializer}
+        produced = set(self.producer) | set(self.initializers) | {i.name for i in self.graph.input}
+        infos = [info for info in self.graph.value_info if info.name in produced]
+        del self.graph.value_info[:]
+        self.graph.value_info.extend(infos)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value: Any) -> None:
+    for attribute in list(node.attribute):
+        if attribute.name == name:
+            node.attribute.remove(attribute)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _quantize_array(
+    weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None
+) -> np.ndarray:
+    info = np.iinfo(zero_point.dtype)
+    if axis is not None and scale.ndim == 1 and scale.size > 1:
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    # np.rint rounds half to even, as QuantizeLinear and torch's fake quantization do.
+    q = np.rint(weight / scale) + zero_point.astype(np.int32)
+    return np.clip(q, info.min, info.max).astype(zero_point.dtype)
+
+
+def fold_weight_quantization(model: onnx.ModelProto) -> int:
+    """Replace constant-input QuantizeLinear nodes by integer initializers; fold following Transposes.
+
+    Returns the number of weights folded.
+    """
+    g = _Graph(model)
+    folded = 0
+    for node in list(g.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in g.constants:
+            continue
+        if any(name not in g.constants for name in node.input[1:3]) or len(node.input) < 3:
+            continue
+        weight = g.constants[node.input[0]].astype(np.float32)
+        scale, zero_point = g.constants[node.input[1]], g.constants[node.input[2]]
+        axis = _attr(node, "axis", 1) if scale.size > 1 else None
+        if axis is not None and axis < 0:
+            axis += weight.ndim
+        quantized = _quantize_array(weight, scale, zero_point, axis)
+        dequantizers = g.consumers[node.output[0]]
+        if not dequantizers or any(dq.op_type != "DequantizeLinear" for dq in dequantizers):
+            continue
+        for dq in dequantizers:
+            array, dq_axis = quantized, axis
+            transposes = g.consumers[dq.output[0]]
+            if (
+                len(transposes) == 1
+                and transposes[0].op_type == "Transpose"
+                and dq.output[0] not in g.graph_outputs
+            ):
+                transpose = transposes[0]
+                perm = _attr(transpose, "perm") or list(reversed(range(array.ndim)))
+                array = np.ascontiguousarray(np.transpose(array, perm))
+                if dq_axis is not None:
+                    dq_axis = list(perm).index(dq_axis)
+                dq.output[0] = transpose.output[0]
+                transpose.output[0] = transpose.output[0] + "_unused"
+            name = g.add_initializer(array, f"{node.input[0]}_quantized")
+            dq.input[0] = name
+            if dq_axis is not None:
+                _set_attr(dq, "axis", dq_axis)
+        folded += 1
+        g.reindex()
+    g.remove_unused()
+    return folded
+
+
+def _dq_parts(g: _Graph, name: str) -> tuple[onnx.NodeProto, str, str, str] | None:
+    """(dq node, quantized input, scale, zero point) when `name` is a DequantizeLinear output."""
+    dq = g.producer.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+        return None
+    return dq, dq.input[0], dq.input[1], dq.input[2]
+
+
+def convert_to_integer_ops(model: onnx.ModelProto) -> int:
+    """Rewrite DQ -> MatMul (and DQ -> Gemm) into MatMulInteger -> Cast -> Mul (-> Add); returns count."""
+    g = _Graph(model)
+    new_nodes: list[onnx.NodeProto] = []
+    converted = 0
+    for node in g.graph.node:
+        replacement = None
+        if node.op_type in ("MatMul", "Gemm"):
+            replacement = _integer_matmul(g, node)
+        if replacement is None:
+            new_nodes.append(node)
+        else:
+            new_nodes.extend(replacement)
+            converted += 1
+    del g.graph.node[:]
+    g.graph.node.extend(new_nodes)
+    g.remove_unused()
+    return converted
+
+
+def _integer_matmul(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    a, b = _dq_parts(g, node.input[0]), _dq_parts(g, node.input[1])
+    if a is None or b is None:
+        return None
+    if node.op_type == "Gemm" and (
+        _attr(node, "transA", 0)
+        or _attr(node, "alpha", 1.0) != 1.0
+        or _attr(node, "beta", 1.0) != 1.0
+    ):
+        return None
+    _, a_q, a_scale, a_zp = a
+    b_dq, b_q, b_scale, b_zp = b
+    if a_scale not in g.constants or b_scale not in g.constants:
+        return None
+    scale_b = g.constants[b_scale]
+    if scale_b.size > 1 and _attr(b_dq, "axis", 1) not in (
+        -1,
+        g.constants.get(b_q, np.zeros((1, 1))).ndim - 1,
+    ):
+        return None  # per-channel only along the output columns
+    if node.op_type == "Gemm" and _attr(node, "transB", 0):
+        if b_q not in g.constants:
+            return None
+        b_q = g.add_initializer(np.ascontiguousarray(g.constants[b_q].T), f"{b_q}_t")
+    out = node.output[0]
+    prefix = (node.name or out) + "_int"
+    combined = g.add_initializer(
+        (g.constants[a_scale] * scale_b).astype(np.float32), f"{prefix}_scale"
+    )
+    nodes = [
+        helper.make_node(
+            "MatMulInteger", [a_q, b_q, a_zp, b_zp], [f"{prefix}_i32"], name=f"{prefix}_matmul"
+        ),
+        helper.make_node(
+            "Cast",
+            [f"{prefix}_i32"],
+            [f"{prefix}_f32"],
+            to=TensorProto.FLOAT,
+            name=f"{prefix}_cast",
+        ),
+    ]
+    if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+        nodes.append(
+            helper.make_node(
+                "Mul", [f"{prefix}_f32", combined], [f"{prefix}_scaled"], name=f"{prefix}_mul"
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "Add", [f"{prefix}_scaled", node.input[2]], [out], name=f"{prefix}_bias"
+            )
+        )
+    else:
+        nodes.append(
+            helper.make_node("Mul", [f"{prefix}_f32", combined], [out], name=f"{prefix}_mul")
+        )
+    return nodes

@@ -1,0 +1,33 @@
+"""Pruning modifiers: magnitude (GMP), constant (sparse transfer), movement, OBS (oBERT), layers.
+
+Every mask-based modifier shares one mask creator (`masks.py`), one schedule (`schedule.py`) and
+one enforcement of masks (`base.py`); each file adds only its scorer.
+"""
+
+from sparseforge.modifiers.pruning.base import GradualPruningModifier, PruningModifier
+from sparseforge.modifiers.pruning.constant import ConstantPruningModifier
+from sparseforge.modifiers.pruning.layer import LayerIdentity, LayerPruningModifier
+from sparseforge.modifiers.pruning.magnitude import (
+    GlobalMagnitudePruningModifier,
+    GMPruningModifier,
+    MagnitudePruningModifier,
+)
+from sparseforge.modifiers.pruning.masks import MaskStructure, create_masks, parse_mask_type
+from sparseforge.modifiers.pruning.movement import MovementPruningModifier
+from sparseforge.modifiers.pruning.obs import OBSPruningModifier
+
+__all__ = [
+    "ConstantPruningModifier",
+    "GMPruningModifier",
+    "GlobalMagnitudePruningModifier",
+    "GradualPruningModifier",
+    "LayerIdentity",
+    "LayerPruningModifier",
+    "MagnitudePruningModifier",
+    "MaskStructure",
+    "MovementPruningModifier",
+    "OBSPruningModifier",
+    "PruningModifier",
+    "create_masks",
+    "parse_mask_type",
+]

@@ -1,0 +1,25 @@
+"""Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier."""
+
+from sparseforge.modifiers.quantization.attention import ATTN_IMPLEMENTATION, register_attention
+from sparseforge.modifiers.quantization.modifier import QuantizationModifier, quantization_summary
+from sparseforge.modifiers.quantization.modules import QuantizedEmbedding, QuantizedLinear
+from sparseforge.modifiers.quantization.observers import (
+    FakeQuantize,
+    fake_quantizers,
+    set_observers,
+)
+from sparseforge.modifiers.quantization.scheme import QuantizationArgs, QuantizationScheme
+
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "FakeQuantize",
+    "QuantizationArgs",
+    "QuantizationModifier",
+    "QuantizationScheme",
+    "QuantizedEmbedding",
+    "QuantizedLinear",
+    "fake_quantizers",
+    "quantization_summary",
+    "register_attention",
+    "set_observers",
+]

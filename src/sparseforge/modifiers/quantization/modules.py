@@ -1,0 +1,76 @@
+"""Linear and Embedding with fake-quantized inputs, weights and outputs.
+
+QAT changes the class of an existing `nn.Linear` / `nn.Embedding` *instance* to the subclass
+below and adds the fake quantizers as children. The module object, its Parameters, their names
+(`...query.weight`) and any hooks stay the same, so the optimizer, pruning masks (kept per
+parameter name, enforced on the same Parameter) and tied weights keep working. The quantizers'
+scales are buffers (`...query.weight_fake_quant.scale`), saved with the model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparseforge.modifiers.quantization.scheme import QuantizationScheme
+
+
+class QuantizedLinear(nn.Linear):
+    """nn.Linear with optional `input_fake_quant`, `weight_fake_quant`, `output_fake_quant`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        input_quant = self._modules.get("input_fake_quant")
+        weight_quant = self._modules.get("weight_fake_quant")
+        output_quant = self._modules.get("output_fake_quant")
+        if input_quant is not None:
+            x = input_quant(x)
+        weight = weight_quant(self.weight) if weight_quant is not None else self.weight
+        y = F.linear(x, weight, self.bias)
+        return output_quant(y) if output_quant is not None else y
+
+
+class QuantizedEmbedding(nn.Embedding):
+    """nn.Embedding with optional `weight_fake_quant` and `output_fake_quant`."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight_quant = self._modules.get("weight_fake_quant")
+        output_quant = self._modules.get("output_fake_quant")
+        weight = weight_quant(self.weight) if weight_quant is not None else self.weight
+        y = F.embedding(
+            ids,
+            weight,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+        return output_quant(y) if output_quant is not None else y
+
+
+QUANTIZED_CLASSES = {nn.Linear: QuantizedLinear, nn.Embedding: QuantizedEmbedding}
+
+
+def quantize_module_(module: nn.Module, scheme: QuantizationScheme) -> bool:
+    """Turn an exact nn.Linear / nn.Embedding into its quantized subclass in place; False if not one."""
+    target = QUANTIZED_CLASSES.get(type(module))
+    if target is None:
+        return False
+    device = module.weight.device
+    module.__class__ = target
+    if scheme.input_activations is not None and target is QuantizedLinear:
+        module.add_module("input_fake_quant", scheme.input_activations.fake_quantize().to(device))
+    if scheme.weights is not None:
+        # Output channels are dim 0 of a Linear weight and, for an embedding, its rows.
+        fq = scheme.weights.fake_quantize(channels=module.weight.shape[0])
+        module.add_module("weight_fake_quant", fq.to(device))
+    if scheme.output_activations is not None:
+        module.add_module("output_fake_quant", scheme.output_activations.fake_quantize().to(device))
+    return True
+
+
+def is_quantized(module: nn.Module) -> bool:
+    return isinstance(module, (QuantizedLinear, QuantizedEmbedding)) or hasattr(
+        module, "matmul_fake_quant"
+    )

@@ -1,0 +1,145 @@
+"""QuantizationScheme: how a module's inputs, weights and outputs are quantized (SparseML's schema).
+
+    scheme:
+      input_activations: {num_bits: 8, symmetric: false}       # default: asymmetric uint8
+      weights: {num_bits: 8, symmetric: true, strategy: channel} # default: symmetric int8 per tensor
+      output_activations: null                                  # default: not quantized
+
+`QuantizationScheme.load` also takes SparseML's aliases 'default', 'deepsparse' and 'tensorrt'.
+`legacy_schemes` turns the legacy modifier fields (activation_bits, quantize_linear_activations,
+tensorrt, ...) into one scheme per kind of module, so both recipe forms share one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sparseforge.modifiers.quantization.observers import FakeQuantize
+
+
+class QuantizationArgs(BaseModel):
+    """How one tensor is quantized: bits, symmetric or not, per tensor or per output channel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_bits: int = 8
+    symmetric: bool = False
+    strategy: Literal["tensor", "channel"] = "tensor"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("num_bits")
+    @classmethod
+    def _bits(cls, value: int) -> int:
+        if not 2 <= value <= 8:
+            raise ValueError(
+                f"num_bits must be within 2..8 (ONNX QuantizeLinear is 8-bit), got {value}"
+            )
+        return value
+
+    @field_validator("kwargs")
+    @classmethod
+    def _known_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(value) - {"reduce_range", "averaging_constant"}
+        if unknown:
+            raise ValueError(
+                f"unsupported kwargs {sorted(unknown)}; supported: reduce_range, averaging_constant"
+            )
+        return value
+
+    def fake_quantize(self, channels: int | None = None) -> FakeQuantize:
+        """A fresh FakeQuantize for these arguments (`channels` is used by strategy: channel)."""
+        return FakeQuantize(
+            num_bits=self.num_bits,
+            symmetric=self.symmetric,
+            channels=channels if self.strategy == "channel" else None,
+            reduce_range=bool(self.kwargs.get("reduce_range", False)),
+            averaging_constant=float(self.kwargs.get("averaging_constant", 0.01)),
+        )
+
+
+def default_activation_args() -> QuantizationArgs:
+    return QuantizationArgs(num_bits=8, symmetric=False)
+
+
+def default_weight_args() -> QuantizationArgs:
+    return QuantizationArgs(num_bits=8, symmetric=True)
+
+
+class QuantizationScheme(BaseModel):
+    """Inputs, weights and outputs of a module; `None` leaves that tensor in float."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_activations: QuantizationArgs | None = Field(default_factory=default_activation_args)
+    weights: QuantizationArgs | None = Field(default_factory=default_weight_args)
+    output_activations: QuantizationArgs | None = None
+    target_hardware: str | None = None
+
+    @classmethod
+    def load(cls, scheme: QuantizationScheme | dict[str, Any] | str | None) -> QuantizationScheme:
+        """A scheme from an object, a dict (as in a recipe), or 'default' / 'deepsparse' / 'tensorrt'."""
+        if isinstance(scheme, cls):
+            return scheme
+        if scheme is None or scheme == "default":
+            return cls()
+        if scheme == "deepsparse":
+            return cls(target_hardware="deepsparse")
+        if scheme == "tensorrt":
+            return cls(
+                input_activations=QuantizationArgs(num_bits=8, symmetric=True),
+                target_hardware="tensorrt",
+            )
+        if isinstance(scheme, str):
+            raise ValueError(
+                f"unknown scheme alias '{scheme}'; valid: default, deepsparse, tensorrt, or a mapping"
+            )
+        if isinstance(scheme, dict):
+            return cls.model_validate(
+                {k: (None if v in ("None", "null") else v) for k, v in scheme.items()}
+            )
+        raise ValueError(
+            f"a scheme must be a mapping or an alias string, got {type(scheme).__name__}"
+        )
+
+
+# The kinds of module QAT rewrites; scheme_overrides / exclude_module_types may name them.
+LINEAR, EMBEDDING, ATTENTION = "Linear", "Embedding", "QATMatMul"
+
+
+def legacy_schemes(
+    *,
+    activation_bits: int,
+    weight_bits: int,
+    reduce_range: bool,
+    tensorrt: bool,
+    quantize_linear_activations: bool,
+    quantize_embedding_activations: bool,
+) -> dict[str, QuantizationScheme]:
+    """SparseML's legacy fields as one scheme per module kind.
+
+    Linear inputs are always quantized (SparseML wrapped each Linear in a QuantWrapper);
+    `quantize_linear_activations` adds the Linear's output; embeddings have no float input.
+    `tensorrt` makes activations symmetric and drops output quantization, as SparseML did.
+    """
+    kwargs = {"reduce_range": True} if reduce_range else {}
+    activation = QuantizationArgs(num_bits=activation_bits, symmetric=tensorrt, kwargs=kwargs)
+    weight = QuantizationArgs(num_bits=weight_bits, symmetric=True, kwargs=kwargs)
+    return {
+        LINEAR: QuantizationScheme(
+            input_activations=activation,
+            weights=weight,
+            output_activations=activation if quantize_linear_activations and not tensorrt else None,
+        ),
+        EMBEDDING: QuantizationScheme(
+            input_activations=None,
+            weights=weight,
+            output_activations=activation
+            if quantize_embedding_activations and not tensorrt
+            else None,
+        ),
+        ATTENTION: QuantizationScheme(
+            input_activations=activation, weights=None, output_activations=None
+        ),
+    }

@@ -1,0 +1,208 @@
+"""Reading task data: local files through `datasets`, GLUE's conventions, and the usual cuts.
+
+- Local files: csv, tsv (GLUE's own tsv layouts, quotes taken literally), json / jsonl (also
+  gzipped, and `{"data": [...]}` files), parquet. A missing or unreadable file is a `DataError`.
+- Hub datasets (`--dataset_name`, `--task_name`) go through `datasets.load_dataset`; offline this
+  is a one-line `DataError` saying to pass local files.
+- `validation_ratio` holds out part of train; `take_first` applies `--max_*_samples`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sparseforge.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+# GLUE tasks (and imdb): the input columns of the `datasets` version of each task.
+GLUE_TASK_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "cola": ("sentence", None),
+    "mnli": ("premise", "hypothesis"),
+    "mrpc": ("sentence1", "sentence2"),
+    "qnli": ("question", "sentence"),
+    "qqp": ("question1", "question2"),
+    "rte": ("sentence1", "sentence2"),
+    "sst2": ("sentence", None),
+    "stsb": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+    "imdb": ("text", None),
+}
+# Label names in id order (None: a regression task).
+GLUE_TASK_LABELS: dict[str, list[str] | None] = {
+    "cola": ["unacceptable", "acceptable"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "qnli": ["entailment", "not_entailment"],
+    "qqp": ["not_duplicate", "duplicate"],
+    "rte": ["entailment", "not_entailment"],
+    "sst2": ["negative", "positive"],
+    "stsb": None,
+    "wnli": ["not_entailment", "entailment"],
+    "imdb": ["neg", "pos"],
+}
+# Column names of GLUE's original tsv files -> the `datasets` names above.
+GLUE_TSV_RENAMES: dict[str, dict[str, str]] = {
+    "mnli": {"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"},
+    "mrpc": {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"},
+    "qqp": {"is_duplicate": "label"},
+    "stsb": {"score": "label"},
+}
+# GLUE tsv files written without a header row.
+GLUE_HEADERLESS_COLUMNS: dict[str, list[str]] = {
+    "cola": ["source", "label", "original_label", "sentence"],
+}
+# Hub names used when only --task_name is given.
+HUB_NAMES: dict[str, tuple[str, str | None]] = {task: ("nyu-mll/glue", task) for task in GLUE_TASK_COLUMNS}
+HUB_NAMES["imdb"] = ("stanfordnlp/imdb", None)
+
+SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".json.gz", ".jsonl.gz")
+
+
+def _extension(path: Path) -> str:
+    name = path.name.lower()
+    for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return path.suffix.lower()
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:300]
+
+
+def _tsv_has_header(path: Path, task_name: str | None) -> bool:
+    if task_name not in GLUE_HEADERLESS_COLUMNS:
+        return True
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline().rstrip("\r\n").split("\t")
+    return "sentence" in first or "label" in first
+
+
+def read_data_file(
+    path: str | os.PathLike, *, task_name: str | None = None, cache_dir: str | None = None, flag: str = "data file"
+) -> Any:
+    """One local file as a `datasets.Dataset` (columns renamed to `datasets`' GLUE names for a GLUE task)."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path} does not exist")
+    ext = _extension(path)
+    kwargs: dict[str, Any] = {}
+    if ext == ".csv":
+        builder = "csv"
+    elif ext == ".tsv":
+        builder = "csv"
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "na_filter": False}
+        if not _tsv_has_header(path, task_name):
+            kwargs["column_names"] = GLUE_HEADERLESS_COLUMNS[task_name]  # type: ignore[index]
+    elif ext in (".json", ".jsonl", ".json.gz", ".jsonl.gz"):
+        builder = "json"
+    elif ext == ".parquet":
+        builder = "parquet"
+    else:
+        raise DataError(f"{flag} {path}: unsupported format '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
+    try:
+        dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", cache_dir=cache_dir, **kwargs)
+        if builder == "json" and dataset.column_names == ["data"] and len(dataset) == 1:
+            dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", field="data", cache_dir=cache_dir)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise DataError(f"cannot read {flag} {path} as {ext[1:]}: {_short(err)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    if len(dataset) == 0:
+        raise DataError(f"{flag} {path} holds no examples")
+    if ext == ".tsv" and task_name in GLUE_TSV_RENAMES:
+        renames = {old: new for old, new in GLUE_TSV_RENAMES[task_name].items() if old in dataset.column_names}
+        for old, new in renames.items():
+            if new in dataset.column_names:
+                dataset = dataset.remove_columns(new)
+        dataset = dataset.rename_columns(renames)
+    return dataset
+
+
+def load_hub_dataset(name: str, config: str | None = None, cache_dir: str | None = None) -> Any:
+    """`datasets.load_dataset(name, config)`; offline or unreachable, a one-line DataError."""
+    import datasets
+
+    label = f"{name}/{config}" if config else name
+    hint = "pass local files with --train_file / --validation_file (csv, tsv, json, jsonl, parquet)"
+    if datasets.config.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        raise DataError(f"dataset '{label}' cannot be downloaded: this machine is offline; {hint}")
+    try:
+        return datasets.load_dataset(name, config, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"cannot load dataset '{label}' ({_short(err)}); {hint}") from None
+
+
+def load_raw_datasets(data_args: Any, *, task_name: str | None = None, cache_dir: str | None = None, seed: int = 42) -> Any:
+    """The splits named by `data_args` (files first, else hub), with `validation_ratio` applied.
+
+    Returns a `datasets.DatasetDict` with some of: train, validation, test.
+    """
+    import datasets
+
+    files = {
+        "train": getattr(data_args, "train_file", None),
+        "validation": getattr(data_args, "validation_file", None),
+        "test": getattr(data_args, "test_file", None),
+    }
+    files = {split: path for split, path in files.items() if path}
+    if files:
+        raw = datasets.DatasetDict(
+            {split: read_data_file(path, task_name=task_name, cache_dir=cache_dir, flag=f"--{split}_file") for split, path in files.items()}
+        )
+    elif getattr(data_args, "dataset_name", None):
+        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
+    elif task_name:
+        name, config = HUB_NAMES[task_name]
+        raw = load_hub_dataset(name, config, cache_dir)
+    else:
+        raise DataError("no data: pass --train_file / --validation_file, --dataset_name or --task_name")
+    if task_name == "mnli" and "validation" not in raw and "validation_matched" in raw:
+        raw["validation"] = raw["validation_matched"]
+    ratio = getattr(data_args, "validation_ratio", None)
+    if ratio:
+        if "train" not in raw:
+            raise DataError("--validation_ratio needs a training split to hold out from")
+        if "validation" in raw:
+            logger.warning("--validation_ratio %s: the validation split is replaced by part of train", ratio)
+        parts = raw["train"].train_test_split(test_size=ratio, seed=seed)
+        raw["train"], raw["validation"] = parts["train"], parts["test"]
+    return raw
+
+
+def take_first(dataset: Any, count: int | None) -> Any:
+    """The first `count` examples (all when None or more than there are)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    return dataset.select(range(count))
+
+
+def require_columns(dataset: Any, columns: Iterable[str], *, split: str, flag: str) -> None:
+    """A DataError naming the missing columns, the split, the flag that asked for them, and what exists."""
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{split} data has no column {', '.join(repr(c) for c in missing)} (from {flag}); "
+            f"its columns are: {', '.join(dataset.column_names)}"
+        )
+
+
+def first_split(raw: Mapping[str, Any]) -> Any:
+    """The split that best shows the data's columns: train if present."""
+    for split in ("train", "validation", "test"):
+        if split in raw:
+            return raw[split]
+    return next(iter(raw.values()))

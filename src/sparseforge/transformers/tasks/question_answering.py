@@ -1,0 +1,239 @@
+"""`sparseforge train question-answering`: SQuAD v1.1 / v2.0 style extractive QA with a recipe.
+
+    sparseforge train question-answering --model_name_or_path MODEL --distill_teacher TEACHER \\
+        --train_file train-v1.1.json --validation_file dev-v1.1.json --recipe recipe.md \\
+        --max_seq_length 384 --doc_stride 128 --do_train --do_eval --output_dir OUT
+
+SparseML's `run_qa` flags work as written (`--evaluation_strategy`, `--onnx_export_path`, `--fp16`
+on CPU...). Local files are SQuAD json (the official nested layout or flat rows, json or jsonl);
+`--dataset_name squad` loads through `datasets` when online. Evaluation post-processes the
+windows' logits into answers (`qa_utils.postprocess_predictions`), writes `predictions.json`
+(plus `nbest_predictions.json`, and `null_odds.json` for v2) and reports SQuAD's exact match and
+F1, computed locally.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparseforge.errors import DataError, SparseforgeError
+from sparseforge.transformers.arguments import (
+    DataArguments,
+    ModelArguments,
+    RecipeArguments,
+    check_output_dir,
+    new_output_dir_guard,
+    parse_task_args,
+    resolve_model_and_recipe,
+)
+from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
+from sparseforge.transformers.tasks import qa_utils
+from sparseforge.transformers.tasks.task_utils import (
+    check_splits,
+    dataset_from_rows,
+    hold_out,
+    load_tokenizer,
+    main_process_writes,
+    map_split,
+    print_metrics,
+    require_fast_tokenizer,
+    sequence_length,
+)
+
+logger = logging.getLogger(__name__)
+
+TASK = "question-answering"
+DEFAULT_MAX_SEQ_LENGTH = 384
+_OFFSET_COLUMNS = ["example_id", "offset_mapping"]
+
+
+@dataclass
+class QuestionAnsweringDataArguments(DataArguments):
+    """Data arguments of extractive question answering (Hugging Face's / SparseML's run_qa)."""
+
+    doc_stride: int = field(default=128, metadata={"help": "Tokens of overlap between the windows a long context is cut into"})
+    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates kept per window when choosing answers"})
+    max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens"})
+    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD v2: some questions have no answer"})
+    null_score_diff_threshold: float = field(
+        default=0.0, metadata={"help": "v2: answer '' when the null score beats the best span by more than this"}
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.doc_stride < 0:
+            raise SparseforgeError(f"--doc_stride must be >= 0, got {self.doc_stride}")
+        if self.max_seq_length is not None and self.doc_stride >= self.max_seq_length:
+            raise SparseforgeError(f"--doc_stride {self.doc_stride} must be less than --max_seq_length {self.max_seq_length}")
+        if self.n_best_size < 1 or self.max_answer_length < 1:
+            raise SparseforgeError("--n_best_size and --max_answer_length must be positive")
+
+
+# ----- data ------------------------------------------------------------------------------------------
+def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
+    """A local file as a Dataset of (id, title, context, question, answers) rows."""
+    name = Path(path).name.lower()
+    if name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz")):
+        try:
+            rows = qa_utils.read_squad(path)
+        except DataError as err:
+            raise DataError(f"{flag}: {err}") from None
+        qa_utils.check_answer_spans(rows, f"{flag} {path}")
+        return dataset_from_rows(rows)
+    dataset = read_data_file(path, cache_dir=cache_dir, flag=flag)  # csv / parquet with the same columns
+    missing = [c for c in ("id", "context", "question", "answers") if c not in dataset.column_names]
+    if missing:
+        raise DataError(f"{flag} {path} has no column {', '.join(missing)}; its columns are: {', '.join(dataset.column_names)}")
+    return dataset
+
+
+def load_qa_datasets(data_args: QuestionAnsweringDataArguments, cache_dir: str | None, seed: int) -> Any:
+    """Local SQuAD files first, else `--dataset_name` through `datasets` (offline: a one-line error)."""
+    import datasets
+
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    files = {split: path for split, path in files.items() if path}
+    if files:
+        if data_args.dataset_name:
+            logger.info("--dataset_name %s is not used: local files were given", data_args.dataset_name)
+        raw = datasets.DatasetDict({split: read_split(path, f"--{split}_file", cache_dir) for split, path in files.items()})
+    elif data_args.dataset_name:
+        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
+    else:
+        raise DataError("no data: pass --train_file / --validation_file (SQuAD json) or --dataset_name")
+    return hold_out(raw, data_args.validation_ratio, seed)
+
+
+# ----- metrics ---------------------------------------------------------------------------------------
+class SquadEvaluation:
+    """The Trainer's `compute_metrics` for QA: windows' logits -> answers -> EM/F1 (+ predictions.json).
+
+    It holds the evaluation examples and their windows with offsets; the Trainer evaluates the
+    same windows in order, without the offset columns.
+    """
+
+    def __init__(self, examples: Any, features: Any, data_args: QuestionAnsweringDataArguments, training_args: Any, prefix: str = ""):
+        self.examples = examples
+        self.features = features
+        self.data_args = data_args
+        self.training_args = training_args
+        self.prefix = prefix
+
+    def predictions(self, start_logits: np.ndarray, end_logits: np.ndarray) -> tuple[dict, dict, dict]:
+        return qa_utils.postprocess_predictions(
+            self.examples,
+            self.features,
+            start_logits,
+            end_logits,
+            version_2_with_negative=self.data_args.version_2_with_negative,
+            n_best_size=self.data_args.n_best_size,
+            max_answer_length=self.data_args.max_answer_length,
+            null_score_diff_threshold=self.data_args.null_score_diff_threshold,
+        )
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        start_logits, end_logits = prediction.predictions[:2]
+        answers, nbest, null_diffs = self.predictions(start_logits, end_logits)
+        folder = main_process_writes(self.training_args)
+        if folder is not None:
+            qa_utils.write_predictions(folder, answers, nbest, null_diffs, prefix=self.prefix)
+        has_references = any(len(example["answers"]["text"]) for example in self.examples)
+        if not has_references and not self.data_args.version_2_with_negative:
+            return {}
+        return qa_utils.squad_metrics(answers, self.examples, version_2=self.data_args.version_2_with_negative)
+
+
+# ----- the run -----------------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+    """Entry point of `sparseforge train question-answering` (the task-module contract)."""
+    model_args, data_args, recipe_args, training_args = parse_task_args(
+        argv, ModelArguments, QuestionAnsweringDataArguments, RecipeArguments, prog="sparseforge train question-answering"
+    )
+    from sparseforge.transformers.trainer import run_task
+
+    resume = check_output_dir(training_args, recipe_args)
+    with new_output_dir_guard(training_args.output_dir):
+        trainer = build_trainer(model_args, data_args, recipe_args, training_args)
+        metrics = run_task(trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume, predict_fn=trainer.predict_fn)
+    print_metrics(metrics, training_args)
+    return 0
+
+
+def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataArguments, recipe_args: RecipeArguments, training_args: Any) -> Any:
+    """Arguments and data -> a ready SparseTrainer whose evaluation reports SQuAD EM/F1."""
+    from transformers import DataCollatorWithPadding, default_data_collator, set_seed
+
+    from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
+
+    model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
+    set_seed(training_args.seed)
+    raw = load_qa_datasets(data_args, model_args.cache_dir, training_args.seed)
+    check_splits(raw, training_args)
+    tokenizer = load_tokenizer(model_args, model_path)
+    require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
+    model = load_pretrained(model_path, TASK)
+    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    if data_args.doc_stride >= max_length:
+        raise SparseforgeError(f"--doc_stride {data_args.doc_stride} must be less than the sequence length {max_length}")
+
+    def features_of(split: str, limit: int | None, keep_offsets: bool) -> tuple[Any, Any]:
+        examples = take_first(raw[split], limit)
+        features = map_split(
+            examples,
+            qa_utils.prepare_features,
+            training_args,
+            data_args,
+            split,
+            remove_columns=examples.column_names,
+            fn_kwargs={
+                "tokenizer": tokenizer,
+                "max_seq_length": max_length,
+                "doc_stride": data_args.doc_stride,
+                "pad_to_max_length": data_args.pad_to_max_length,
+                "keep_offsets": keep_offsets,
+            },
+        )
+        return examples, features
+
+    train_features = features_of("train", data_args.max_train_samples, False)[1] if training_args.do_train else None
+    evaluation = eval_features = None
+    if training_args.do_eval:
+        eval_examples, with_offsets = features_of("validation", data_args.max_eval_samples, True)
+        evaluation = SquadEvaluation(eval_examples, with_offsets, data_args, training_args)
+        eval_features = with_offsets.remove_columns(_OFFSET_COLUMNS)
+    collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
+    trainer = SparseTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_features,
+        eval_dataset=eval_features,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=evaluation,
+        recipe=recipe,
+        teacher=model_args.distill_teacher,
+    )
+    trainer.predict_fn = None
+    if training_args.do_predict:
+        test_examples, test_with_offsets = features_of("test", data_args.max_predict_samples, True)
+        test_evaluation = SquadEvaluation(test_examples, test_with_offsets, data_args, training_args, prefix="predict")
+        test_features = test_with_offsets.remove_columns(_OFFSET_COLUMNS)
+
+        def predict(trainer: Any) -> None:
+            # the test windows have their own examples: post-process them with their own evaluation
+            eval_metrics, trainer.compute_metrics = trainer.compute_metrics, test_evaluation
+            try:
+                output = trainer.predict(test_features, metric_key_prefix="predict")
+            finally:
+                trainer.compute_metrics = eval_metrics
+            trainer.log_metrics("predict", output.metrics)
+            trainer.save_metrics("predict", output.metrics)
+
+        trainer.predict_fn = predict
+    return trainer

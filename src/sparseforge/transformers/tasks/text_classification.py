@@ -1,0 +1,312 @@
+"""`sparseforge train text-classification`: GLUE tasks, imdb, or your own files, with a recipe.
+
+    sparseforge train text-classification --model_name_or_path MODEL --task_name sst2 \\
+        --train_file train.tsv --validation_file dev.tsv --recipe recipe.yaml \\
+        --distill_teacher TEACHER --output_dir OUT --do_train --do_eval
+
+Single inputs or pairs (`--input_column_names a[,b]`, else the task's or the data's), integer or
+string labels, regression (float labels, e.g. stsb), and multi-label data (a list of labels per
+example; predicted where sigmoid > 0.3). Everything that can be checked - arguments, recipe,
+files, columns, teacher - is checked before training; nothing is left in a new --output_dir when
+it fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sparseforge.errors import DataError, SparseforgeError
+from sparseforge.transformers.arguments import (
+    DataArguments,
+    ModelArguments,
+    RecipeArguments,
+    check_output_dir,
+    new_output_dir_guard,
+    parse_task_args,
+    resolve_model_and_recipe,
+)
+from sparseforge.transformers.data import (
+    GLUE_TASK_COLUMNS,
+    GLUE_TASK_LABELS,
+    first_split,
+    load_raw_datasets,
+    require_columns,
+    take_first,
+)
+
+logger = logging.getLogger(__name__)
+
+TASK = "text-classification"
+DEFAULT_MAX_SEQ_LENGTH = 128
+_ID_COLUMNS = {"idx", "id", "index", "guid"}
+
+
+@dataclass
+class TextClassificationDataArguments(DataArguments):
+    """Data arguments of text classification: the GLUE task and which columns hold what."""
+
+    task_name: str | None = field(
+        default=None, metadata={"help": f"GLUE task or imdb: {', '.join(GLUE_TASK_COLUMNS)} (sets columns, labels, metrics)"}
+    )
+    input_column_names: str | None = field(
+        default=None, metadata={"help": "Input text column(s): 'text' or 'sentence1,sentence2' (default: the task's or guessed)"}
+    )
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the label(s)"})
+
+    def check(self) -> None:
+        super().check()
+        if self.task_name is not None:
+            self.task_name = self.task_name.lower().replace("-", "")
+            if self.task_name not in GLUE_TASK_COLUMNS:
+                raise SparseforgeError(f"unknown --task_name '{self.task_name}'; valid: {', '.join(GLUE_TASK_COLUMNS)}")
+        if self.input_column_names is not None:
+            names = [name.strip() for name in self.input_column_names.split(",") if name.strip()]
+            if not 1 <= len(names) <= 2:
+                raise SparseforgeError("--input_column_names takes one column or two separated by a comma")
+
+
+# ----- columns and labels ------------------------------------------------------------------------
+def input_columns(data_args: TextClassificationDataArguments, columns: Sequence[str]) -> tuple[str, str | None]:
+    """(first, second or None): the flag, else the GLUE task's, else sentence1/2, else the first
+    one or two non-label, non-id columns."""
+    if data_args.input_column_names:
+        names = [name.strip() for name in data_args.input_column_names.split(",") if name.strip()]
+        return names[0], names[1] if len(names) > 1 else None
+    if data_args.task_name:
+        return GLUE_TASK_COLUMNS[data_args.task_name]
+    candidates = [c for c in columns if c != data_args.label_column_name and c.lower() not in _ID_COLUMNS]
+    if "sentence1" in candidates and "sentence2" in candidates:
+        return "sentence1", "sentence2"
+    if not candidates:
+        raise DataError(f"no input text column besides the label; columns are: {', '.join(columns)}")
+    return candidates[0], candidates[1] if len(candidates) > 1 else None
+
+
+def _as_label_list(value: Any) -> list[Any] | None:
+    """A multi-label value as a list: a list, or text like '[1, 3]' / '1,3' (csv files)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return None
+            return list(parsed) if isinstance(parsed, (list, tuple)) else None
+        if "," in text:
+            return [item.strip() for item in text.split(",") if item.strip()]
+    return None
+
+
+@dataclass
+class LabelScheme:
+    """How labels are read: names in id order (None for regression) and the problem type."""
+
+    names: list[str] | None
+    problem_type: str  # single_label_classification | multi_label_classification | regression
+    to_id: dict[Any, int] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.names is None else len(self.names)
+
+    def encode(self, value: Any) -> Any:
+        if self.problem_type == "regression":
+            return float(value)
+        if self.problem_type == "multi_label_classification":
+            vector = [0.0] * self.num_labels
+            for item in _as_label_list(value) or []:
+                vector[self.to_id[_norm(item)]] = 1.0
+            return vector
+        return self.to_id[_norm(value)]
+
+
+def _norm(value: Any) -> Any:
+    """Label values compared across files: '1' and 1 are the same label."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value.strip() if isinstance(value, str) else value
+
+
+def label_scheme(raw: Any, data_args: TextClassificationDataArguments) -> LabelScheme:
+    """Read the labels of the labelled splits: GLUE's names for a GLUE task, else the sorted
+    distinct values; lists mean multi-label, non-integer floats (or stsb) regression."""
+    column = data_args.label_column_name
+    task = data_args.task_name
+    values: list[Any] = []
+    for split in ("train", "validation"):
+        if split in raw:
+            values.extend(raw[split][column])
+    values = [v for v in values if v is not None]
+    if not values:
+        raise DataError(f"label column '{column}' is empty")
+    lists = [_as_label_list(v) for v in values]
+    if all(item is not None for item in lists):
+        distinct = sorted({_norm(x) for item in lists for x in item}, key=lambda x: (isinstance(x, str), x))  # type: ignore[union-attr]
+        if all(isinstance(x, int) for x in distinct):
+            distinct = list(range(max(distinct) + 1))
+        return LabelScheme([str(x) for x in distinct], "multi_label_classification", {x: i for i, x in enumerate(distinct)})
+    if task == "stsb" or (
+        all(isinstance(v, (int, float)) for v in values) and any(isinstance(v, float) and not float(v).is_integer() for v in values)
+    ):
+        return LabelScheme(None, "regression")
+    distinct = sorted({_norm(v) for v in values}, key=lambda x: (isinstance(x, str), x))
+    glue_names = GLUE_TASK_LABELS.get(task or "")
+    if glue_names:
+        to_id: dict[Any, int] = {name: i for i, name in enumerate(glue_names)}
+        to_id.update({i: i for i in range(len(glue_names))})
+        unknown = [v for v in distinct if v not in to_id and v != -1]
+        if unknown:
+            raise DataError(f"--task_name {task}: labels {unknown[:5]} are not {task} labels ({', '.join(glue_names)} or 0..{len(glue_names) - 1})")
+        return LabelScheme(list(glue_names), "single_label_classification", to_id)
+    if all(isinstance(v, int) for v in distinct) and distinct and min(distinct) >= 0:
+        distinct = list(range(max(distinct) + 1))
+    return LabelScheme([str(v) for v in distinct], "single_label_classification", {v: i for i, v in enumerate(distinct)})
+
+
+# ----- the run -----------------------------------------------------------------------------------
+def main(argv: Sequence[str]) -> int:
+    """Entry point of `sparseforge train text-classification` (the task-module contract)."""
+    model_args, data_args, recipe_args, training_args = parse_task_args(
+        argv,
+        ModelArguments,
+        TextClassificationDataArguments,
+        RecipeArguments,
+        prog="sparseforge train text-classification",
+    )
+    from sparseforge.transformers.trainer import run_task
+
+    resume = check_output_dir(training_args, recipe_args)
+    with new_output_dir_guard(training_args.output_dir):
+        trainer, extra_eval = build_trainer(model_args, data_args, recipe_args, training_args)
+        predict = None
+        if trainer.predict_dataset is not None:
+            predict = lambda t: write_predictions(t, t.predict_dataset, t.label_scheme)  # noqa: E731
+        metrics = run_task(
+            trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume, eval_datasets=extra_eval, predict_fn=predict
+        )
+    if metrics and training_args.should_log:
+        print("eval: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> tuple[Any, dict[str, Any]]:
+    """Arguments and data -> a ready SparseTrainer (+ extra evaluation sets such as mnli-mm)."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding, default_data_collator, set_seed
+
+    from sparseforge.transformers.metrics import compute_metrics_fn
+    from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
+
+    model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
+    set_seed(training_args.seed)
+    raw = load_raw_datasets(data_args, task_name=data_args.task_name, cache_dir=model_args.cache_dir, seed=training_args.seed)
+    if training_args.do_train and "train" not in raw:
+        raise DataError("--do_train needs training data (--train_file, --dataset_name or --task_name)")
+    if training_args.do_eval and "validation" not in raw:
+        raise DataError("--do_eval needs evaluation data (--validation_file or --validation_ratio)")
+    first, second = input_columns(data_args, first_split(raw).column_names)
+    wanted = [first] + ([second] if second else [])
+    for split in raw:
+        require_columns(raw[split], wanted, split=split, flag="--input_column_names" if data_args.input_column_names else "the task's input columns")
+        if split != "test":
+            require_columns(raw[split], [data_args.label_column_name], split=split, flag="--label_column_name")
+    scheme = label_scheme(raw, data_args)
+
+    config_kwargs: dict[str, Any] = {"num_labels": scheme.num_labels, "problem_type": scheme.problem_type}
+    if data_args.task_name:
+        config_kwargs["finetuning_task"] = data_args.task_name
+    if scheme.names is not None:
+        config_kwargs["id2label"] = dict(enumerate(scheme.names))
+        config_kwargs["label2id"] = {name: i for i, name in enumerate(scheme.names)}
+    tokenizer_path = model_args.tokenizer_name or model_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, use_fast=model_args.use_fast_tokenizer)
+    except (OSError, ValueError) as err:
+        raise SparseforgeError(f"cannot load a tokenizer from {tokenizer_path}: {str(err).splitlines()[0]}") from None
+    model = load_pretrained(model_path, TASK, **config_kwargs)
+
+    max_length = min(data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH, tokenizer.model_max_length)
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def preprocess(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = (batch[first],) if second is None else (batch[first], batch[second])
+        texts = tuple([str(t) if t is not None else "" for t in column] for column in texts)
+        encoded = tokenizer(*texts, padding=padding, max_length=max_length, truncation=True)
+        if data_args.label_column_name in batch:
+            labels = batch[data_args.label_column_name]
+            encoded["labels"] = [scheme.encode(v) if _norm(v) != -1 else -1 for v in labels]
+        return encoded
+
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
+    processed = {}
+    for split, dataset in raw.items():
+        if split not in limits and not split.startswith("validation_"):
+            continue
+        dataset = take_first(dataset, limits.get(split, data_args.max_eval_samples))
+        with training_args.main_process_first(desc=f"tokenizing {split}"):
+            processed[split] = dataset.map(
+                preprocess,
+                batched=True,
+                remove_columns=dataset.column_names,
+                num_proc=data_args.preprocessing_num_workers,
+                load_from_cache_file=not data_args.overwrite_cache,
+                desc=f"tokenizing {split}",
+            )
+    if "test" in processed and "labels" in processed["test"].column_names:
+        processed["test"] = processed["test"].remove_columns("labels")
+    collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
+    compute_metrics = compute_metrics_fn(
+        data_args.task_name,
+        is_regression=scheme.problem_type == "regression",
+        is_multi_label=scheme.problem_type == "multi_label_classification",
+    )
+    trainer = SparseTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=processed.get("train") if training_args.do_train else None,
+        eval_dataset=processed.get("validation") if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=compute_metrics,
+        recipe=recipe,
+        teacher=model_args.distill_teacher,
+    )
+    trainer.predict_dataset = processed.get("test") if training_args.do_predict else None
+    trainer.label_scheme = scheme
+    extra = {}
+    if data_args.task_name == "mnli" and "validation_mismatched" in processed and training_args.do_eval:
+        extra["mm"] = processed["validation_mismatched"]
+    return trainer, extra
+
+
+def write_predictions(trainer: Any, dataset: Any, scheme: LabelScheme) -> None:
+    """`predict_results.txt`: index and predicted label per test example."""
+    from pathlib import Path
+
+    logits = trainer.predict(dataset).predictions
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    if not trainer.args.should_save:
+        return
+    lines = ["index\tprediction"]
+    if scheme.problem_type == "regression":
+        lines += [f"{i}\t{v:.4f}" for i, v in enumerate(np.asarray(logits).reshape(-1))]
+    elif scheme.problem_type == "multi_label_classification":
+        from sparseforge.transformers.metrics import MULTI_LABEL_THRESHOLD
+
+        probabilities = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        for i, row in enumerate(probabilities):
+            names = [scheme.names[j] for j in np.flatnonzero(row > MULTI_LABEL_THRESHOLD)]  # type: ignore[index]
+            lines.append(f"{i}\t{','.join(names)}")
+    else:
+        lines += [f"{i}\t{scheme.names[int(p)]}" for i, p in enumerate(np.asarray(logits).argmax(-1))]  # type: ignore[index]
+    Path(trainer.args.output_dir, "predict_results.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,0 +1,538 @@
+"""`SparseTrainer`: a `transformers.Trainer` that runs a recipe through its documented hooks.
+
+    create_optimizer      the Trainer's optimizer, wrapped by `manager.modify(...)` so each
+                          optimizer step runs the recipe (pruning, LR, quantization...)
+    create_scheduler      when the recipe sets the learning rate, a scheduler that never changes
+                          it, so the Trainer does not fight the recipe
+    compute_loss          the task loss, then `manager.loss_update(loss, student_outputs=...,
+                          student_inputs=...)` (distillation)
+    _save / save_model    `recipe.yaml` beside the weights: the recipe applied to the starting
+                          model (if it had one) followed by this run's evaluated recipe
+    _save_checkpoint      + `manager_state.pt` (tensors and numbers, read back with
+                          weights_only=True) in every checkpoint-N/
+    _load_from_checkpoint reads it back, so a resumed run continues schedule, masks and LR
+    log                   adds `manager.logs()` (LR, sparsity, distillation losses) to every log
+
+The training loop itself is the Trainer's. `run_task(...)` is the train / evaluate / save /
+export sequence every task CLI shares.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from sparseforge.errors import ModelMatchError, SparseforgeError
+from sparseforge.manager import Manager, ScheduledOptimizer
+from sparseforge.recipe import Recipe, Stage
+
+logger = logging.getLogger(__name__)
+
+RECIPE_NAME = "recipe.yaml"
+MANAGER_STATE_NAME = "manager_state.pt"
+
+# Head of each task, by the suffix of the model class name (e.g. BertForSequenceClassification).
+TASK_HEADS: dict[str, str] = {
+    "text-classification": "ForSequenceClassification",
+    "token-classification": "ForTokenClassification",
+    "question-answering": "ForQuestionAnswering",
+    "masked-language-modeling": "ForMaskedLM",
+}
+
+
+# ----- models ----------------------------------------------------------------------------------
+def task_of(model: torch.nn.Module | str) -> str | None:
+    """The task a model class (or class name) serves, from its `...For<Head>` suffix."""
+    name = model if isinstance(model, str) else type(model).__name__
+    for task, suffix in TASK_HEADS.items():
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Module:
+    """Load a model folder for `task`, as students and teachers are loaded.
+
+    A folder saved by sparseforge (it has a `recipe.yaml`) goes through
+    `sparseforge.transformers.loading.load_model`, which rebuilds the recipe's structure (e.g.
+    QAT modules) before loading the weights strictly. Any other folder - or a sparseforge
+    checkpoint of another head, e.g. a pruned masked-LM for sparse transfer - goes through the
+    task's Auto class `from_pretrained`, which starts a new head. `config_kwargs` override
+    config fields (num_labels, id2label, problem_type...).
+    """
+    import transformers
+
+    from sparseforge.tasks import AUTO_MODEL_CLASSES, normalize_task
+    from sparseforge.transformers.loading import RECIPE_FILE, load_model
+
+    task = normalize_task(task)
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise SparseforgeError(f"{path}: not a model folder (no config.json)")
+    if (folder / RECIPE_FILE).is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        heads = {task_of(name) for name in config.get("architectures") or []}
+        if task in heads:
+            return load_model(path, task, **config_kwargs)
+        logger.info("%s was saved for another head (%s): loading it with a new %s head", path, ", ".join(config.get("architectures") or []), task)
+    auto = getattr(transformers, AUTO_MODEL_CLASSES[task])
+    try:
+        return auto.from_pretrained(path, **config_kwargs)
+    except (OSError, ValueError) as err:
+        raise SparseforgeError(f"cannot load a {task} model from {path}: {str(err).splitlines()[0]}") from None
+
+
+def load_teacher(
+    teacher: torch.nn.Module | str | None,
+    student: torch.nn.Module,
+    *,
+    task: str | None = None,
+    student_tokenizer: Any = None,
+) -> torch.nn.Module | str:
+    """Resolve `--distill_teacher`: a module, a folder / zoo: stub, 'self' or 'disable' (None).
+
+    Returns a frozen module in eval mode, or "disable". A teacher that cannot serve the student
+    (another task's head, another label count, another vocabulary) is a ModelMatchError here,
+    before any training.
+    """
+    if teacher is None or (isinstance(teacher, str) and teacher.lower() in ("disable", "none", "")):
+        return "disable"
+    task = task or task_of(student)
+    if isinstance(teacher, str) and teacher == "self":
+        teacher = copy.deepcopy(student)
+    elif isinstance(teacher, (str, os.PathLike)):
+        path = str(teacher)
+        if path.startswith("zoo:"):
+            from sparseforge.zoo import resolve_model
+
+            path = resolve_model(path)
+        if not os.path.isdir(path):
+            raise ModelMatchError(f"--distill_teacher {teacher}: not a model folder, 'self' or 'disable'")
+        _check_teacher_config(path, student, task)
+        teacher = load_pretrained(path, task) if task else _load_any(path)
+        _check_teacher_vocab(path, student_tokenizer)
+    if not isinstance(teacher, torch.nn.Module):
+        raise ModelMatchError(f"distillation teacher must be a model, a folder, 'self' or 'disable', got {teacher!r}")
+    student_task, teacher_task = task_of(student), task_of(teacher)
+    if student_task and teacher_task and student_task != teacher_task:
+        raise ModelMatchError(
+            f"the teacher is a {teacher_task} model ({type(teacher).__name__}) but the student is a "
+            f"{student_task} model ({type(student).__name__}): distillation needs the same head"
+        )
+    s_vocab = getattr(getattr(student, "config", None), "vocab_size", None)
+    t_vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
+    if s_vocab and t_vocab and s_vocab != t_vocab:
+        raise ModelMatchError(
+            f"the teacher's vocabulary has {t_vocab} tokens, the student's {s_vocab}: the teacher is fed the "
+            "student's token ids, so both need the same tokenizer"
+        )
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+def _load_any(path: str) -> torch.nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path)
+
+
+def _check_teacher_config(path: str, student: torch.nn.Module, task: str | None) -> None:
+    """Head and label count from the teacher's config.json, before loading (a wrong head would
+    otherwise be silently replaced by a randomly initialised one)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ModelMatchError(f"--distill_teacher {path}: no config.json in the folder")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    heads = [task_of(name) for name in config.get("architectures") or []]
+    if task and heads and task not in heads:
+        raise ModelMatchError(
+            f"--distill_teacher {path} is a {heads[0] or config['architectures'][0]} model "
+            f"({', '.join(config['architectures'])}), the student is {task}: distillation needs the same head"
+        )
+    student_config = getattr(student, "config", None)
+    if task in ("text-classification", "token-classification") and student_config is not None:
+        t_labels = config.get("num_labels") or len(config.get("id2label") or {}) or None
+        if t_labels and t_labels != student_config.num_labels:
+            raise ModelMatchError(
+                f"--distill_teacher {path} predicts {t_labels} labels, the student {student_config.num_labels}: "
+                "their outputs cannot be compared"
+            )
+
+
+def _check_teacher_vocab(path: str, student_tokenizer: Any) -> None:
+    if student_tokenizer is None or not hasattr(student_tokenizer, "get_vocab"):
+        return
+    files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+    if not any((Path(path) / name).is_file() for name in files):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        teacher_tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return
+    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+        raise ModelMatchError(
+            f"--distill_teacher {path} has a different tokenizer vocabulary than the student: the teacher is "
+            "fed the student's token ids, so both need the same tokenizer"
+        )
+
+
+def saved_recipe(path: str | os.PathLike | None) -> Recipe | None:
+    """The `recipe.yaml` a model folder was saved with, if any."""
+    if not path:
+        return None
+    recipe_file = Path(path) / RECIPE_NAME
+    return Recipe.load(str(recipe_file)) if recipe_file.is_file() else None
+
+
+def combine_recipes(applied: Recipe | None, current: Recipe | None) -> Recipe | None:
+    """`applied` (what the starting model went through) then `current`, as stages of one recipe."""
+    if applied is None or current is None:
+        return current or applied
+    stages = []
+    for index, stage in enumerate([*applied.stages, *current.stages]):
+        name = stage.name or f"stage_{index}"
+        if any(existing.name == name for existing in stages):
+            name = f"{name}_{index}"
+        stages.append(Stage(name, stage.groups, stage.variables, stage.offset))
+    return Recipe(stages, version=current.version)
+
+
+# ----- the trainer ----------------------------------------------------------------------------
+class _RecipeOwnsLR(torch.optim.lr_scheduler.LRScheduler):
+    """A scheduler that reports the optimizer's current learning rates and never changes them."""
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+
+class _SparseCallback(TrainerCallback):
+    """Finalizes the recipe when training ends and logs a sparsity summary."""
+
+    def __init__(self, trainer: SparseTrainer):
+        self.trainer = trainer
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        manager = self.trainer.manager
+        if manager is not None and manager.state is not None:
+            manager.finalize(self.trainer.model)
+        summary = sparsity_summary(self.trainer.model)
+        if summary and args.should_log:
+            logger.info("sparsity at the end of training: %s", summary)
+
+
+class _BestModelAfterEpoch(TrainerCallback):
+    """`--best_model_after_epoch N`: forget best-model records made before epoch N."""
+
+    def __init__(self, epoch: float):
+        self.epoch = epoch
+        self._reset = False
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.epoch is not None and state.epoch >= self.epoch and not self._reset:
+            state.best_metric = None
+            state.best_global_step = None
+            state.best_model_checkpoint = None
+            self._reset = True
+
+
+def sparsity_summary(model: torch.nn.Module) -> str:
+    """One line: total zeros, and the sparse tensors' share ('' when nothing is sparse)."""
+    from sparseforge.sparsity import analyze_model
+
+    totals = analyze_model(model).to_dict()["totals"]
+    if not totals["sparse_tensors"]:
+        return ""
+    return (
+        f"{totals['sparse_tensors']} sparse tensors holding {totals['sparse_tensor_params']:,} parameters at "
+        f"{totals['sparse_tensor_sparsity']:.2%}; {totals['sparsity']:.2%} of all {totals['params']:,} parameters are zero"
+    )
+
+
+class SparseTrainer(Trainer):
+    """A Trainer that applies a recipe; see the module docstring for the hooks it overrides.
+
+    Args (besides the Trainer's own):
+        recipe: path, YAML text, Recipe or None (plain training).
+        recipe_args: variable overrides (dict, JSON, or `k=v,...`).
+        teacher: model, folder, "self" or "disable"/None, for the recipe's distillation modifiers.
+        applied_recipe: the recipe the starting model went through (default: the `recipe.yaml`
+            in the folder the model was loaded from); written first in the saved recipe.yaml.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        recipe: Any = None,
+        recipe_args: str | Mapping[str, Any] | None = None,
+        teacher: torch.nn.Module | str | None = None,
+        applied_recipe: Recipe | str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.manager = Manager(recipe, recipe_args) if recipe is not None else None
+        if isinstance(applied_recipe, (str, os.PathLike)):
+            applied_recipe = Recipe.load(str(applied_recipe))
+        if applied_recipe is None:
+            applied_recipe = saved_recipe(getattr(self.model, "name_or_path", None))
+        self.applied_recipe = applied_recipe
+        self.teacher = load_teacher(teacher, self.model, student_tokenizer=self.processing_class)
+        if isinstance(self.teacher, torch.nn.Module):
+            self.teacher.to(self.args.device)
+            self._check_teacher_outputs()
+        self._manager_resume_state: dict[str, Any] | None = None
+        self._resume_checkpoint: str | None = None
+        if self.manager is not None:
+            # The task loss and the distillation term are per-batch means: let the Trainer
+            # divide by the accumulation steps, and do not pass num_items_in_batch.
+            self.loss_is_scaled_for_ga = False
+            self._apply_recipe_epochs()
+        self.add_callback(_SparseCallback(self))
+
+    # ----- setup -----------------------------------------------------------------------------
+    def _apply_recipe_epochs(self) -> None:
+        max_epochs = self.manager.max_epochs
+        if max_epochs <= 0:
+            return
+        if self.args.num_train_epochs != max_epochs:
+            logger.warning(
+                "the recipe runs %d epochs: num_train_epochs %g is replaced by %d", max_epochs, self.args.num_train_epochs, max_epochs
+            )
+            self.args.num_train_epochs = max_epochs
+        if self.args.max_steps > 0:
+            logger.warning("max_steps=%d overrides the recipe's %d epochs: the recipe may not finish", self.args.max_steps, max_epochs)
+
+    def _check_teacher_outputs(self) -> None:
+        """Run student and teacher on two training examples: their logits must have one shape."""
+        dataset = self.train_dataset if self.train_dataset is not None else self.eval_dataset
+        if dataset is None or isinstance(dataset, Mapping) or not hasattr(dataset, "__getitem__"):
+            return
+        try:
+            examples = [dataset[i] for i in range(min(2, len(dataset)))]
+            if hasattr(dataset, "column_names"):
+                signature_columns = set(self._signature_columns or []) if getattr(self, "_signature_columns", None) else None
+                if signature_columns:
+                    examples = [{k: v for k, v in ex.items() if k in signature_columns} for ex in examples]
+            batch = self._prepare_inputs(self.data_collator(examples))
+        except Exception as err:  # noqa: BLE001 - the check is best-effort; training reports real errors
+            logger.debug("teacher output check skipped: %s", err)
+            return
+        from sparseforge.modifiers.distillation import filter_teacher_inputs, output_items
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                inputs = {k: v for k, v in batch.items() if k not in ("labels",)}
+                student = self.model(**inputs)
+                teacher = self.teacher(**filter_teacher_inputs(self.teacher, batch, None))
+        except Exception as err:  # noqa: BLE001
+            raise ModelMatchError(f"the distillation teacher cannot run on the student's inputs: {err}") from None
+        finally:
+            self.model.train(was_training)
+        teacher_items = dict(output_items(teacher, None))
+        for key, value in output_items(student, None):
+            other = teacher_items.get(key)
+            if other is None or other.shape != value.shape:
+                raise ModelMatchError(
+                    f"the teacher's output '{key}' has shape {None if other is None else tuple(other.shape)}, "
+                    f"the student's {tuple(value.shape)}: distillation needs matching outputs"
+                )
+
+    def manager_steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: ceil(len(train) / (per-device batch * world size * accumulation))."""
+        per_step = self.args.per_device_train_batch_size * max(1, self.args.world_size) * self.args.gradient_accumulation_steps
+        count = len(self.train_dataset) if self.train_dataset is not None else per_step
+        steps = count // per_step if self.args.dataloader_drop_last else math.ceil(count / per_step)
+        return max(1, steps)
+
+    # ----- documented Trainer hooks -----------------------------------------------------------
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.manager is None or isinstance(optimizer, ScheduledOptimizer):
+            return optimizer
+        self.optimizer = self.manager.modify(
+            self.model,
+            optimizer,
+            self.manager_steps_per_epoch(),
+            distillation_teacher=self.teacher,
+            grad_sampler=self.grad_sampler,
+        )
+        if self._manager_resume_state is not None:
+            self.manager.load_state_dict(self._manager_resume_state)
+            self._reload_checkpoint_weights()
+            self._manager_resume_state = None
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
+        if self.manager is not None and self.manager.controls_learning_rate and self.lr_scheduler is None:
+            self.lr_scheduler = _RecipeOwnsLR(optimizer if optimizer is not None else self.optimizer)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+        return super().create_scheduler(num_training_steps, optimizer)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        if self.manager is None or self.manager.state is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        student_inputs = dict(inputs)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        loss = self.manager.loss_update(loss, student_outputs=outputs, student_inputs=student_inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def grad_sampler(self, model: torch.nn.Module, num_batches: int) -> Iterator[None]:
+        """For OBS-style pruning: forward + backward of the task loss on `num_batches` training
+        batches, yielding after each backward with that batch's gradients in `param.grad`."""
+        loader = self.get_train_dataloader()
+        was_training = model.training
+        model.train()
+        done = 0
+        try:
+            while done < num_batches:
+                for batch in loader:
+                    model.zero_grad(set_to_none=True)
+                    loss = Trainer.compute_loss(self, model, self._prepare_inputs(batch))
+                    loss.backward()
+                    yield
+                    done += 1
+                    if done >= num_batches:
+                        break
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.manager is not None and self.model is not None and self.model.training:
+            for key, value in self.manager.logs().items():
+                logs.setdefault(key, value)
+        super().log(logs, start_time)
+
+    # ----- saving and resuming ----------------------------------------------------------------
+    def recipe_to_save(self) -> Recipe | None:
+        """What recipe.yaml holds: the starting model's recipe, then this run's."""
+        return combine_recipes(self.applied_recipe, self.manager.recipe if self.manager else None)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        recipe = self.recipe_to_save()
+        if recipe is not None and self.args.should_save:
+            recipe.save(Path(output_dir) / RECIPE_NAME)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.manager is None or self.manager.state is None or not self.args.should_save:
+            return
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if folder.is_dir():
+            tmp = folder / (MANAGER_STATE_NAME + ".tmp")
+            torch.save(self.manager.state_dict(), tmp)
+            os.replace(tmp, folder / MANAGER_STATE_NAME)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        state_file = Path(resume_from_checkpoint) / MANAGER_STATE_NAME
+        if self.manager is None:
+            return
+        if not state_file.is_file():
+            logger.warning("%s has no %s: the recipe restarts from its beginning", resume_from_checkpoint, MANAGER_STATE_NAME)
+            return
+        self._manager_resume_state = torch.load(state_file, map_location="cpu", weights_only=True)
+        self._resume_checkpoint = str(resume_from_checkpoint)
+
+    def _reload_checkpoint_weights(self) -> None:
+        """After the modifiers restored their state (which may add structure such as fake-quant
+        modules), load the checkpoint's weights again so every tensor is the saved one."""
+        from safetensors.torch import load_file
+
+        if self._resume_checkpoint is None:
+            return
+        for weights in sorted(Path(self._resume_checkpoint).glob("model*.safetensors")):
+            self.model.load_state_dict(load_file(str(weights), device=str(self.args.device)), strict=False)
+
+
+# ----- the run every task CLI shares -------------------------------------------------------------
+def one_shot(trainer: SparseTrainer) -> None:
+    """Apply the recipe's end state at once, without training (`--one_shot`)."""
+    manager = trainer.manager
+    if manager is None:
+        raise SparseforgeError("--one_shot needs --recipe")
+    manager.initialize(trainer.model, None, 1, distillation_teacher="disable", grad_sampler=trainer.grad_sampler)
+    manager.state.step = max(manager.max_epochs, 0)
+    manager.update()
+    manager.finalize(trainer.model)
+
+
+def write_results(output_dir: str | os.PathLike, name: str, metrics: Mapping[str, Any]) -> Path:
+    """Write `metrics` as JSON to `output_dir/name` (e.g. eval_results.json)."""
+    path = Path(output_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, task: str, num_samples: int = 0) -> Any:
+    """`--onnx_export_path`: hand the saved model folder to `sparseforge.export.to_onnx`."""
+    try:
+        from sparseforge.export import to_onnx
+    except ImportError as err:
+        raise SparseforgeError(f"--onnx_export_path: ONNX export is not available ({err})") from None
+    return to_onnx(str(model_dir), str(export_dir), task=task)
+
+
+def run_task(
+    trainer: SparseTrainer,
+    *,
+    task: str,
+    recipe_args: Any,
+    resume_from_checkpoint: str | None = None,
+    eval_datasets: Mapping[str, Any] | None = None,
+    predict_fn: Any = None,
+) -> dict[str, float]:
+    """Train (or one-shot), save, evaluate into eval_results.json, predict, export: the shared
+    tail of every task CLI. `eval_datasets` maps a suffix to extra evaluation sets (e.g. mnli's
+    mismatched split); `predict_fn(trainer)` writes predictions when given."""
+    args = trainer.args
+    metrics: dict[str, float] = {}
+    if recipe_args.best_model_after_epoch is not None:
+        trainer.add_callback(_BestModelAfterEpoch(recipe_args.best_model_after_epoch))
+    if recipe_args.one_shot:
+        one_shot(trainer)
+        trainer.save_model()
+    elif args.do_train:
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        trainer.save_model()
+        train_metrics = dict(result.metrics)
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+    if args.do_eval and trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        for suffix, dataset in (eval_datasets or {}).items():
+            extra = trainer.evaluate(eval_dataset=dataset)
+            metrics.update({f"{key}_{suffix}": value for key, value in extra.items()})
+        trainer.log_metrics("eval", metrics)
+        if args.should_save:
+            write_results(args.output_dir, "eval_results.json", metrics)
+    if args.do_predict and predict_fn is not None:
+        predict_fn(trainer)
+    if recipe_args.onnx_export_path and args.should_save:
+        export_onnx(args.output_dir, recipe_args.onnx_export_path, task, recipe_args.num_export_samples)
+    return metrics

@@ -1,0 +1,263 @@
+"""Recipe loading: SparseML's formats and quirks, stages, overrides, round-trips, and errors."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparseforge import Recipe, RecipeError
+from sparseforge.modifiers.base import Modifier
+from sparseforge.modifiers.training import (
+    EpochRangeModifier,
+    LearningRateFunctionModifier,
+    SetLearningRateModifier,
+    SetWeightDecayModifier,
+    TrainableParamsModifier,
+)
+from sparseforge.recipe.registry import _REGISTRY, register
+
+RECIPES = Path(__file__).parent.parent / "fixtures" / "recipes"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pruning_like_modifier():
+    """A modifier with pruning-style field types, registered only for these tests."""
+
+    class RecipeTestPruningModifier(Modifier):
+        params: str | list[str]
+        init_sparsity: float = 0.0
+        final_sparsity: float
+        mask_type: str | list[int] = "unstructured"
+        leave_enabled: bool = True
+
+    register(RecipeTestPruningModifier)
+    yield RecipeTestPruningModifier
+    _REGISTRY.pop("RecipeTestPruningModifier", None)
+
+
+def test_markdown_front_matter_with_licence_comment_and_anchors():
+    recipe = Recipe.load(RECIPES / "seed_style.md")
+    kinds = [type(mod) for mod in recipe.modifiers]
+    assert kinds == [EpochRangeModifier, LearningRateFunctionModifier, LearningRateFunctionModifier, SetWeightDecayModifier]
+    epoch_range, lr_main, lr_qat, decay = recipe.modifiers
+    assert (epoch_range.start_epoch, epoch_range.end_epoch) == (0.0, 40.0)
+    assert (lr_main.start_epoch, lr_main.end_epoch, lr_main.init_lr) == (0.0, 30.0, 5e-5)
+    assert (lr_qat.start_epoch, lr_qat.end_epoch) == (30.0, 40.0)
+    assert decay.weight_decay == 0.01
+    assert recipe.max_epochs == 40
+    assert list(recipe.stages[0].groups) == ["training_modifiers", "regularization_modifiers"]
+
+
+def test_transfer_guide_style_with_eval_flow_style_and_yaml11_floats():
+    recipe = Recipe.load(RECIPES / "transfer_style.yaml")
+    epoch_range, lr_main, lr_qat, trainable, decay = recipe.modifiers
+    assert epoch_range.end_epoch == 13.0
+    assert lr_main.init_lr == 1.5e-4 and isinstance(lr_main.init_lr, float)
+    assert lr_main.final_lr == 0.0 and isinstance(lr_main.final_lr, float)
+    # flow style `- !X {a: 1}` parses like block style
+    assert (lr_qat.lr_func, lr_qat.start_epoch, lr_qat.end_epoch, lr_qat.init_lr) == ("cosine", 8.0, 13.0, 8e-5)
+    # eval(name) of a non-numeric variable yields its value
+    assert trainable.params == ["re:bert.embeddings.*"] and trainable.end_epoch == 2.0
+    assert decay.weight_decay == 0.01
+    assert recipe.version == "1.1.0"
+
+
+def test_integer_sparsity_and_exponent_strings_become_floats():
+    recipe = Recipe.load(
+        """
+final: 1
+lr: 8e-5
+pruning_modifiers:
+  - !RecipeTestPruningModifier
+    params: ["re:.*weight"]
+    init_sparsity: 0
+    final_sparsity: eval(final)
+    mask_type: [1, 4]
+training_modifiers:
+  - !SetLearningRateModifier {learning_rate: eval(lr)}
+"""
+    )
+    prune, set_lr = recipe.modifiers
+    assert prune.init_sparsity == 0.0 and isinstance(prune.init_sparsity, float)
+    assert prune.final_sparsity == 1.0 and isinstance(prune.final_sparsity, float)
+    assert prune.mask_type == [1, 4]
+    assert set_lr.learning_rate == pytest.approx(8e-5)
+
+
+def test_staged_recipe_shifts_epochs_and_stage_variables_override():
+    recipe = Recipe.load(RECIPES / "staged.yaml")
+    assert [stage.name for stage in recipe.stages] == ["dense_stage", "finetune_stage"]
+    dense, finetune = recipe.stages
+    assert dense.offset == 0.0 and finetune.offset == 2.0
+    dense_lr = dense.groups["training_modifiers"][1]
+    finetune_set = finetune.groups["training_modifiers"][1]
+    assert dense_lr.init_lr == 0.1  # global variable
+    assert finetune_set.learning_rate == 0.01  # stage variable overrides the global one
+    assert finetune_set.start_epoch == 0.0 and finetune_set.scheduled_start == 2.0
+    assert recipe.max_epochs == 5
+
+
+def test_recipe_args_override_variables_in_every_form():
+    for args in ({"num_epochs": 10}, '{"num_epochs": 10}', "num_epochs=10", "num_epochs=10,init_lr=0.001"):
+        recipe = Recipe.load(RECIPES / "transfer_style.yaml", args)
+        assert recipe.modifiers[0].end_epoch == 10.0
+        assert recipe.modifiers[2].end_epoch == 10.0
+        assert recipe.max_epochs == 10
+    assert Recipe.load(RECIPES / "transfer_style.yaml", "num_epochs=10,init_lr=0.001").modifiers[1].init_lr == 0.001
+
+
+def test_recipe_args_for_an_undefined_variable_is_an_error():
+    with pytest.raises(RecipeError, match=r"'nope'.*does not define.*num_epochs"):
+        Recipe.load(RECIPES / "transfer_style.yaml", "nope=1")
+
+
+def test_to_yaml_round_trips_to_equal_modifiers():
+    for name in ("seed_style.md", "transfer_style.yaml", "staged.yaml"):
+        recipe = Recipe.load(RECIPES / name)
+        text = recipe.to_yaml()
+        assert "eval(" not in text and text.startswith("version: 1.1.0")
+        again = Recipe.load(text)
+        assert again.modifiers == recipe.modifiers, name
+        assert [m.scheduled_start for m in again.modifiers] == [m.scheduled_start for m in recipe.modifiers]
+        assert again.max_epochs == recipe.max_epochs
+        assert again.to_yaml() == text
+
+
+def test_save_writes_the_evaluated_recipe(tmp_path):
+    recipe = Recipe.load(RECIPES / "transfer_style.yaml")
+    path = recipe.save(tmp_path / "recipe.yaml")
+    assert Recipe.load(path).modifiers == recipe.modifiers
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_dict_and_modifier_list_sources():
+    data = {
+        "num_epochs": 2,
+        "training_modifiers": [
+            {"!EpochRangeModifier": {"start_epoch": 0, "end_epoch": "eval(num_epochs)"}},
+            {"SetLearningRateModifier": {"learning_rate": 0.1}},
+        ],
+    }
+    from_dict = Recipe.load(data, {"num_epochs": 4})
+    assert [type(m) for m in from_dict.modifiers] == [EpochRangeModifier, SetLearningRateModifier]
+    assert from_dict.max_epochs == 4
+    mods = [EpochRangeModifier(start_epoch=0, end_epoch=2), SetLearningRateModifier(learning_rate=0.1)]
+    recipe = Recipe.load(mods)
+    assert recipe.modifiers == mods and recipe.max_epochs == 2
+    with pytest.raises(RecipeError, match="tagged modifier"):
+        Recipe.load({"training_modifiers": [{"a": 1, "b": 2}]})
+
+
+def test_top_level_list_and_the_sparseml_v0_modifiers_key():
+    text = "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 4}\n"
+    assert Recipe.load(text).max_epochs == 4
+    assert Recipe.load("- !EpochRangeModifier {start_epoch: 0, end_epoch: 2}\n").max_epochs == 2
+
+
+def test_max_epochs_is_sparseml_ceiling():
+    recipe = Recipe.load("m_modifiers:\n  - !SetLearningRateModifier {start_epoch: 2.5, learning_rate: 0.1}\n")
+    assert recipe.max_epochs == 3
+    assert Recipe.load("m_modifiers:\n  - !SetLearningRateModifier {learning_rate: 0.1}\n").max_epochs == -1
+
+
+# ----- errors: each names the file, the line, the modifier and the field ---------------------
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_unknown_modifier_is_located(tmp_path):
+    path = write(tmp_path, "a: 1\ntraining_modifiers:\n  - !EpochRangeModifer {end_epoch: 2}\n")
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(path)
+    err = info.value
+    assert err.file == str(path) and err.line == 3
+    assert "unknown modifier !EpochRangeModifer" in str(err) and "did you mean EpochRangeModifier" in str(err)
+
+
+def test_unimplemented_sparseml_modifier_says_so():
+    with pytest.raises(RecipeError, match="SparseML modifier that is not implemented|not implemented in sparseforge"):
+        Recipe.load("m_modifiers:\n  - !RigLPruningModifier {start_epoch: 0}\n")
+
+
+def test_unknown_field_is_located_with_suggestion(tmp_path):
+    path = write(
+        tmp_path,
+        "m_modifiers:\n  - !LearningRateFunctionModifier\n    start_epoch: 0\n    end_epoch: 2\n"
+        "    lr_funk: linear\n    init_lr: 0.1\n    final_lr: 0.0\n",
+    )
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(path)
+    err = info.value
+    assert (err.line, err.modifier, err.field) == (5, "LearningRateFunctionModifier", "lr_funk")
+    assert "did you mean 'lr_func'" in str(err)
+    assert str(err).startswith(f"{path}:5: modifier LearningRateFunctionModifier, field 'lr_funk'")
+
+
+def test_invalid_value_is_located(tmp_path):
+    path = write(tmp_path, "m_modifiers:\n  - !LearningRateFunctionModifier\n    start_epoch: 0\n    end_epoch: 2\n    lr_func: stepwise\n    init_lr: 0.1\n    final_lr: 0.0\n")
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(path)
+    assert (info.value.line, info.value.field) == (5, "lr_func")
+    assert "'linear', 'cosine' or 'cyclic_linear'" in str(info.value)
+
+
+def test_bad_eval_inside_a_modifier_is_located(tmp_path):
+    path = write(tmp_path, "x: 1\nm_modifiers:\n  - !SetLearningRateModifier\n    learning_rate: eval(__import__('os').getcwd())\n")
+    with pytest.raises(RecipeError) as info:
+        Recipe.load(path)
+    assert (info.value.line, info.value.field) == (4, "learning_rate")
+    assert "not allowed" in str(info.value)
+
+
+def test_cycle_and_undefined_variables_are_located(tmp_path):
+    path = write(tmp_path, "a: eval(b)\nb: eval(a)\nm_modifiers:\n  - !SetLearningRateModifier {learning_rate: eval(a)}\n")
+    with pytest.raises(RecipeError, match="cycle") as info:
+        Recipe.load(path)
+    assert info.value.file == str(path) and info.value.line in (1, 2)
+    with pytest.raises(RecipeError, match="undefined variable 'nope'"):
+        Recipe.load("m_modifiers:\n  - !SetLearningRateModifier {learning_rate: eval(nope)}\n")
+
+
+def test_python_tags_never_construct_objects(tmp_path):
+    marker = tmp_path / "pwned"
+    text = f"x: !!python/object/apply:os.system ['touch {marker}']\nm_modifiers: []\n"
+    with pytest.raises(RecipeError):
+        Recipe.load(text)
+    assert not marker.exists()
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    path = write(tmp_path, "a: 1\nm_modifiers:\n  - !SetLearningRateModifier {learning_rate: 0.1\n")
+    with pytest.raises(RecipeError, match="invalid YAML") as info:
+        Recipe.load(path)
+    assert info.value.line is not None and info.value.file == str(path)
+
+
+def test_markdown_without_front_matter_is_an_error(tmp_path):
+    with pytest.raises(RecipeError, match="front matter"):
+        Recipe.load(write(tmp_path, "# just docs\n", name="recipe.md"))
+
+
+def test_modifiers_under_a_non_group_key_are_refused():
+    with pytest.raises(RecipeError, match="'mods' holds modifiers"):
+        Recipe.load("mods:\n  - !SetLearningRateModifier {learning_rate: 0.1}\n")
+
+
+def test_missing_file_and_schedule_errors(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        Recipe.load(tmp_path / "missing.yaml")
+    with pytest.raises(RecipeError, match="before start_epoch"):
+        Recipe.load("m_modifiers:\n  - !EpochRangeModifier {start_epoch: 3, end_epoch: 1}\n")
+    with pytest.raises(RecipeError, match="either start_epoch or start_step"):
+        Recipe.load("m_modifiers:\n  - !EpochRangeModifier {start_epoch: 3, start_step: 10}\n")
+
+
+def test_trainable_params_fields_validate():
+    with pytest.raises(RecipeError, match="trainable"):
+        Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: [a]}\n")
+    recipe = Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: __ALL__, trainable: false}\n")
+    assert isinstance(recipe.modifiers[0], TrainableParamsModifier)

@@ -1,0 +1,50 @@
+"""`sparseforge recipe check` and the dispatcher's one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sparseforge.cli import main
+
+RECIPES = Path(__file__).parent / "fixtures" / "recipes"
+
+
+def test_recipe_check_prints_modifiers_and_schedule(capsys):
+    assert main(["recipe", "check", str(RECIPES / "seed_style.md"), "--steps_per_epoch", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "valid recipe, 4 modifier(s), max_epochs 40" in out
+    assert "LearningRateFunctionModifier(start_epoch=30.0, end_epoch=40.0" in out
+    table = out.split("schedule (steps_per_epoch=10):")[1].splitlines()
+    header, rows = table[1], table[2:]
+    assert header.split()[:2] == ["epoch", "lr"]
+    by_epoch = {row.split()[0]: row.split() for row in rows if row.strip()}
+    assert by_epoch["0"][1] == "5e-05" and by_epoch["30"][1] == "5e-05" and by_epoch["40"][1] == "0"
+    assert "LearningRateFunctionModifier ends" in " ".join(by_epoch["30"])
+
+
+def test_recipe_check_applies_recipe_args_and_prints_yaml(capsys):
+    args = ["recipe", "check", str(RECIPES / "transfer_style.yaml"), "--recipe_args", "num_epochs=20", "--yaml"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "max_epochs 20" in out and "end_epoch: 20.0" in out
+
+
+def test_recipe_check_error_is_one_line_with_location(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training_modifiers:\n  - !SetLearningRateModifier\n    learning_rat: 0.1\n")
+    assert main(["recipe", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{bad}:3: modifier SetLearningRateModifier, field 'learning_rat': unknown field" in err
+
+
+def test_unknown_command_and_console_script():
+    assert main(["frobnicate"]) == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "sparseforge.cli", "recipe", "check", str(RECIPES / "staged.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stage finetune_stage (starts at epoch 2)" in result.stdout

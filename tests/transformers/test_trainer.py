@@ -1,0 +1,265 @@
+"""SparseTrainer: recipe epochs and LR, saving, exact resume, teachers, grad sampler, DDP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_model, save_tiny_model
+
+transformers = pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+
+from transformers import TrainerCallback, TrainingArguments  # noqa: E402
+
+from sparseforge.errors import ModelMatchError  # noqa: E402
+from sparseforge.manager import ScheduledOptimizer  # noqa: E402
+from sparseforge.recipe import Recipe  # noqa: E402
+from sparseforge.transformers.trainer import (  # noqa: E402
+    MANAGER_STATE_NAME,
+    SparseTrainer,
+    combine_recipes,
+    load_teacher,
+)
+
+LR_RECIPE = """
+training_modifiers:
+  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 2.0}
+  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: 2.0, lr_func: linear, init_lr: 0.01, final_lr: 0.001}
+"""
+GMP_RECIPE = LR_RECIPE + """
+pruning_modifiers:
+  - !GMPruningModifier
+    params: ["re:bert.encoder.layer.*.(intermediate|output).dense.weight"]
+    start_epoch: 0.0
+    end_epoch: 1.5
+    init_sparsity: 0.05
+    final_sparsity: 0.6
+    update_frequency: 0.25
+"""
+
+
+def tiny_dataset(count: int = 24, seq: int = 8, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 60, (count, seq), generator=generator)
+    ids[:, 0] = 2
+    labels = (ids[:, 1] % 2).tolist()
+    return datasets.Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": [[1] * seq] * count, "labels": labels}
+    )
+
+
+def make_args(output_dir, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        dataloader_pin_memory=False,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+class StepRecorder(TrainerCallback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_recipe_sets_epochs_and_owns_the_learning_rate(tmp_path, caplog):
+    recorder = StepRecorder()
+    with caplog.at_level(logging.WARNING, logger="sparseforge.transformers.trainer"):
+        trainer = SparseTrainer(
+            model=make_tiny_model(),
+            args=make_args(tmp_path / "out", num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=2),
+            train_dataset=tiny_dataset(),
+            recipe=LR_RECIPE,
+            callbacks=[recorder],
+        )
+    assert trainer.args.num_train_epochs == 2
+    assert "num_train_epochs 5 is replaced by 2" in caplog.text
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, ScheduledOptimizer)
+    spe = trainer.manager_steps_per_epoch()
+    assert spe == 6 and len(recorder.lrs) == 12
+    # The LR at every step is the recipe's, not the Trainer's cosine/warmup schedule.
+    expected = [0.01 + (step / spe) / 2.0 * (0.001 - 0.01) for step in range(12)]
+    assert recorder.lrs == pytest.approx(expected, rel=1e-9)
+
+
+def test_steps_per_epoch_counts_accumulation_and_drop_last(tmp_path):
+    model = make_tiny_model()
+    trainer = SparseTrainer(
+        model=model, args=make_args(tmp_path, gradient_accumulation_steps=2), train_dataset=tiny_dataset(26), recipe=LR_RECIPE
+    )
+    assert trainer.manager_steps_per_epoch() == math.ceil(26 / 8)
+    trainer = SparseTrainer(
+        model=model, args=make_args(tmp_path, dataloader_drop_last=True), train_dataset=tiny_dataset(26), recipe=LR_RECIPE
+    )
+    assert trainer.manager_steps_per_epoch() == 26 // 4
+
+
+def test_saves_recipe_and_manager_state_and_logs_sparsity(tmp_path):
+    out = tmp_path / "out"
+    trainer = SparseTrainer(
+        model=make_tiny_model(), args=make_args(out, save_strategy="epoch"), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+    )
+    trainer.train()
+    trainer.save_model()
+    saved = Recipe.load(str(out / "recipe.yaml"))
+    assert saved.to_yaml() == trainer.manager.recipe.to_yaml()
+    for checkpoint in ("checkpoint-6", "checkpoint-12"):
+        assert (out / checkpoint / "recipe.yaml").is_file()
+        state = torch.load(out / checkpoint / MANAGER_STATE_NAME, weights_only=True)
+        assert state["step"] == int(checkpoint.split("-")[1])
+    logged = [entry for entry in trainer.state.log_history if "sparsity/total" in entry]
+    assert logged and logged[-1]["sparsity/total"] == pytest.approx(0.6, abs=0.01)
+    weight = trainer.model.bert.encoder.layer[0].intermediate.dense.weight
+    assert (weight == 0).float().mean().item() == pytest.approx(0.6, abs=0.01)
+
+
+def test_saved_recipe_starts_with_what_the_model_already_went_through(tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir("text-classification")
+    (model_dir / "recipe.yaml").write_text(
+        Recipe.load("pruning_modifiers:\n  - !ConstantPruningModifier {params: __ALL_PRUNABLE__}").to_yaml()
+    )
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    trainer = SparseTrainer(model=model, args=make_args(tmp_path / "out"), train_dataset=tiny_dataset(), recipe=LR_RECIPE)
+    combined = trainer.recipe_to_save()
+    assert [stage.name for stage in combined.stages] == ["stage_0", "stage_1"]
+    assert [m.name for m in combined.modifiers] == ["ConstantPruningModifier", "EpochRangeModifier", "LearningRateFunctionModifier"]
+    assert combine_recipes(None, trainer.manager.recipe) is trainer.manager.recipe
+
+
+class MaskRecorder(TrainerCallback):
+    """The masks of the pruning modifier after the last step (finalize clears them)."""
+
+    def __init__(self, trainer_ref):
+        self.trainer_ref = trainer_ref
+        self.masks = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps:
+            mod = self.trainer_ref[0].manager.modifiers[-1]
+            self.masks = {name: mask.clone() for name, mask in mod.masks.items()}
+
+
+def _run(out, resume=None):
+    ref = []
+    recorder = MaskRecorder(ref)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(out, save_strategy="steps", save_steps=4, optim="adamw_torch"),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
+        callbacks=[recorder],
+    )
+    ref.append(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, recorder.masks
+
+
+def test_resume_continues_schedule_masks_and_lr_exactly(tmp_path):
+    full, full_masks = _run(tmp_path / "full")
+    # checkpoint-4 is mid-pruning (epoch 0.67): masks are still changing after it.
+    resumed, resumed_masks = _run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"))
+    assert full_masks is not None and set(full_masks) == set(resumed_masks)
+    for name in full_masks:
+        assert torch.equal(full_masks[name], resumed_masks[name]), name
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
+    # A recipe restarted from scratch at checkpoint-4 would give different masks.
+    state4 = torch.load(tmp_path / "full" / "checkpoint-4" / MANAGER_STATE_NAME, weights_only=True)
+    assert state4["step"] == 4 and state4["modifiers"][-1]["started"]
+
+
+def test_teacher_checks_before_training(tmp_path, tiny_model_dir):
+    student = make_tiny_model()
+    qa_dir = tiny_model_dir("question-answering")
+    with pytest.raises(ModelMatchError, match="same head"):
+        load_teacher(str(qa_dir), student)
+    three_labels = tiny_model_dir("text-classification", name="three", num_labels=3)
+    with pytest.raises(ModelMatchError, match="3 labels"):
+        load_teacher(str(three_labels), student)
+    with pytest.raises(ModelMatchError, match="vocabulary"):
+        load_teacher(make_tiny_model(vocab_size=200), student)
+    # A module teacher with another label count is caught by the dry run on training examples.
+    with pytest.raises(ModelMatchError, match="shape"):
+        SparseTrainer(
+            model=student, args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=LR_RECIPE,
+            teacher=make_tiny_model(num_labels=3),
+        )
+    assert load_teacher("disable", student) == "disable" and load_teacher(None, student) == "disable"
+    frozen = load_teacher("self", student)
+    assert frozen is not student and not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+
+
+DISTILL_RECIPE = LR_RECIPE + """
+distillation_modifiers:
+  - !DistillationModifier {hardness: 1.0, temperature: 2.0, distill_output_keys: [logits]}
+"""
+
+
+def test_distillation_with_a_teacher_without_token_type_ids(tmp_path):
+    distil = transformers.DistilBertForSequenceClassification(
+        transformers.DistilBertConfig(vocab_size=make_tiny_model().config.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    )
+    data = tiny_dataset().add_column("token_type_ids", [[0] * 8] * 24)
+    trainer = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path, num_train_epochs=2), train_dataset=data, recipe=DISTILL_RECIPE, teacher=distil)
+    trainer.train()
+    losses = [entry["distillation/teacher_loss"] for entry in trainer.state.log_history if "distillation/teacher_loss" in entry]
+    assert len(losses) == 12 and all(value > 0 for value in losses)
+    # hardness 1: the loss the Trainer optimizes is the distillation term alone
+    last = [e for e in trainer.state.log_history if "distillation/total_loss" in e][-1]
+    assert last["distillation/total_loss"] == pytest.approx(last["distillation/teacher_loss"], rel=1e-6)
+
+
+def test_grad_sampler_yields_batches_with_gradients(tmp_path):
+    trainer = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=LR_RECIPE)
+    weight = trainer.model.classifier.weight
+    grads = []
+    for _ in trainer.grad_sampler(trainer.model, 7):  # more than one pass over 6 batches
+        grads.append(weight.grad.clone())
+    assert len(grads) == 7 and all(g.abs().sum() > 0 for g in grads)
+    assert not torch.equal(grads[0], grads[1])
+    assert weight.grad is None
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun missing")
+def test_two_process_ddp_masks_identical_and_exact(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29517", str(Path(__file__).with_name("ddp_worker.py")), str(model_dir), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert reports[0]["world_size"] == 2 and reports[0]["steps_per_epoch"] == 3  # ceil(24 / (4 * 2))
+    assert reports[0]["mask_digest"] == reports[1]["mask_digest"]
+    assert reports[0]["weight_digest"] == reports[1]["weight_digest"]
+    for sparsity in reports[0]["sparsity"].values():
+        assert sparsity == pytest.approx(0.5, abs=1e-9)
