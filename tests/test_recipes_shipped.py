@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_model
 
 from sparseforge import Recipe, zoo
-
-from conftest import make_tiny_model
 
 SHIPPED = sorted(zoo.SHIPPED_ROOT.rglob("recipe.md"))
 

@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sparseforge {command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sparseforge ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def recipe_main(argv: Sequence[str]) -> int:

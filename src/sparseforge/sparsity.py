@@ -90,14 +90,17 @@ class SparsityReport:
 
     @property
     def sparse_tensors(self) -> list[TensorSparsity]:
-        return [t for t in self.tensors if t.sparsity >= SPARSE_THRESHOLD]
+        """Weight matrices (2-D and up) with at least SPARSE_THRESHOLD zeros; zero-initialised
+        biases are not pruning."""
+        return [t for t in self.tensors if len(t.shape) >= 2 and t.sparsity >= SPARSE_THRESHOLD]
 
     def sparse_encoded_bytes(self) -> int:
         """Rough size if sparse tensors were stored as non-zeros plus a 1-bit mask."""
         total = 0
+        sparse = {id(t) for t in self.sparse_tensors}
         for t in self.tensors:
             itemsize = torch.empty((), dtype=getattr(torch, t.dtype)).element_size()
-            if t.sparsity >= SPARSE_THRESHOLD:
+            if id(t) in sparse:
                 total += (t.numel - t.zeros) * itemsize + (t.numel + 7) // 8
             else:
                 total += t.numel * itemsize
@@ -115,7 +118,9 @@ class SparsityReport:
                 "sparsity": self.total_zeros / self.total_params if self.total_params else 0.0,
                 "sparse_tensors": len(sparse),
                 "sparse_tensor_params": sparse_numel,
-                "sparse_tensor_sparsity": sum(t.zeros for t in sparse) / sparse_numel if sparse_numel else 0.0,
+                "sparse_tensor_sparsity": sum(t.zeros for t in sparse) / sparse_numel
+                if sparse_numel
+                else 0.0,
                 "file_bytes": self.file_bytes,
                 "sparse_encoded_bytes_estimate": self.sparse_encoded_bytes(),
             },
@@ -123,20 +128,28 @@ class SparsityReport:
 
     def format_table(self, show_all: bool = False) -> str:
         """A text table: sparse and matrix-shaped tensors (all with `show_all`), then totals."""
-        rows = [t for t in self.tensors if show_all or len(t.shape) >= 2 or t.sparsity >= SPARSE_THRESHOLD]
+        rows = [t for t in self.tensors if show_all or len(t.shape) >= 2]
         header = ("parameter", "shape", "sparsity", "structure")
-        lines = [(t.name, "x".join(map(str, t.shape)) or "scalar", f"{t.sparsity:.2%}", t.structure) for t in rows]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
-        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-        out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+        lines = [
+            (t.name, "x".join(map(str, t.shape)) or "scalar", f"{t.sparsity:.2%}", t.structure)
+            for t in rows
+        ]
+        widths = [
+            max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+            for i, h in enumerate(header)
+        ]
+        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+        out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
         totals = self.to_dict()["totals"]
         hidden = len(self.tensors) - len(rows)
         if hidden:
             out.append(f"({hidden} 1-D tensors not shown; --all shows them)")
         out.append("")
-        out.append(f"total: {totals['params']:,} parameters, {totals['zeros']:,} zeros ({totals['sparsity']:.2%})")
         out.append(
-            f"sparse tensors (>= {SPARSE_THRESHOLD:.0%} zeros): {totals['sparse_tensors']} holding "
+            f"total: {totals['params']:,} parameters, {totals['zeros']:,} zeros ({totals['sparsity']:.2%})"
+        )
+        out.append(
+            f"sparse weight tensors (>= {SPARSE_THRESHOLD:.0%} zeros): {totals['sparse_tensors']} holding "
             f"{totals['sparse_tensor_params']:,} parameters at {totals['sparse_tensor_sparsity']:.2%}"
         )
         if self.file_bytes is not None:
@@ -154,13 +167,15 @@ def analyze_tensors(items: Iterable[tuple[str, torch.Tensor]]) -> SparsityReport
         if not torch.is_floating_point(tensor):
             continue
         tensor = tensor.detach()
+        zeros = int(tensor.numel() - torch.count_nonzero(tensor))
+        sparse = zeros >= SPARSE_THRESHOLD * tensor.numel() and zeros > 0
         report.tensors.append(
             TensorSparsity(
                 name=name,
                 shape=list(tensor.shape),
                 numel=tensor.numel(),
-                zeros=int(tensor.numel() - torch.count_nonzero(tensor)),
-                structure=detect_structure(tensor),
+                zeros=zeros,
+                structure=detect_structure(tensor) if sparse else "dense",
                 dtype=str(tensor.dtype).removeprefix("torch."),
             )
         )
@@ -176,15 +191,21 @@ def weight_files(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if path.is_file():
         if path.suffix not in _WEIGHT_SUFFIXES:
-            raise SparseforgeError(f"{path}: not a weights file (expected {', '.join(_WEIGHT_SUFFIXES)})")
+            raise SparseforgeError(
+                f"{path}: not a weights file (expected {', '.join(_WEIGHT_SUFFIXES)})"
+            )
         return [path]
     if not path.is_dir():
         raise SparseforgeError(f"{path}: no such model folder or checkpoint file")
     for pattern in ("*.safetensors", "pytorch_model*.bin", "*.bin", "*.pt", "*.pth"):
-        files = sorted(p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("training_args"))
+        files = sorted(
+            p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("training_args")
+        )
         if files:
             return files
-    raise SparseforgeError(f"{path}: no weights found (looked for *.safetensors, pytorch_model*.bin)")
+    raise SparseforgeError(
+        f"{path}: no weights found (looked for *.safetensors, pytorch_model*.bin)"
+    )
 
 
 def load_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
@@ -203,12 +224,16 @@ def load_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
         try:
             state = torch.load(str(file), map_location="cpu", weights_only=True)
         except Exception as err:
-            raise SparseforgeError(f"{file}: cannot load with torch.load(weights_only=True): {err}") from None
+            raise SparseforgeError(
+                f"{file}: cannot load with torch.load(weights_only=True): {err}"
+            ) from None
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
         if not isinstance(state, dict):
-            raise SparseforgeError(f"{file}: expected a state dict of tensors, found {type(state).__name__}")
+            raise SparseforgeError(
+                f"{file}: expected a state dict of tensors, found {type(state).__name__}"
+            )
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 yield str(name), value
@@ -239,7 +264,9 @@ def cli_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("path", help="model folder or checkpoint file")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--all", action="store_true", help="also list 1-D tensors (biases, LayerNorm)")
+    parser.add_argument(
+        "--all", action="store_true", help="also list 1-D tensors (biases, LayerNorm)"
+    )
     args = parser.parse_args(list(argv))
     report = analyze_path(args.path)
     if args.json:

@@ -11,7 +11,6 @@ from sparseforge.errors import ModelMatchError, RecipeError
 from sparseforge.manager import Manager
 from sparseforge.modifiers.distillation import (
     DistillationModifier,
-    PerLayerDistillationModifier,
     filter_teacher_inputs,
     kl_logsoftmax,
 )
@@ -27,9 +26,9 @@ def _softmax(row, temperature):
 def _hand_kl(student_rows, teacher_rows, temperature):
     """Per-row KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over rows, in plain Python."""
     total = 0.0
-    for s_row, t_row in zip(student_rows, teacher_rows):
+    for s_row, t_row in zip(student_rows, teacher_rows, strict=True):
         p, q = _softmax(t_row, temperature), _softmax(s_row, temperature)
-        total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        total += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
     return total * temperature**2 / len(student_rows)
 
 
@@ -40,7 +39,7 @@ TEACHER = [[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
 class Fixed(torch.nn.Module):
     """A 'teacher' returning fixed logits, and recording what it was fed."""
 
-    def __init__(self, logits, signature_has_token_types=True):
+    def __init__(self, logits):
         super().__init__()
         self.logits = torch.tensor(logits)
         self.anchor = torch.nn.Parameter(torch.zeros(1))

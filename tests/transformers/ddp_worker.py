@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from test_trainer import GMP_RECIPE, make_args, tiny_dataset  # noqa: E402
@@ -33,7 +31,7 @@ class Report(TrainerCallback):
         for name in sorted(mod.masks):
             masks.update(mod.masks[name].cpu().numpy().tobytes())
         weights = hashlib.sha256()
-        for name, param in sorted(trainer.model.named_parameters()):
+        for _, param in sorted(trainer.model.named_parameters()):
             weights.update(param.detach().cpu().numpy().tobytes())
         sparsity = {name: float((trainer.model.get_parameter(name) == 0).float().mean()) for name in mod.masks}
         self.holder.append(

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_tiny_model, save_tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -184,7 +183,7 @@ def test_resume_continues_schedule_masks_and_lr_exactly(tmp_path):
     assert full_masks is not None and set(full_masks) == set(resumed_masks)
     for name in full_masks:
         assert torch.equal(full_masks[name], resumed_masks[name]), name
-    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert resumed.optimizer.param_groups[0]["lr"] == full.optimizer.param_groups[0]["lr"]
     # A recipe restarted from scratch at checkpoint-4 would give different masks.
@@ -244,13 +243,21 @@ def test_grad_sampler_yields_batches_with_gradients(tmp_path):
     assert weight.grad is None
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun missing")
 def test_two_process_ddp_masks_identical_and_exact(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2] / "src"))
     result = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29517", str(Path(__file__).with_name("ddp_worker.py")), str(model_dir), str(tmp_path / "out")],
+        [torchrun, "--nproc_per_node=2", f"--master_port={_free_port()}", str(Path(__file__).with_name("ddp_worker.py")), str(model_dir), str(tmp_path / "out")],
         env=env,
         capture_output=True,
         text=True,
@@ -263,3 +270,21 @@ def test_two_process_ddp_masks_identical_and_exact(tmp_path):
     assert reports[0]["weight_digest"] == reports[1]["weight_digest"]
     for sparsity in reports[0]["sparsity"].values():
         assert sparsity == pytest.approx(0.5, abs=1e-9)
+
+
+def test_best_model_after_epoch_forgets_earlier_bests():
+    from types import SimpleNamespace
+
+    from sparseforge.transformers.trainer import _BestModelAfterEpoch
+
+    callback = _BestModelAfterEpoch(2)
+    state = SimpleNamespace(epoch=1.0, best_metric=0.9, best_global_step=10, best_model_checkpoint="out/checkpoint-10")
+    callback.on_evaluate(None, state, None)
+    assert state.best_metric == 0.9  # before epoch 2: untouched
+    state.epoch = 2.0
+    callback.on_evaluate(None, state, None)
+    assert state.best_metric is None and state.best_model_checkpoint is None  # this evaluation starts the race
+    state.best_metric = 0.5
+    state.epoch = 3.0
+    callback.on_evaluate(None, state, None)
+    assert state.best_metric == 0.5  # reset once only

@@ -22,12 +22,13 @@ from sparseforge.errors import ExportError
 from sparseforge.export.qdq import (
     convert_to_integer_ops,
     fold_weight_quantization,
+    name_weights,
     translation_table,
 )
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 20
 # Protobuf cannot hold more than 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_FILE = "model.data"
@@ -105,6 +106,8 @@ def export_onnx(
             log.setLevel(level)
     proto = program.model_proto
     stats = {"folded_weights": fold_weight_quantization(proto)}
+    arrays = {f"model.{name}": p.detach().cpu().numpy() for name, p in model.named_parameters()}
+    stats["renamed_weights"] = name_weights(proto, arrays)
     if int8_ops:
         stats["integer_matmuls"] = convert_to_integer_ops(proto)
     save_model(proto, path)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -46,12 +47,14 @@ def fake_quantize_onnx(
             scale,
         )
         if axis >= 0:  # per-channel grids are weights of rank 2, channels on `axis`
-            other = [1 - axis]
-            low, high = (
-                op.Unsqueeze(low, op.Constant(value_ints=other)),
-                op.Unsqueeze(high, op.Constant(value_ints=other)),
+            other = op.Constant(value_ints=[1 - axis])
+            x = op.Min(op.Max(x, op.Unsqueeze(low, other)), op.Unsqueeze(high, other))
+        else:
+            x = op.Clip(
+                x,
+                op.Reshape(low, op.Constant(value_ints=[])),
+                op.Reshape(high, op.Constant(value_ints=[])),
             )
-        x = op.Min(op.Max(x, low), high)
     if axis < 0:
         return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp), scale, zp)
     return op.DequantizeLinear(op.QuantizeLinear(x, scale, zp, axis=axis), scale, zp, axis=axis)
@@ -66,18 +69,36 @@ def translation_table() -> dict[Callable, Callable]:
     return {torch.ops.sparseforge.fake_quantize.default: fake_quantize_onnx}
 
 
+class _Constants(dict):
+    """name -> numpy array of a graph constant, converted on first use (weights can be GBs)."""
+
+    def __init__(self, tensors: dict[str, onnx.TensorProto]):
+        super().__init__()
+        self.tensors = tensors
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self.tensors
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if not super().__contains__(name):
+            super().__setitem__(name, numpy_helper.to_array(self.tensors[name]))
+        return super().__getitem__(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
+
+
 class _Graph:
     """Index of a graph's constants, producers and consumers for small rewrites."""
 
     def __init__(self, model: onnx.ModelProto):
         self.graph = model.graph
         self.initializers = {init.name: init for init in self.graph.initializer}
-        self.constants: dict[str, np.ndarray] = {
-            name: numpy_helper.to_array(t) for name, t in self.initializers.items()
-        }
+        tensors = dict(self.initializers)
         for node in self.graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+                tensors[node.output[0]] = node.attribute[0].t
+        self.constants = _Constants(tensors)
         self.reindex()
 
     def reindex(self) -> None:
@@ -195,9 +216,50 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
             if dq_axis is not None:
                 _set_attr(dq, "axis", dq_axis)
         folded += 1
-        g.reindex()
     g.remove_unused()
     return folded
+
+
+def _fingerprint(array: np.ndarray) -> tuple:
+    return (
+        array.shape,
+        array.dtype.str,
+        hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).digest(),
+    )
+
+
+def name_weights(model: onnx.ModelProto, named_arrays: dict[str, np.ndarray]) -> int:
+    """Give anonymous initializers (e.g. `val_83`, a weight the optimizer transposed) the name
+    of the parameter they hold (`<name>.T` when transposed), so reports name real weights."""
+    anonymous = {
+        init.name: init
+        for init in model.graph.initializer
+        if init.name not in named_arrays and len(init.dims) == 2
+    }
+    if not anonymous:
+        return 0
+    shapes = {tuple(init.dims) for init in anonymous.values()}
+    index: dict[tuple, str] = {}
+    for name, array in named_arrays.items():
+        if array.ndim != 2:
+            continue
+        if array.shape in shapes:
+            index.setdefault(_fingerprint(array), name)
+        if array.shape[::-1] in shapes:
+            index.setdefault(_fingerprint(array.T), f"{name}.T")
+    existing = {init.name for init in model.graph.initializer}
+    renames = {}
+    for old, init in anonymous.items():
+        new = index.get(_fingerprint(numpy_helper.to_array(init)))
+        if new is not None and new not in existing:
+            renames[old] = new
+            existing.add(new)
+            init.name = new
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            if name in renames:
+                node.input[position] = renames[name]
+    return len(renames)
 
 
 def _dq_parts(g: _Graph, name: str) -> tuple[onnx.NodeProto, str, str, str] | None:

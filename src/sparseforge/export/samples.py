@@ -116,10 +116,13 @@ def sample_batches(
     texts: list[str | tuple[str, str]] | None = None,
     num_samples: int = 8,
 ) -> list[dict[str, torch.Tensor]]:
-    """[batch padded to sequence_length, smaller batch padded to its longest text]."""
+    """[batch padded to sequence_length, smaller batch cut at sequence_length // 2, padded to its longest]."""
     texts = (texts or _builtin(task))[:num_samples]
     if len(texts) < 2:
         texts = texts * 2
     full = _encode(tokenizer, texts, "max_length", sequence_length)
-    short = _encode(tokenizer, texts[: max(1, len(texts) // 2 + 1)], True, sequence_length)
+    # A different batch size and a shorter sequence: the axes must really be dynamic.
+    short = _encode(
+        tokenizer, texts[: max(1, len(texts) // 2 + 1)], True, max(2, sequence_length // 2)
+    )
     return [full, short]

@@ -295,7 +295,7 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
                 f"{self.name}: {len(student_layers)} student layers but {len(teacher_layers)} teacher layers; "
                 "set student_layer_names and teacher_layer_names explicitly"
             )
-        self._pairs = list(zip(student_layers, teacher_layers))
+        self._pairs = list(zip(student_layers, teacher_layers, strict=True))
         self._remove_hooks()
         for name, layer in student_layers.items():
             self._handles.append(layer.register_forward_hook(self._cache_hook(name, self._student_cache)))

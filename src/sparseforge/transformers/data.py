@@ -110,7 +110,9 @@ def read_data_file(
     else:
         raise DataError(f"{flag} {path}: unsupported format '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
     verbosity = datasets.logging.get_verbosity()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file is reported once, below
+    bars = datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
     try:
         dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", cache_dir=cache_dir, **kwargs)
         if builder == "json" and dataset.column_names == ["data"] and len(dataset) == 1:
@@ -121,11 +123,13 @@ def read_data_file(
         raise DataError(f"cannot read {flag} {path} as {ext[1:]}: {_short(err)}") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
+        if not bars:
+            datasets.enable_progress_bars()
     if len(dataset) == 0:
         raise DataError(f"{flag} {path} holds no examples")
     if ext == ".tsv" and task_name in GLUE_TSV_RENAMES:
         renames = {old: new for old, new in GLUE_TSV_RENAMES[task_name].items() if old in dataset.column_names}
-        for old, new in renames.items():
+        for new in renames.values():
             if new in dataset.column_names:
                 dataset = dataset.remove_columns(new)
         dataset = dataset.rename_columns(renames)

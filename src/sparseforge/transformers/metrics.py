@@ -52,7 +52,7 @@ def matthews_correlation(preds: np.ndarray, labels: np.ndarray) -> float:
     classes = np.union1d(preds, labels)
     index = {c: i for i, c in enumerate(classes)}
     confusion = np.zeros((len(classes), len(classes)), dtype=np.float64)
-    for p, t in zip(preds, labels):
+    for p, t in zip(preds, labels, strict=True):
         confusion[index[t], index[p]] += 1
     t_sum, p_sum = confusion.sum(axis=1), confusion.sum(axis=0)
     correct, n = np.trace(confusion), confusion.sum()

@@ -20,6 +20,7 @@ export sequence every task CLI shares.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import math
@@ -78,15 +79,20 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise SparseforgeError(f"{path}: not a model folder (no config.json)")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    heads = {task_of(name) for name in config.get("architectures") or []}
+    saved_labels = transformers.AutoConfig.from_pretrained(path).num_labels if task in heads else None
+    new_head = "num_labels" in config_kwargs and task in heads and saved_labels not in (None, config_kwargs["num_labels"])
+    if new_head:
+        logger.warning("%s predicts %s labels, the data has %d: its classifier is replaced by a new one", path, saved_labels, config_kwargs["num_labels"])
     if (folder / RECIPE_FILE).is_file():
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        heads = {task_of(name) for name in config.get("architectures") or []}
-        if task in heads:
+        if task in heads and not new_head:
             return load_model(path, task, **config_kwargs)
-        logger.info("%s was saved for another head (%s): loading it with a new %s head", path, ", ".join(config.get("architectures") or []), task)
+        logger.info("%s was saved for another head: loading it with a new %s head", path, task)
     auto = getattr(transformers, AUTO_MODEL_CLASSES[task])
     try:
-        return auto.from_pretrained(path, **config_kwargs)
+        config = transformers.AutoConfig.from_pretrained(path, **config_kwargs)
+        return auto.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
     except (OSError, ValueError) as err:
         raise SparseforgeError(f"cannot load a {task} model from {path}: {str(err).splitlines()[0]}") from None
 
@@ -117,7 +123,8 @@ def load_teacher(
             path = resolve_model(path)
         if not os.path.isdir(path):
             raise ModelMatchError(f"--distill_teacher {teacher}: not a model folder, 'self' or 'disable'")
-        _check_teacher_config(path, student, task)
+        student_config = getattr(student, "config", None)
+        check_teacher_folder(path, task, getattr(student_config, "num_labels", None))
         teacher = load_pretrained(path, task) if task else _load_any(path)
         _check_teacher_vocab(path, student_tokenizer)
     if not isinstance(teacher, torch.nn.Module):
@@ -147,25 +154,26 @@ def _load_any(path: str) -> torch.nn.Module:
     return AutoModel.from_pretrained(path)
 
 
-def _check_teacher_config(path: str, student: torch.nn.Module, task: str | None) -> None:
-    """Head and label count from the teacher's config.json, before loading (a wrong head would
-    otherwise be silently replaced by a randomly initialised one)."""
+def check_teacher_folder(path: str, task: str | None, num_labels: int | None = None) -> None:
+    """Head and label count from a teacher folder's config.json, before loading anything (a wrong
+    head would otherwise be silently replaced by a randomly initialised one). Task CLIs call it
+    right after parsing so a bad teacher fails before data is read."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
-        raise ModelMatchError(f"--distill_teacher {path}: no config.json in the folder")
+        raise ModelMatchError(f"--distill_teacher {path}: not a model folder (no config.json), 'self' or 'disable'")
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    heads = [task_of(name) for name in config.get("architectures") or []]
+    architectures = config.get("architectures") or []
+    heads = [task_of(name) for name in architectures]
     if task and heads and task not in heads:
         raise ModelMatchError(
-            f"--distill_teacher {path} is a {heads[0] or config['architectures'][0]} model "
-            f"({', '.join(config['architectures'])}), the student is {task}: distillation needs the same head"
+            f"--distill_teacher {path} is a {heads[0] or architectures[0]} model ({', '.join(architectures)}), "
+            f"the student is {task}: distillation needs the same head"
         )
-    student_config = getattr(student, "config", None)
-    if task in ("text-classification", "token-classification") and student_config is not None:
-        t_labels = config.get("num_labels") or len(config.get("id2label") or {}) or None
-        if t_labels and t_labels != student_config.num_labels:
+    if task in ("text-classification", "token-classification") and num_labels is not None:
+        t_labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
+        if t_labels != num_labels:
             raise ModelMatchError(
-                f"--distill_teacher {path} predicts {t_labels} labels, the student {student_config.num_labels}: "
+                f"--distill_teacher {path} predicts {t_labels} labels, the student {num_labels}: "
                 "their outputs cannot be compared"
             )
 
@@ -319,12 +327,10 @@ class SparseTrainer(Trainer):
         dataset = self.train_dataset if self.train_dataset is not None else self.eval_dataset
         if dataset is None or isinstance(dataset, Mapping) or not hasattr(dataset, "__getitem__"):
             return
+        accepted = set(inspect.signature(self.model.forward).parameters) | {"label", "labels", "label_ids"}
         try:
             examples = [dataset[i] for i in range(min(2, len(dataset)))]
-            if hasattr(dataset, "column_names"):
-                signature_columns = set(self._signature_columns or []) if getattr(self, "_signature_columns", None) else None
-                if signature_columns:
-                    examples = [{k: v for k, v in ex.items() if k in signature_columns} for ex in examples]
+            examples = [{k: v for k, v in ex.items() if k in accepted} for ex in examples]  # as remove_unused_columns
             batch = self._prepare_inputs(self.data_collator(examples))
         except Exception as err:  # noqa: BLE001 - the check is best-effort; training reports real errors
             logger.debug("teacher output check skipped: %s", err)
@@ -419,8 +425,13 @@ class SparseTrainer(Trainer):
             model.train(was_training)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.manager is not None and self.model is not None and self.model.training:
-            for key, value in self.manager.logs().items():
+        """Training-step logs also carry the recipe's scalars; when the recipe owns the LR, the
+        logged learning_rate is the one the last step used (the Trainer's lags a step)."""
+        if self.manager is not None and "loss" in logs:
+            recipe_logs = self.manager.logs()
+            if self.manager.controls_learning_rate and "learning_rate" in recipe_logs:
+                logs["learning_rate"] = recipe_logs["learning_rate"]
+            for key, value in recipe_logs.items():
                 logs.setdefault(key, value)
         super().log(logs, start_time)
 
@@ -480,21 +491,17 @@ def one_shot(trainer: SparseTrainer) -> None:
     manager.finalize(trainer.model)
 
 
-def write_results(output_dir: str | os.PathLike, name: str, metrics: Mapping[str, Any]) -> Path:
-    """Write `metrics` as JSON to `output_dir/name` (e.g. eval_results.json)."""
-    path = Path(output_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return path
+def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, task: str, sequence_length: int | None = None, num_samples: int = 0) -> Path:
+    """`--onnx_export_path`: export the saved model folder with `sparseforge.export.to_onnx`
+    (verified against PyTorch; an ExportError otherwise)."""
+    from sparseforge.export import to_onnx
 
-
-def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, task: str, num_samples: int = 0) -> Any:
-    """`--onnx_export_path`: hand the saved model folder to `sparseforge.export.to_onnx`."""
-    try:
-        from sparseforge.export import to_onnx
-    except ImportError as err:
-        raise SparseforgeError(f"--onnx_export_path: ONNX export is not available ({err})") from None
-    return to_onnx(str(model_dir), str(export_dir), task=task)
+    kwargs: dict[str, Any] = {"output_dir": str(export_dir), "overwrite": True}
+    if sequence_length:
+        kwargs["sequence_length"] = sequence_length
+    if num_samples > 0:
+        kwargs["num_samples"] = num_samples
+    return to_onnx(str(model_dir), task, **kwargs)
 
 
 def run_task(
@@ -505,10 +512,12 @@ def run_task(
     resume_from_checkpoint: str | None = None,
     eval_datasets: Mapping[str, Any] | None = None,
     predict_fn: Any = None,
+    sequence_length: int | None = None,
 ) -> dict[str, float]:
     """Train (or one-shot), save, evaluate into eval_results.json, predict, export: the shared
     tail of every task CLI. `eval_datasets` maps a suffix to extra evaluation sets (e.g. mnli's
-    mismatched split); `predict_fn(trainer)` writes predictions when given."""
+    mismatched split); `predict_fn(trainer)` writes predictions when given; `sequence_length` is
+    the ONNX export's input length."""
     args = trainer.args
     metrics: dict[str, float] = {}
     if recipe_args.best_model_after_epoch is not None:
@@ -520,6 +529,7 @@ def run_task(
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         trainer.save_model()
         train_metrics = dict(result.metrics)
+        train_metrics["train_samples"] = len(trainer.train_dataset)
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
@@ -528,11 +538,12 @@ def run_task(
         for suffix, dataset in (eval_datasets or {}).items():
             extra = trainer.evaluate(eval_dataset=dataset)
             metrics.update({f"{key}_{suffix}": value for key, value in extra.items()})
+        metrics["eval_samples"] = len(trainer.eval_dataset)
         trainer.log_metrics("eval", metrics)
-        if args.should_save:
-            write_results(args.output_dir, "eval_results.json", metrics)
+        trainer.save_metrics("eval", metrics)  # eval_results.json (+ all_results.json), main process only
     if args.do_predict and predict_fn is not None:
         predict_fn(trainer)
     if recipe_args.onnx_export_path and args.should_save:
-        export_onnx(args.output_dir, recipe_args.onnx_export_path, task, recipe_args.num_export_samples)
+        path = export_onnx(args.output_dir, recipe_args.onnx_export_path, task, sequence_length, recipe_args.num_export_samples)
+        logger.info("exported to %s", path)
     return metrics

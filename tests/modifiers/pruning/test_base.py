@@ -23,7 +23,9 @@ class Net(torch.nn.Module):
     def __init__(self, seed=0):
         super().__init__()
         torch.manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -64,9 +66,13 @@ def test_masked_weights_grads_and_moments_stay_zero(accumulate, autocast):
     def check(step):
         for name, mask in mod.masks.items():
             param = model.get_parameter(name)
-            assert not bool(param[~mask].any()), f"step {step}: a pruned weight of {name} is non-zero"
+            assert not bool(param[~mask].any()), (
+                f"step {step}: a pruned weight of {name} is non-zero"
+            )
             for key in ("exp_avg", "exp_avg_sq"):
-                assert not bool(optimizer.state[param][key][~mask].any()), f"step {step}: {key} leaks"
+                assert not bool(optimizer.state[param][key][~mask].any()), (
+                    f"step {step}: {key} leaks"
+                )
 
     run(model, wrapped, manager, 24, accumulate=accumulate, autocast=autocast, check=check)
     for name in mod.param_names:

@@ -42,16 +42,19 @@ def test_lowest_k_handles_neg_inf_and_nan():
     assert lowest_k(values, 3).tolist() == [False, True, False, True, True]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("unstructured", MaskStructure("unstructured")),
-    ("block4", MaskStructure("block", (1, 4))),
-    ("block", MaskStructure("block", (1, 4))),
-    ([1, 4], MaskStructure("block", (1, 4))),
-    ([2, 2], MaskStructure("block", (2, 2))),
-    ("[4, 1]", MaskStructure("block", (4, 1))),
-    ("2:4", MaskStructure("nm", n=2, m=4)),
-    ("tensorrt", MaskStructure("nm", n=2, m=4)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("unstructured", MaskStructure("unstructured")),
+        ("block4", MaskStructure("block", (1, 4))),
+        ("block", MaskStructure("block", (1, 4))),
+        ([1, 4], MaskStructure("block", (1, 4))),
+        ([2, 2], MaskStructure("block", (2, 2))),
+        ("[4, 1]", MaskStructure("block", (4, 1))),
+        ("2:4", MaskStructure("nm", n=2, m=4)),
+        ("tensorrt", MaskStructure("nm", n=2, m=4)),
+    ],
+)
 def test_parse_mask_type(text, expected):
     assert parse_mask_type(text) == expected
 
@@ -70,7 +73,9 @@ def test_blocks_constant_and_exact(block, sparsity):
     mask = create_masks({"w": weight.abs()}, {"w": sparsity}, list(block))["w"]
     a, b = block
     blocks = mask.reshape(16 // a, a, 32 // b, b).permute(0, 2, 1, 3).reshape(-1, a * b)
-    assert bool((blocks.all(dim=1) | (~blocks).all(dim=1)).all())  # every block all kept or all pruned
+    assert bool(
+        (blocks.all(dim=1) | (~blocks).all(dim=1)).all()
+    )  # every block all kept or all pruned
     assert int((~blocks.all(dim=1)).sum()) == round(sparsity * blocks.shape[0])
     # the pruned blocks are those with the lowest mean |w|
     means = weight.abs().reshape(16 // a, a, 32 // b, b).mean(dim=(1, 3)).reshape(-1)

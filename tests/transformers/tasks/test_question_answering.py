@@ -245,3 +245,108 @@ def test_write_predictions(tmp_path):
     assert json.loads(path.read_text()) == {"a": "paul"}
     assert sorted(p.name for p in path.parent.iterdir()) == ["nbest_predictions.json", "null_odds.json", "predictions.json"]
     shutil.rmtree(path.parent)
+
+
+# ----- the CLI ---------------------------------------------------------------------------------------
+def _train(argv):
+    from sparseforge.cli import main as sparseforge_main
+
+    return sparseforge_main(["train", "question-answering", *argv, "--report_to", "none"])
+
+
+def test_seed_run_qa_command_scaled_down(tiny_model_dir, tmp_path):
+    """The seed's run_qa.py command, flag for flag, with local model / teacher / data and small sizes."""
+    import torch
+    from safetensors.torch import load_file
+
+    model = tiny_model_dir("question-answering", name="student")
+    teacher = tiny_model_dir("question-answering", name="teacher", seed=1)
+    out = tmp_path / "sparse70_quant"
+    code = _train([
+        "--model_name_or_path", str(model),
+        "--distill_teacher", str(teacher),
+        "--dataset_name", "squad", "--train_file", str(TRAIN), "--validation_file", str(DEV),
+        "--do_train",
+        "--do_eval",
+        "--evaluation_strategy", "epoch",
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "5e-5",
+        "--max_seq_length", "48",
+        "--doc_stride", "16",
+        "--output_dir", str(out),
+        "--cache_dir", str(tmp_path / "cache"),
+        "--preprocessing_num_workers", "2",
+        "--seed", "42",
+        "--num_train_epochs", "40",
+        "--recipe", str(SQUAD / "seed_recipe.md"),
+        "--onnx_export_path", str(out / "onnx"),
+        "--save_strategy", "epoch",
+        "--save_total_limit", "2",
+        "--fp16",
+    ])
+    assert code == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_exact_match", "eval_f1", "eval_loss"} <= set(results)
+    assert results["epoch"] == pytest.approx(2.0)  # the recipe's 2 epochs, not --num_train_epochs 40
+    predictions = json.loads((out / "predictions.json").read_text())
+    dev = qa_utils.read_squad(DEV)
+    assert set(predictions) == {e["id"] for e in dev}
+    # every predicted answer is a span of its context
+    assert all(predictions[e["id"]] in e["context"] for e in dev)
+    assert qa_utils.squad_metrics(predictions, dev)["f1"] == pytest.approx(results["eval_f1"])
+    assert (out / "recipe.yaml").is_file() and "GMPruningModifier" in (out / "recipe.yaml").read_text()
+    assert len(list(out.glob("checkpoint-*"))) <= 2
+    weights = load_file(str(out / "model.safetensors"))
+    query = next(v for k, v in weights.items() if k.endswith("layer.0.attention.self.query.weight"))
+    assert float((query == 0).float().mean()) == pytest.approx(0.7, abs=0.02)
+    blocks = query.reshape(query.shape[0], -1, 4)  # [1,4] blocks: zero together
+    assert torch.all((blocks == 0).all(-1) == (blocks == 0).any(-1))
+    assert any((out / "onnx").rglob("*.onnx"))
+
+
+def test_zoo_stubs_v2_and_predict(tiny_model_dir, tmp_path, monkeypatch):
+    from sparseforge import zoo
+
+    monkeypatch.setenv("SPARSEFORGE_ZOO", str(tmp_path / "zoo"))
+    student_stub = "zoo:nlp/masked_language_modeling/tiny-bert/pytorch/huggingface/wiki/base-none"
+    teacher_stub = "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/base-none"
+    zoo.add(student_stub, tiny_model_dir("masked-language-modeling", name="upstream"))
+    zoo.add(teacher_stub, tiny_model_dir("question-answering", name="teacher", seed=1))
+    out = tmp_path / "v2"
+    code = _train([
+        "--model_name_or_path", student_stub,
+        "--distill_teacher", teacher_stub,
+        "--recipe", "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/base-none",  # shipped
+        "--recipe_args", '{"num_epochs": 1}',
+        "--train_file", str(TRAIN), "--validation_file", str(DEV_V2), "--test_file", str(DEV_V2),
+        "--version_2_with_negative", "--null_score_diff_threshold", "0.5", "--n_best_size", "5",
+        "--do_train", "--do_eval", "--do_predict", "--max_seq_length", "48", "--doc_stride", "16",
+        "--per_device_train_batch_size", "8", "--save_strategy", "no", "--output_dir", str(out),
+    ])
+    assert code == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_exact", "eval_f1", "eval_HasAns_f1", "eval_NoAns_exact"} <= set(results)
+    assert results["eval_NoAns_total"] == 2
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForQuestionAnswering"]
+    for prefix in ("", "predict_"):
+        assert set(json.loads((out / f"{prefix}predictions.json").read_text())) == {e["id"] for e in qa_utils.read_squad(DEV_V2)}
+        assert (out / f"{prefix}null_odds.json").is_file()
+    assert "predict_f1" in json.loads((out / "predict_results.json").read_text())
+
+
+def test_cli_one_line_errors(tiny_model_dir, tmp_path, capsys):
+    model = tiny_model_dir("question-answering")
+    cases = [
+        (["--dataset_name", "squad", "--do_train"], "offline"),
+        (["--train_file", str(tmp_path / "missing.json"), "--do_train"], "not found"),
+        (["--train_file", str(TRAIN), "--do_train", "--max_seq_length", "32", "--doc_stride", "40"], "--doc_stride"),
+        (["--train_file", str(TRAIN), "--do_train", "--do_eval"], "--do_eval needs evaluation data"),
+        (["--train_file", str(TRAIN), "--do_train", "--recipe", "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/pruned95"], "nearest known"),
+    ]
+    for index, (argv, message) in enumerate(cases):
+        out = tmp_path / f"out{index}"
+        capsys.readouterr()
+        assert _train(["--model_name_or_path", str(model), "--output_dir", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()

@@ -5,7 +5,8 @@ name through the model at every use, so a module swapped for a fake-quantized on
 same Parameter keeps its mask. While a mask is enforced:
 
 - before each optimizer step the masked gradients are zeroed (so gradient accumulation, AMP or
-  bf16 autocast, and gradient clipping's clip factor cannot move a pruned weight), and when a
+  bf16 autocast cannot move a pruned weight; masks multiply, which is ~10x faster than
+  `masked_fill_` on CPU, so a NaN gradient stays NaN as it would anyway), and when a
   mask changes the optimizer's per-parameter state (Adam's `exp_avg` / `exp_avg_sq`, SGD momentum)
   is zeroed where pruned, so stale moments cannot resurrect a weight later;
 - after each optimizer step the mask is re-applied to the weights (any optimizer, any decay).
@@ -17,6 +18,7 @@ same Parameter keeps its mask. While a mask is enforced:
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,11 +56,14 @@ class PruningModifier(UpdatingModifier):
 
     _param_names: list[str] = PrivateAttr(default_factory=list)
     _masks: dict[str, torch.Tensor] = PrivateAttr(default_factory=dict)
+    # the masks as 1.0/0.0 in each parameter's dtype: multiplying is ~10x faster than masked_fill_
+    _keep: dict[str, torch.Tensor] = PrivateAttr(default_factory=dict)
     _targets: dict[str, float] = PrivateAttr(default_factory=dict)
     _enforcing: bool = PrivateAttr(default=False)
     _moments_dirty: bool = PrivateAttr(default=False)
     _release_after_step: bool = PrivateAttr(default=False)
     _state: TrainingState | None = PrivateAttr(default=None)
+    _cache: dict[str, torch.nn.Parameter] = PrivateAttr(default_factory=dict)
 
     @property
     def leaves_masks_enabled(self) -> bool:
@@ -83,7 +88,17 @@ class PruningModifier(UpdatingModifier):
         return dict(self._masks)
 
     def _param(self, state: TrainingState, name: str) -> torch.nn.Parameter:
-        return state.model.get_parameter(name)
+        param = self._cache.get(name)
+        if param is None:
+            param = self._cache[name] = state.model.get_parameter(name)
+        return param
+
+    def refresh_params(self, state: TrainingState) -> None:
+        """Look the parameters up by name again (modules may have been swapped since)."""
+        named = dict(state.model.named_parameters())
+        self._cache = {
+            n: named[n] if n in named else state.model.get_parameter(n) for n in self._param_names
+        }
 
     def on_initialize(self, state: TrainingState) -> None:
         self._state = state
@@ -91,6 +106,7 @@ class PruningModifier(UpdatingModifier):
         if not names:
             raise ModelMatchError(f"{self.name}: params select no parameter of the model")
         self._param_names = names
+        self.refresh_params(state)
         self.check_params({name: self._param(state, name) for name in names})
 
     # ----- masks -----------------------------------------------------------------------------
@@ -100,14 +116,15 @@ class PruningModifier(UpdatingModifier):
         for name, mask in masks.items():
             param = self._param(state, name)
             self._masks[name] = mask.to(device=param.device, dtype=torch.bool)
+            self._keep[name] = self._masks[name].to(param.dtype)
         self._enforcing = True
         self._moments_dirty = True
         self.apply_masks(state)
 
     @torch.no_grad()
     def apply_masks(self, state: TrainingState) -> None:
-        for name, mask in self._masks.items():
-            self._param(state, name).data.masked_fill_(~mask, 0)
+        for name, keep in self._keep.items():
+            self._param(state, name).data.mul_(keep)
 
     @torch.no_grad()
     def _zero_optimizer_state(self, state: TrainingState) -> None:
@@ -124,10 +141,11 @@ class PruningModifier(UpdatingModifier):
     def optimizer_pre_step(self, state: TrainingState) -> None:
         if not self._enforcing:
             return
-        for name, mask in self._masks.items():
+        self.refresh_params(state)
+        for name, keep in self._keep.items():
             grad = self._param(state, name).grad
             if grad is not None:
-                grad.masked_fill_(~mask, 0)
+                grad.mul_(keep if grad.dtype == keep.dtype else keep.to(grad.dtype))
         if self._moments_dirty:
             self._zero_optimizer_state(state)
             self._moments_dirty = False
@@ -149,9 +167,12 @@ class PruningModifier(UpdatingModifier):
             self.apply_masks(state)
         self._enforcing = False
         self._masks = {}
+        self._keep = {}
 
     # ----- reporting -------------------------------------------------------------------------
-    def sparsity_status(self, model: torch.nn.Module | None = None) -> dict[str, dict[str, float | None]]:
+    def sparsity_status(
+        self, model: torch.nn.Module | None = None
+    ) -> dict[str, dict[str, float | None]]:
         """Per parameter: the current target sparsity (None if none) and the measured one."""
         model = model if model is not None else (self._state.model if self._state else None)
         if model is None:
@@ -189,11 +210,16 @@ class PruningModifier(UpdatingModifier):
         masks = state.get("masks", {})
         unknown = sorted(set(masks) - set(self._param_names))
         if unknown:
-            raise ModelMatchError(f"{self.name}: saved masks for parameters this run does not prune: {unknown[:5]}")
-        self._masks = {}
+            raise ModelMatchError(
+                f"{self.name}: saved masks for parameters this run does not prune: {unknown[:5]}"
+            )
+        self._masks, self._keep = {}, {}
         for name, mask in masks.items():
-            device = self._param(self._state, name).device if self._state else mask.device
-            self._masks[name] = mask.to(device=device, dtype=torch.bool)
+            param = self._param(self._state, name) if self._state else mask
+            self._masks[name] = mask.to(device=param.device, dtype=torch.bool)
+            self._keep[name] = self._masks[name].to(
+                param.dtype if param.is_floating_point() else torch.float32
+            )
         self._targets = {k: float(v) for k, v in state.get("targets", {}).items()}
         self._enforcing = bool(state.get("enforcing", bool(self._masks)))
         self._moments_dirty = self._enforcing
@@ -222,22 +248,43 @@ class GradualPruningModifier(PruningModifier):
             raise ValueError(f"unknown inter_func {value!r}; valid: {', '.join(INTERPOLATIONS)}")
         return value
 
+    @field_validator("mask_type", mode="before")
+    @classmethod
+    def _unquoted_n_m(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
+            # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124
+            n, m = divmod(value, 60)
+            raise ValueError(
+                f"mask_type {value} is how YAML reads an unquoted {n}:{m}; write it quoted: '{n}:{m}'"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_gradual(self) -> GradualPruningModifier:
         if isinstance(self.init_sparsity, float) and not 0.0 <= self.init_sparsity <= 1.0:
-            raise ValueError(f"init_sparsity must be within [0, 1] or {FROM_PARAM}, got {self.init_sparsity}")
-        finals = list(self.final_sparsity) if isinstance(self.final_sparsity, dict) else [self.final_sparsity]
+            raise ValueError(
+                f"init_sparsity must be within [0, 1] or {FROM_PARAM}, got {self.init_sparsity}"
+            )
+        finals = (
+            list(self.final_sparsity)
+            if isinstance(self.final_sparsity, dict)
+            else [self.final_sparsity]
+        )
         for final in finals:
             if not 0.0 <= final <= 1.0:
                 raise ValueError(f"final_sparsity values must be within [0, 1], got {final}")
         if isinstance(self.final_sparsity, dict):
             if as_pattern_list(self.params):
-                raise ValueError("when final_sparsity maps sparsities to parameters, params must be [] (or left out)")
+                raise ValueError(
+                    "when final_sparsity maps sparsities to parameters, params must be [] (or left out)"
+                )
             for final, patterns in self.final_sparsity.items():
                 if not as_pattern_list(patterns):
                     raise ValueError(f"final_sparsity entry {final} lists no parameters")
         elif not as_pattern_list(self.params):
-            raise ValueError("params is required: parameter names, 're:' patterns, __ALL__ or __ALL_PRUNABLE__")
+            raise ValueError(
+                "params is required: parameter names, 're:' patterns, __ALL__ or __ALL_PRUNABLE__"
+            )
         try:
             structure = parse_mask_type(self.mask_type)
         except ValueError as err:
@@ -251,8 +298,14 @@ class GradualPruningModifier(PruningModifier):
                     )
         if self.end_epoch == -1 and self.end_step is None:
             raise ValueError("end_epoch is required: the epoch at which final_sparsity is reached")
-        if self.uses_global_sparsity and isinstance(self.final_sparsity, dict) and len(self.final_sparsity) > 1:
-            raise ValueError("global sparsity needs a single final_sparsity, not a mapping of several")
+        if (
+            self.uses_global_sparsity
+            and isinstance(self.final_sparsity, dict)
+            and len(self.final_sparsity) > 1
+        ):
+            raise ValueError(
+                "global sparsity needs a single final_sparsity, not a mapping of several"
+            )
         return self
 
     @property
@@ -282,7 +335,9 @@ class GradualPruningModifier(PruningModifier):
         for name, param in params.items():
             problem = check_shape(param.shape, structure)
             if problem:
-                raise ModelMatchError(f"{self.name}: mask_type {self.mask_type!r} cannot prune {name} {tuple(param.shape)}: {problem}")
+                raise ModelMatchError(
+                    f"{self.name}: mask_type {self.mask_type!r} cannot prune {name} {tuple(param.shape)}: {problem}"
+                )
 
     # ----- schedule ----------------------------------------------------------------------------
     def _init_for(self, name: str) -> float:
@@ -307,16 +362,27 @@ class GradualPruningModifier(PruningModifier):
         }
 
     def schedule_values(self, epoch: float) -> dict[str, float]:
-        if epoch < max(self.scheduled_start, 0.0):
+        """The sparsity in force at `epoch`: the target of the last mask update at or before it."""
+        start = max(self.scheduled_start, 0.0)
+        if epoch < start:
             return {}
+        frequency = self._update_frequency_epochs(self._rt)
+        if 0 < frequency < float("inf") and epoch < self.scheduled_end:
+            epoch = start + math.floor((epoch - start) / frequency + 1e-9) * frequency
         init = 0.0 if self.init_sparsity == FROM_PARAM else float(self.init_sparsity)
-        finals = sorted(set(self.final_sparsity)) if isinstance(self.final_sparsity, dict) else [float(self.final_sparsity)]
+        finals = (
+            sorted(set(self.final_sparsity))
+            if isinstance(self.final_sparsity, dict)
+            else [float(self.final_sparsity)]
+        )
         if len(finals) == 1:
             return {"sparsity": self.target_at(epoch, init, finals[0])}
         return {f"sparsity[{final:g}]": self.target_at(epoch, init, final) for final in finals}
 
     def schedule_events(self) -> list[tuple[float, str]]:
-        init = self.init_sparsity if isinstance(self.init_sparsity, str) else f"{self.init_sparsity:g}"
+        init = (
+            self.init_sparsity if isinstance(self.init_sparsity, str) else f"{self.init_sparsity:g}"
+        )
         final = (
             "/".join(f"{f:g}" for f in sorted(self.final_sparsity))
             if isinstance(self.final_sparsity, dict)
@@ -325,8 +391,15 @@ class GradualPruningModifier(PruningModifier):
         scope = "global" if self.uses_global_sparsity else "per parameter"
         start = max(self.scheduled_start, 0.0)
         return [
-            (start, f"{self.name} starts: sparsity {init} -> {final} ({self.inter_func}, {self.structure.describe()}, {scope})"),
-            (self.scheduled_end, f"{self.name} reaches sparsity {final}" + ("" if self.leave_enabled else "; masks released")),
+            (
+                start,
+                f"{self.name} starts: sparsity {init} -> {final} ({self.inter_func}, {self.structure.describe()}, {scope})",
+            ),
+            (
+                self.scheduled_end,
+                f"{self.name} reaches sparsity {final}"
+                + ("" if self.leave_enabled else "; masks released"),
+            ),
         ]
 
     @property
@@ -339,10 +412,14 @@ class GradualPruningModifier(PruningModifier):
         if self.init_sparsity == FROM_PARAM:
             params = {name: self._param(state, name) for name in self._param_names}
             if self.uses_global_sparsity:
-                overall = sum(zero_count(p) for p in params.values()) / max(sum(p.numel() for p in params.values()), 1)
+                overall = sum(zero_count(p) for p in params.values()) / max(
+                    sum(p.numel() for p in params.values()), 1
+                )
                 self._init_by_name = dict.fromkeys(params, overall)
             else:
-                self._init_by_name = {name: zero_count(p) / max(p.numel(), 1) for name, p in params.items()}
+                self._init_by_name = {
+                    name: zero_count(p) / max(p.numel(), 1) for name, p in params.items()
+                }
 
     def score(self, state: TrainingState) -> dict[str, torch.Tensor]:
         """Importance of every weight of every pruned parameter (higher = keep)."""
@@ -356,6 +433,7 @@ class GradualPruningModifier(PruningModifier):
     @torch.no_grad()
     def prune_to(self, state: TrainingState, targets: dict[str, float]) -> dict[str, torch.Tensor]:
         """Score, create masks at `targets`, install them; returns the previous masks."""
+        self.refresh_params(state)
         scores = self.score(state)
         previous = dict(self._masks) if self._enforcing else {}
         masks = create_masks(scores, targets, self.structure, self.uses_global_sparsity, previous)
@@ -372,4 +450,3 @@ class GradualPruningModifier(PruningModifier):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
         self._init_by_name = {k: float(v) for k, v in state.get("init_by_name", {}).items()}
-

@@ -10,24 +10,37 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import model_validator
 
 from sparseforge.modifiers.base import ScheduleRuntime, TrainingState, register
 from sparseforge.modifiers.pruning.base import PruningModifier
+from sparseforge.modifiers.selection import as_pattern_list
 
 
 @register
 class ConstantPruningModifier(PruningModifier):
     """Holds the zeros of `params` (e.g. `__ALL_PRUNABLE__`) fixed from start to end."""
 
+    @model_validator(mode="after")
+    def _needs_params(self) -> ConstantPruningModifier:
+        if not as_pattern_list(self.params):
+            raise ValueError(
+                "params is required: parameter names, 're:' patterns, __ALL__ or __ALL_PRUNABLE__"
+            )
+        return self
+
     @property
     def leaves_masks_enabled(self) -> bool:
         return False  # SparseML: masks are released at end_epoch
 
     def _update_frequency_epochs(self, rt: ScheduleRuntime) -> float:
-        return math.inf  # the mask is taken once, at start; update_frequency is ignored as in SparseML
+        return (
+            math.inf
+        )  # the mask is taken once, at start; update_frequency is ignored as in SparseML
 
     @torch.no_grad()
     def on_start(self, state: TrainingState) -> None:
+        self.refresh_params(state)
         masks = {name: self._param(state, name).detach() != 0 for name in self._param_names}
         self._targets = {name: 1.0 - float(mask.float().mean()) for name, mask in masks.items()}
         self.set_masks(state, masks)

@@ -70,9 +70,13 @@ class LayerPruningModifier(Modifier):
     _state_model: torch.nn.Module | None = PrivateAttr(default=None)
 
     def _select(self, model: torch.nn.Module) -> list[str]:
-        names = list(select_modules(model, as_pattern_list(self.layers), owner=self.name, field="layers"))
+        names = list(
+            select_modules(model, as_pattern_list(self.layers), owner=self.name, field="layers")
+        )
         # a selected module inside another selected one goes with its parent
-        return [n for n in names if not any(n.startswith(other + ".") for other in names if other != n)]
+        return [
+            n for n in names if not any(n.startswith(other + ".") for other in names if other != n)
+        ]
 
     def on_initialize(self, state: TrainingState) -> None:
         self._state_model = state.model
@@ -83,7 +87,9 @@ class LayerPruningModifier(Modifier):
             current = model.get_submodule(name)
             if isinstance(current, LayerIdentity):
                 continue
-            self._removed[name] = replace_module(model, name, LayerIdentity(_returns_tuple(current), name))
+            self._removed[name] = replace_module(
+                model, name, LayerIdentity(_returns_tuple(current), name)
+            )
 
     def restore_layers(self, model: torch.nn.Module) -> None:
         for name, module in self._removed.items():
@@ -119,7 +125,12 @@ class LayerPruningModifier(Modifier):
         return {"removed": sorted(self._removed)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if state.get("removed") and self.started and not self.ended and self._state_model is not None:
+        if (
+            state.get("removed")
+            and self.started
+            and not self.ended
+            and self._state_model is not None
+        ):
             self.remove_layers(self._state_model)
 
     def schedule_events(self) -> list[tuple[float, str]]:

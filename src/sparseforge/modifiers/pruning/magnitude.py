@@ -41,7 +41,9 @@ class GMPruningModifier(_MagnitudeScored):
         if self.phased:
             raise ValueError("phased=True (AC/DC pruning) is not supported by GMPruningModifier")
         if self.global_sparsity and type(self) is GMPruningModifier:
-            logger.warning("GMPruningModifier global_sparsity is deprecated in SparseML; use GlobalMagnitudePruningModifier")
+            logger.warning(
+                "GMPruningModifier global_sparsity is deprecated in SparseML; use GlobalMagnitudePruningModifier"
+            )
         return self
 
 

@@ -73,17 +73,23 @@ def parse_mask_type(value: Any) -> MaskStructure:
                 n, m = int(parts[0]), int(parts[1])
                 if 0 < n < m:
                     return MaskStructure("nm", n=n, m=m)
-            raise ValueError(f"N:M mask_type needs integers 0 < N < M (N kept of every M), got {value!r}")
+            raise ValueError(
+                f"N:M mask_type needs integers 0 < N < M (N kept of every M), got {value!r}"
+            )
         if text.startswith("[") and text.endswith("]"):
             items = [p.strip() for p in text[1:-1].split(",")]
             if all(p.isdigit() for p in items):
                 return parse_mask_type([int(p) for p in items])
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         items = list(value)
-        if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items):
+        if len(items) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items
+        ):
             a, b = items
             return UNSTRUCTURED if (a, b) == (1, 1) else MaskStructure("block", (a, b))
-        raise ValueError(f"a block mask_type is two positive integers [rows, columns], got {value!r}")
+        raise ValueError(
+            f"a block mask_type is two positive integers [rows, columns], got {value!r}"
+        )
     raise ValueError(f"unknown mask_type {value!r}; valid: {MASK_TYPE_HELP}")
 
 
@@ -114,6 +120,8 @@ def group_scores(scores: torch.Tensor, structure: MaskStructure) -> torch.Tensor
     mat = _as_matrix(scores)  # (out, k, in)
     out, k, inp = mat.shape
     pad_out, pad_in = -out % a, -inp % b
+    if not (pad_out or pad_in):  # whole blocks: a plain mean (a -inf element makes the block -inf)
+        return mat.reshape(out // a, a, k, inp // b, b).mean(dim=(1, 4)).reshape(-1)
     ones = torch.ones_like(mat)
     if pad_out or pad_in:
         mat = torch.nn.functional.pad(mat, (0, pad_in, 0, 0, 0, pad_out))
@@ -131,7 +139,9 @@ def group_scores(scores: torch.Tensor, structure: MaskStructure) -> torch.Tensor
     return means.reshape(-1)
 
 
-def expand_groups(group_values: torch.Tensor, shape: torch.Size, structure: MaskStructure) -> torch.Tensor:
+def expand_groups(
+    group_values: torch.Tensor, shape: torch.Size, structure: MaskStructure
+) -> torch.Tensor:
     """Inverse of `group_scores` for a per-group tensor (e.g. a keep mask)."""
     if structure.kind != "block":
         return group_values.reshape(shape)
@@ -168,7 +178,9 @@ def lowest_k(values: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool, device=values.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=values.device)
-    values = torch.nan_to_num(values.reshape(-1), nan=math.inf)  # a NaN score never outranks a number
+    values = torch.nan_to_num(
+        values.reshape(-1), nan=math.inf
+    )  # a NaN score never outranks a number
     threshold = torch.kthvalue(values, k).values
     below = values < threshold
     need = k - int(below.sum())
@@ -216,7 +228,9 @@ def create_masks(
         values = group_scores(score, structure)
         prev = previous.get(name)
         if prev is not None:
-            prev_pruned = group_scores((~prev).float(), structure) >= 1.0  # the whole group was pruned
+            prev_pruned = (
+                group_scores((~prev).float(), structure) >= 1.0
+            )  # the whole group was pruned
             values = torch.where(prev_pruned, torch.full_like(values, -math.inf), values)
         grouped[name] = values
 
@@ -232,7 +246,9 @@ def create_masks(
     if global_sparsity and grouped:
         distinct = {round(float(targets[name]), 12) for name in grouped}
         if len(distinct) != 1:
-            raise ValueError(f"global sparsity needs one target for all parameters, got {sorted(distinct)}")
+            raise ValueError(
+                f"global sparsity needs one target for all parameters, got {sorted(distinct)}"
+            )
         allv = torch.cat([v.to(torch.float32).cpu() for v in grouped.values()])
         pruned_all = lowest_k(allv, _count(next(iter(distinct)), allv.numel()))
         offset = 0

@@ -56,7 +56,9 @@ class MovementPruningModifier(GradualPruningModifier):
 
     def extra_state(self) -> dict[str, Any]:
         extra = super().extra_state()
-        extra["scores"] = {name: score.detach().cpu().clone() for name, score in self._scores.items()}
+        extra["scores"] = {
+            name: score.detach().cpu().clone() for name, score in self._scores.items()
+        }
         extra["scored_step"] = self._scored_step
         return extra
 

@@ -37,7 +37,14 @@ EPS = torch.finfo(torch.float32).eps
 class BlockFisherInverse:
     """Inverse of a block-diagonal empirical Fisher, updated one gradient at a time (Woodbury)."""
 
-    def __init__(self, num_grads: int, block_size: int, num_weights: int, damp: float, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        num_grads: int,
+        block_size: int,
+        num_weights: int,
+        damp: float,
+        device: torch.device | str = "cpu",
+    ):
         self.m = num_grads
         self.block_size = block_size
         self.d = num_weights
@@ -70,11 +77,15 @@ class BlockFisherInverse:
     def sub_blocks(self, size: int) -> torch.Tensor:
         """The (d / size, size, size) diagonal sub-blocks of F^-1 (block_size % size == 0)."""
         n = self.block_size // size
-        parts = [self.f_inv[:, i * size : (i + 1) * size, i * size : (i + 1) * size] for i in range(n)]
+        parts = [
+            self.f_inv[:, i * size : (i + 1) * size, i * size : (i + 1) * size] for i in range(n)
+        ]
         return torch.stack(parts, dim=1).reshape(-1, size, size)[: self.d // size]
 
 
-def obs_scores(weight: torch.Tensor, finv: BlockFisherInverse, block: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def obs_scores(
+    weight: torch.Tensor, finv: BlockFisherInverse, block: int = 1
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """OBS saliency of each weight (block = 1) or [1, block] group (expanded to each element),
     plus, for groups, ([F^-1]_QQ)^-1 w_Q cached for the weight update."""
     w = weight.detach().reshape(-1).to(finv.f_inv)
@@ -86,7 +97,12 @@ def obs_scores(weight: torch.Tensor, finv: BlockFisherInverse, block: int = 1) -
     return score.unsqueeze(1).expand(-1, block).reshape(weight.shape), solved
 
 
-def obs_update(weight: torch.Tensor, finv: BlockFisherInverse, newly_pruned: torch.Tensor, solved: torch.Tensor | None) -> torch.Tensor:
+def obs_update(
+    weight: torch.Tensor,
+    finv: BlockFisherInverse,
+    newly_pruned: torch.Tensor,
+    solved: torch.Tensor | None,
+) -> torch.Tensor:
     """The OBS change of all weights when `newly_pruned` ones are removed (pruned end at 0)."""
     pruned = newly_pruned.reshape(-1).to(finv.f_inv)
     if solved is None:
@@ -115,7 +131,9 @@ class OBSPruningModifier(GradualPruningModifier):
     @classmethod
     def _obs_mask_type(cls, value: Any) -> Any:
         if isinstance(value, list) and value != [1, 4]:
-            raise ValueError(f"OBSPruningModifier supports 'unstructured' and 'block4' ([1, 4]), got {value}")
+            raise ValueError(
+                f"OBSPruningModifier supports 'unstructured' and 'block4' ([1, 4]), got {value}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -127,7 +145,9 @@ class OBSPruningModifier(GradualPruningModifier):
         if self.fisher_block_size < 1:
             raise ValueError(f"fisher_block_size must be >= 1, got {self.fisher_block_size}")
         if self._block > 1 and self.fisher_block_size % self._block:
-            raise ValueError(f"fisher_block_size ({self.fisher_block_size}) must be a multiple of 4 for block4 pruning")
+            raise ValueError(
+                f"fisher_block_size ({self.fisher_block_size}) must be a multiple of 4 for block4 pruning"
+            )
         if self.num_recomputations < 1:
             raise ValueError(f"num_recomputations must be >= 1, got {self.num_recomputations}")
         return self
@@ -161,7 +181,11 @@ class OBSPruningModifier(GradualPruningModifier):
             try:
                 inspect.signature(state.grad_sampler).bind(state.model, self.num_grads, **kwargs)
             except TypeError:
-                logger.warning("%s: the grad sampler takes no keyword arguments; grad_sampler_kwargs %s ignored", self.name, kwargs)
+                logger.warning(
+                    "%s: the grad sampler takes no keyword arguments; grad_sampler_kwargs %s ignored",
+                    self.name,
+                    kwargs,
+                )
                 kwargs = {}
         return state.grad_sampler(state.model, self.num_grads, **kwargs)
 
@@ -171,7 +195,9 @@ class OBSPruningModifier(GradualPruningModifier):
         model = state.model
         params = {name: self._param(state, name) for name in self._param_names}
         finvs = {
-            name: BlockFisherInverse(self.num_grads, self.fisher_block_size, p.numel(), self.damp, p.device)
+            name: BlockFisherInverse(
+                self.num_grads, self.fisher_block_size, p.numel(), self.damp, p.device
+            )
             for name, p in params.items()
         }
         saved = {p: p.grad for p in model.parameters()}
@@ -179,9 +205,10 @@ class OBSPruningModifier(GradualPruningModifier):
         model.zero_grad(set_to_none=True)
         model.eval()
         count = 0
+        batches = self._sampler_iter(state)
         try:
             with torch.enable_grad():
-                for _ in self._sampler_iter(state):
+                for _ in batches:
                     for name, p in params.items():
                         if p.grad is None:
                             continue
@@ -195,13 +222,21 @@ class OBSPruningModifier(GradualPruningModifier):
                     if count >= self.num_grads:
                         break
         finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # run the sampler's own clean-up now, before the step's gradients return
             model.train(was_training)
             for p, grad in saved.items():
                 p.grad = grad
         if count == 0:
             raise SparseforgeError(f"{self.name}: the grad sampler yielded no gradient batch")
         if count < self.num_grads:
-            logger.warning("%s: the grad sampler gave %d of num_grads=%d gradients", self.name, count, self.num_grads)
+            logger.warning(
+                "%s: the grad sampler gave %d of num_grads=%d gradients",
+                self.name,
+                count,
+                self.num_grads,
+            )
         return finvs
 
     # ----- pruning -------------------------------------------------------------------------------
@@ -215,7 +250,9 @@ class OBSPruningModifier(GradualPruningModifier):
             return  # nothing new to prune: skip the costly gradient sampling
         steps = self.num_recomputations
         for i in range(1, steps + 1):
-            step_targets = {n: interpolate(i, 0, steps, last[n], targets[n]) for n in self._param_names}
+            step_targets = {
+                n: interpolate(i, 0, steps, last[n], targets[n]) for n in self._param_names
+            }
             self.obs_step(state, step_targets)
         self._last_applied = dict(targets)
         self._targets = dict(targets)
@@ -223,6 +260,7 @@ class OBSPruningModifier(GradualPruningModifier):
     @torch.no_grad()
     def obs_step(self, state: TrainingState, targets: dict[str, float]) -> None:
         """One OBS pruning step: Fisher inverses, scores, masks, weight update."""
+        self.refresh_params(state)
         finvs = self.collect_fisher_inverses(state)
         scores, solved = {}, {}
         for name, finv in finvs.items():

@@ -14,7 +14,9 @@ import sys
 INTERPOLATIONS = ("linear", "cubic", "inverse_cubic")
 
 
-def interpolate(x_cur: float, x0: float, x1: float, y0: float, y1: float, inter_func: str = "linear") -> float:
+def interpolate(
+    x_cur: float, x0: float, x1: float, y0: float, y1: float, inter_func: str = "linear"
+) -> float:
     """SparseML's `interpolate`, with x clamped to [x0, x1] (an end reached late stays at y1)."""
     if inter_func not in INTERPOLATIONS:
         raise ValueError(f"unknown inter_func {inter_func!r}; valid: {', '.join(INTERPOLATIONS)}")

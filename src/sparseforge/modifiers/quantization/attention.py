@@ -63,8 +63,12 @@ def quantized_attention_forward(
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     if quant is not None:
-        query, key, value = quant.query(query), quant.key(key), quant.value(value)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+        # Scale Q before quantizing it (not the S x S scores after the matmul): the same math on a
+        # tensor head_dim/seq_len the size, and Q.K^T then feeds its integer matmul directly.
+        query, key, value = quant.query(query * scaling), quant.key(key), quant.value(value)
+        scores = torch.matmul(query, key.transpose(2, 3))
+    else:
+        scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
     probs = nn.functional.softmax(scores, dim=-1)

@@ -32,7 +32,12 @@ from sparseforge.modifiers.quantization.attention import (
     is_attention_module,
     use_quantized_attention,
 )
-from sparseforge.modifiers.quantization.modules import is_quantized, quantize_module_
+from sparseforge.modifiers.quantization.modules import (
+    QuantizedEmbedding,
+    QuantizedLinear,
+    is_quantized,
+    quantize_module_,
+)
 from sparseforge.modifiers.quantization.observers import fake_quantizers, set_observers
 from sparseforge.modifiers.quantization.scheme import (
     ATTENTION,
@@ -63,9 +68,9 @@ _ATTENTION_TYPE_NAMES = {ATTENTION, "MatMul"}
 
 
 def _kind_of(module: nn.Module) -> str | None:
-    if type(module) is nn.Linear or type(module).__name__ == "QuantizedLinear":
+    if type(module) in (nn.Linear, QuantizedLinear):
         return LINEAR
-    if type(module) is nn.Embedding or type(module).__name__ == "QuantizedEmbedding":
+    if type(module) in (nn.Embedding, QuantizedEmbedding):
         return EMBEDDING
     if is_attention_module(module):
         return ATTENTION

@@ -124,8 +124,8 @@ class FakeQuantize(nn.Module):
         """Update the moving-average min/max with `x` and recompute scale and zero point."""
         x = x.detach().float()
         if self.per_channel:
-            dims = [d for d in range(x.dim()) if d != self.ch_axis]
-            cur_min, cur_max = torch.aminmax(x, dim=dims) if dims else (x, x)
+            flat = x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)
+            cur_min, cur_max = torch.aminmax(flat, dim=1)
         else:
             cur_min, cur_max = torch.aminmax(x)
         if not self.observed:

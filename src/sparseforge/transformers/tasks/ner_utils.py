@@ -188,12 +188,12 @@ def entity_metrics(
         predictions = predictions.argmax(axis=-1)
     labels = np.asarray(labels)
     true_seqs, pred_seqs = [], []
-    for pred_row, label_row in zip(predictions, labels):
+    for pred_row, label_row in zip(predictions, labels, strict=True):
         keep = label_row != IGNORE_INDEX
         true_seqs.append([id_to_label[int(t)] for t in label_row[keep]])
         pred_seqs.append([id_to_label[int(p)] for p in pred_row[: len(label_row)][keep]])
     total = sum(len(seq) for seq in true_seqs)
-    correct = sum(t == p for ts, ps in zip(true_seqs, pred_seqs) for t, p in zip(ts, ps))
+    correct = sum(t == p for ts, ps in zip(true_seqs, pred_seqs, strict=True) for t, p in zip(ts, ps, strict=True))
     result = {"accuracy": correct / total if total else 0.0}
     if not _is_iob(list(id_to_label.values())):
         return result

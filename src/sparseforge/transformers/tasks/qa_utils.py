@@ -110,7 +110,7 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
 def check_answer_spans(examples: Iterable[Mapping[str, Any]], where: str) -> None:
     """Each answer's `answer_start` must point at its text in the context (a wrong offset trains garbage)."""
     for example in examples:
-        for text, start in zip(example["answers"]["text"], example["answers"]["answer_start"]):
+        for text, start in zip(example["answers"]["text"], example["answers"]["answer_start"], strict=True):
             if example["context"][start : start + len(text)] != text:
                 raise DataError(
                     f"{where}: question {example['id']}: answer {text!r} is not at answer_start {start} of its context"
@@ -178,10 +178,10 @@ def prepare_features(
         example = sample_map[i]
         answers = examples["answers"][example]
         start_position = end_position = cls_index
-        if answers["answer_start"]:
+        context_tokens = [t for t, s in enumerate(sequence_ids) if s == context_index]
+        if answers["answer_start"] and context_tokens:
             start_char = answers["answer_start"][0]
             end_char = start_char + len(answers["text"][0])
-            context_tokens = [t for t, s in enumerate(sequence_ids) if s == context_index]
             first, last = context_tokens[0], context_tokens[-1]
             if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
                 start_position = first
@@ -279,7 +279,7 @@ def postprocess_predictions(
         if not candidates:
             candidates = [{"offsets": (0, 0), "score": 0.0, "start_logit": 0.0, "end_logit": 0.0, "text": ""}]
         probabilities = _softmax(np.array([c["score"] for c in candidates]))
-        for candidate, probability in zip(candidates, probabilities):
+        for candidate, probability in zip(candidates, probabilities, strict=True):
             candidate["probability"] = float(probability)
             candidate["offsets"] = list(candidate["offsets"])
         nbest[example["id"]] = candidates

@@ -160,7 +160,10 @@ def main(argv: Sequence[str]) -> int:
     resume = check_output_dir(training_args, recipe_args)
     with new_output_dir_guard(training_args.output_dir):
         trainer = build_trainer(model_args, data_args, recipe_args, training_args)
-        metrics = run_task(trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume, predict_fn=trainer.predict_fn)
+        metrics = run_task(
+            trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume,
+            predict_fn=trainer.predict_fn, sequence_length=trainer.sequence_length,
+        )
     print_metrics(metrics, training_args)
     return 0
 
@@ -219,6 +222,7 @@ def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataAr
         recipe=recipe,
         teacher=model_args.distill_teacher,
     )
+    trainer.sequence_length = max_length  # the ONNX export's input length
     trainer.predict_fn = None
     if training_args.do_predict:
         test_examples, test_with_offsets = features_of("test", data_args.max_predict_samples, True)

@@ -122,7 +122,8 @@ class LabelScheme:
             return float(value)
         if self.problem_type == "multi_label_classification":
             vector = [0.0] * self.num_labels
-            for item in _as_label_list(value) or []:
+            items = _as_label_list(value)
+            for item in items if items is not None else [value]:
                 vector[self.to_id[_norm(item)]] = 1.0
             return vector
         return self.to_id[_norm(value)]
@@ -150,8 +151,9 @@ def label_scheme(raw: Any, data_args: TextClassificationDataArguments) -> LabelS
     if not values:
         raise DataError(f"label column '{column}' is empty")
     lists = [_as_label_list(v) for v in values]
-    if all(item is not None for item in lists):
-        distinct = sorted({_norm(x) for item in lists for x in item}, key=lambda x: (isinstance(x, str), x))  # type: ignore[union-attr]
+    if any(item is not None for item in lists):  # one list makes the column multi-label
+        lists = [item if item is not None else [value] for item, value in zip(lists, values, strict=True)]
+        distinct = sorted({_norm(x) for item in lists for x in item}, key=lambda x: (isinstance(x, str), x))
         if all(isinstance(x, int) for x in distinct):
             distinct = list(range(max(distinct) + 1))
         return LabelScheme([str(x) for x in distinct], "multi_label_classification", {x: i for i, x in enumerate(distinct)})
@@ -192,7 +194,13 @@ def main(argv: Sequence[str]) -> int:
         if trainer.predict_dataset is not None:
             predict = lambda t: write_predictions(t, t.predict_dataset, t.label_scheme)  # noqa: E731
         metrics = run_task(
-            trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume, eval_datasets=extra_eval, predict_fn=predict
+            trainer,
+            task=TASK,
+            recipe_args=recipe_args,
+            resume_from_checkpoint=resume,
+            eval_datasets=extra_eval,
+            predict_fn=predict,
+            sequence_length=data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
         )
     if metrics and training_args.should_log:
         print("eval: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
@@ -201,12 +209,19 @@ def main(argv: Sequence[str]) -> int:
 
 def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> tuple[Any, dict[str, Any]]:
     """Arguments and data -> a ready SparseTrainer (+ extra evaluation sets such as mnli-mm)."""
+    import datasets
     from transformers import AutoTokenizer, DataCollatorWithPadding, default_data_collator, set_seed
 
     from sparseforge.transformers.metrics import compute_metrics_fn
-    from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
+    from sparseforge.transformers.trainer import (
+        SparseTrainer,
+        check_teacher_folder,
+        load_pretrained,
+    )
 
     model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
+    if model_args.distill_teacher and model_args.distill_teacher.lower() not in ("self", "disable", "none"):
+        check_teacher_folder(model_args.distill_teacher, TASK)
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, task_name=data_args.task_name, cache_dir=model_args.cache_dir, seed=training_args.seed)
     if training_args.do_train and "train" not in raw:
@@ -261,6 +276,14 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
                 load_from_cache_file=not data_args.overwrite_cache,
                 desc=f"tokenizing {split}",
             )
+    label_feature = {
+        "multi_label_classification": datasets.Sequence(datasets.Value("float32")),
+        "regression": datasets.Value("float32"),
+    }.get(scheme.problem_type)
+    for split, dataset in processed.items():
+        # `map` keeps the raw column's type when the output reuses its name ("labels"): set it.
+        if label_feature is not None and "labels" in dataset.column_names:
+            processed[split] = dataset.cast_column("labels", label_feature)
     if "test" in processed and "labels" in processed["test"].column_names:
         processed["test"] = processed["test"].remove_columns("labels")
     collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)

@@ -30,7 +30,13 @@ from sparseforge.transformers.arguments import (
     parse_task_args,
     resolve_model_and_recipe,
 )
-from sparseforge.transformers.data import first_split, load_hub_dataset, read_data_file, require_columns, take_first
+from sparseforge.transformers.data import (
+    first_split,
+    load_hub_dataset,
+    read_data_file,
+    require_columns,
+    take_first,
+)
 from sparseforge.transformers.tasks import ner_utils
 from sparseforge.transformers.tasks.task_utils import (
     check_splits,
@@ -141,14 +147,22 @@ def main(argv: Sequence[str]) -> int:
     resume = check_output_dir(training_args, recipe_args)
     with new_output_dir_guard(training_args.output_dir):
         trainer = build_trainer(model_args, data_args, recipe_args, training_args)
-        metrics = run_task(trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume, predict_fn=trainer.predict_fn)
+        metrics = run_task(
+            trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume,
+            predict_fn=trainer.predict_fn, sequence_length=trainer.sequence_length,
+        )
     print_metrics(metrics, training_args)
     return 0
 
 
 def build_trainer(model_args: ModelArguments, data_args: TokenClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> Any:
     """Arguments and data -> a ready SparseTrainer whose evaluation reports entity-level F1."""
-    from transformers import AutoConfig, DataCollatorForTokenClassification, default_data_collator, set_seed
+    from transformers import (
+        AutoConfig,
+        DataCollatorForTokenClassification,
+        default_data_collator,
+        set_seed,
+    )
 
     from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
 
@@ -165,11 +179,11 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
 
     tokenizer = load_tokenizer(model_args, model_path)
     require_fast_tokenizer(tokenizer, "token classification (word ids)")
-    label_to_id = label_mapping(labels, AutoConfig.from_pretrained(model_path))
+    start_config = AutoConfig.from_pretrained(model_path)
+    label_to_id = label_mapping(labels, start_config)
     id_to_label = {i: label for label, i in label_to_id.items()}
-    model = load_pretrained(
-        model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id, finetuning_task=data_args.task_name
-    )
+    # a head with another label count is replaced by load_pretrained
+    model = load_pretrained(model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id)
     max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
     ordered = [id_to_label[i] for i in range(len(id_to_label))]
     preprocess_kwargs = {
@@ -211,6 +225,7 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
         recipe=recipe,
         teacher=model_args.distill_teacher,
     )
+    trainer.sequence_length = max_length  # the ONNX export's input length
     trainer.predict_fn = None
     if "test" in processed:
 
@@ -222,9 +237,16 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
             if folder is None:
                 return
             predicted = np.asarray(output.predictions).argmax(-1)
+            words = [list(w) for w in raw["test"][text_column]]
+            encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
             lines = []
-            for row, label_row in zip(predicted, processed["test"]["labels"]):
-                lines.append(" ".join(id_to_label[int(p)] for p, t in zip(row, label_row) if t != ner_utils.IGNORE_INDEX))
+            for index, row in enumerate(predicted):
+                # one tag per word, from its first piece (words cut off by truncation get none)
+                firsts: dict[int, int] = {}
+                for position, word in enumerate(encoded.word_ids(batch_index=index)):
+                    if word is not None and word not in firsts:
+                        firsts[word] = position
+                lines.append(" ".join(id_to_label[int(row[firsts[w]])] for w in sorted(firsts)))
             (folder / "predictions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
         trainer.predict_fn = predict

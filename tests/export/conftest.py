@@ -1,0 +1,92 @@
+"""Saved tiny checkpoints for the export tests: dense, 70%-pruned, and QAT (pruned) models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_model, write_tokenizer
+
+from sparseforge import Manager
+
+QAT_RECIPE = """
+modifiers:
+  - !ConstantPruningModifier
+      start_epoch: 0.0
+      params: ['re:bert.encoder.*weight']
+  - !QuantizationModifier
+      start_epoch: 0.0
+      disable_quantization_observer_epoch: 1.0
+      quantize_embeddings: 1
+      quantize_linear_activations: 0
+      exclude_module_types: ['LayerNorm', 'Tanh']
+      submodules: [bert.embeddings, bert.encoder, {head}]
+"""
+HEADS = {"text-classification": "classifier", "question-answering": "qa_outputs"}
+
+
+def prune_encoder_(model: torch.nn.Module, sparsity: float = 0.7) -> None:
+    """Zero the smallest `sparsity` of every encoder weight matrix."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("bert.encoder") and param.dim() == 2:
+                threshold = param.abs().flatten().kthvalue(int(sparsity * param.numel())).values
+                param[param.abs() <= threshold] = 0.0
+
+
+def _batch(model: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(step)
+    ids = torch.randint(5, model.config.vocab_size, (8, 16), generator=generator)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if "qa_outputs" in dict(model.named_children()):
+        batch["start_positions"] = torch.randint(0, 16, (8,), generator=generator)
+        batch["end_positions"] = torch.randint(0, 16, (8,), generator=generator)
+    else:
+        batch["labels"] = torch.randint(0, 2, (8,), generator=generator)
+    return batch
+
+
+def save_qat_model(directory: Path, task: str, steps: int = 6) -> Path:
+    """Prune to 70%, run QAT (observers frozen after epoch 1), save weights + recipe + tokenizer."""
+    model = make_tiny_model(task).train()
+    prune_encoder_(model)
+    manager = Manager(QAT_RECIPE.format(head=HEADS[task]))
+    optimizer = manager.modify(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=3
+    )
+    for step in range(steps):
+        loss = manager.loss_update(model(**_batch(model, step)).loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    manager.finalize(model)
+    model.eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory))
+    write_tokenizer(directory)
+    manager.recipe.save(directory / "recipe.yaml")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def qat_model_dir(tmp_path_factory):
+    """qat_model_dir(task) -> folder of a pruned + QAT tiny model (built once per task)."""
+    cache: dict[str, Path] = {}
+
+    def factory(task: str = "text-classification") -> Path:
+        if task not in cache:
+            cache[task] = save_qat_model(tmp_path_factory.mktemp("qat") / task, task)
+        return cache[task]
+
+    return factory
+
+
+@pytest.fixture
+def pruned_model_dir(tmp_path):
+    model = make_tiny_model("text-classification", num_hidden_layers=1)
+    prune_encoder_(model)
+    directory = tmp_path / "pruned"
+    model.save_pretrained(str(directory))
+    write_tokenizer(directory)
+    return directory

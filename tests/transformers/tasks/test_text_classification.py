@@ -1,0 +1,237 @@
+"""`sparseforge train text-classification` end to end on a tiny BERT and the fixture files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparseforge.cli import main
+from sparseforge.recipe import Recipe
+from sparseforge.transformers.tasks.text_classification import (
+    TextClassificationDataArguments,
+    input_columns,
+    label_scheme,
+)
+
+DATA = Path(__file__).parents[2] / "fixtures" / "text_classification"
+
+TRANSFER_RECIPE = """
+num_epochs: 2
+training_modifiers:
+  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: eval(num_epochs)}
+  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: 0.002, final_lr: 0.0}
+constant_modifiers:
+  - !ConstantPruningModifier {start_epoch: 0.0, params: __ALL_PRUNABLE__}
+distillation_modifiers:
+  - !DistillationModifier {hardness: 0.5, temperature: 2.0, distill_output_keys: [logits]}
+"""
+
+
+def _common(model_dir: Path, out: Path) -> list[str]:
+    return [
+        "train", "text-classification",
+        "--model_name_or_path", str(model_dir),
+        "--output_dir", str(out),
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "16",
+        "--max_seq_length", "16",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        "--save_strategy", "no",
+        "--logging_steps", "2",
+        "--seed", "1",
+    ]
+
+
+def _pruned_model(tiny_model_dir) -> Path:
+    """A tiny model whose encoder weights are half zeros, as a sparse upstream checkpoint."""
+    import transformers
+
+    model_dir = tiny_model_dir("text-classification", name="sparse_start")
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith("bert.encoder") and param.dim() == 2:
+                param.masked_fill_(param.abs() < param.abs().median(), 0.0)
+    model.save_pretrained(str(model_dir))
+    return model_dir
+
+
+def _zeros(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v == 0 for k, v in load_file(str(folder / "model.safetensors")).items() if k.startswith("bert.encoder") and v.dim() == 2}
+
+
+def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_model_dir, capsys):
+    model_dir = _pruned_model(tiny_model_dir)
+    teacher = tiny_model_dir("text-classification", name="teacher", seed=3)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TRANSFER_RECIPE)
+    out = tmp_path / "out"
+    code = main(
+        _common(model_dir, out)
+        + [
+            "--train_file", str(DATA / "train.csv"), "--validation_file", str(DATA / "dev.csv"),
+            "--recipe", str(recipe), "--recipe_args", "num_epochs=3", "--distill_teacher", str(teacher),
+            "--do_train", "--do_eval", "--evaluation_strategy", "epoch", "--num_train_epochs", "7", "--fp16",
+        ]
+    )
+    assert code == 0
+    for name in ("model.safetensors", "config.json", "recipe.yaml", "eval_results.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "eval_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["epoch"] == 3.0  # the recipe's epochs, with recipe_args
+    saved = Recipe.load(str(out / "recipe.yaml"))
+    assert [m.name for m in saved.modifiers][-1] == "DistillationModifier" and saved.max_epochs == 3
+    before, after = _zeros(model_dir), _zeros(out)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name  # the same zeros, none more, none less
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert any("distillation/teacher_loss" in entry for entry in state["log_history"])
+
+
+def test_pairs_from_json_lines_with_legacy_flags(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    code = main(
+        _common(tiny_model_dir(), out)
+        + [
+            "--train_file", str(DATA / "pairs_train.json"), "--validation_file", str(DATA / "pairs_dev.json"),
+            "--input_column_names", "premise,hypothesis", "--max_train_samples", "16", "--max_eval_samples", "5",
+            "--do_train", "--do_eval", "--num_train_epochs", "1", "--no_cuda", "--pad_to_max_length", "false",
+        ]
+    )
+    assert code == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2  # 16 examples / batch 8
+    assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 5
+    assert not (out / "recipe.yaml").exists()  # no recipe, nothing to record
+
+
+def test_multi_label_reports_micro_and_macro_f1(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    code = main(
+        _common(tiny_model_dir(), out)
+        + [
+            "--train_file", str(DATA / "multilabel_train.json"), "--validation_file", str(DATA / "multilabel_dev.json"),
+            "--label_column_name", "labels", "--do_train", "--do_eval", "--num_train_epochs", "1",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_f1_micro", "eval_f1_macro"} <= set(results)
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 3
+
+
+def test_glue_tsv_with_task_name_and_predictions(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    code = main(
+        _common(tiny_model_dir(), out)
+        + [
+            "--task_name", "sst2", "--train_file", str(DATA / "sst2_train.tsv"), "--validation_ratio", "0.25",
+            "--test_file", str(DATA / "sst2_dev.tsv"), "--do_train", "--do_eval", "--do_predict", "--num_train_epochs", "1",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert "eval_accuracy" in results and json.loads((out / "all_results.json").read_text())["eval_samples"] == 8
+    lines = (out / "predict_results.txt").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 13
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"negative", "positive"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--input_column_names", "nope"], "no column 'nope'"),
+        (["--task_name", "sst3"], "unknown --task_name 'sst3'"),
+        (["--train_file", "BROKEN"], "cannot read --train_file"),
+        (["--train_file", "MISSING"], "does not exist"),
+        (["--recipe", "BADRECIPE"], "did you mean 'final_sparsity'"),
+        (["--distill_teacher", "QA_TEACHER"], "same head"),
+    ],
+)
+def test_bad_inputs_fail_before_training_and_leave_nothing(tmp_path, tiny_model_dir, capsys, extra, message):
+    model_dir = tiny_model_dir()
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b'sentence,label\n"unterminated,1\n\x00\xff,\n"a","b","c"\n')
+    bad_recipe = tmp_path / "bad.yaml"
+    bad_recipe.write_text("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, final_sparsty: 0.5, start_epoch: 0, end_epoch: 1}\n")
+    replacements = {
+        "BROKEN": str(broken),
+        "MISSING": str(tmp_path / "missing.csv"),
+        "BADRECIPE": str(bad_recipe),
+        "QA_TEACHER": str(tiny_model_dir("question-answering")) if "QA_TEACHER" in extra else "",
+    }
+    extra = [replacements.get(item, item) for item in extra]
+    files = [] if "--train_file" in extra else ["--train_file", str(DATA / "train.csv")]
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code = main(_common(model_dir, out) + files + ["--validation_file", str(DATA / "dev.csv"), "--do_train", "--do_eval"] + extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("sparseforge train: error:") and message in err[0], err
+    assert not out.exists()
+
+
+def test_existing_output_dir_needs_overwrite(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something.txt").write_text("x")
+    args = _common(tiny_model_dir(), out) + ["--train_file", str(DATA / "train.csv"), "--do_train"]
+    assert main(args) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
+    assert (out / "something.txt").exists()
+
+
+def test_label_scheme_and_input_columns():
+    import datasets
+
+    raw = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"idx": [0, 1, 2], "text": ["a", "b", "c"], "label": ["neg", "pos", "neg"]}),
+            "validation": datasets.Dataset.from_dict({"idx": [0], "text": ["d"], "label": ["mid"]}),
+        }
+    )
+    args = TextClassificationDataArguments()
+    scheme = label_scheme(raw, args)
+    assert scheme.names == ["mid", "neg", "pos"] and scheme.encode("pos") == 2
+    assert input_columns(args, raw["train"].column_names) == ("text", None)
+    regression = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0.5, 1.0, 3.25]})})
+    assert label_scheme(regression, args).problem_type == "regression"
+    multi = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["[0, 2]", "1", "2,0"]})})
+    scheme = label_scheme(multi, args)
+    assert scheme.problem_type == "multi_label_classification" and scheme.encode("2,0") == [1.0, 0.0, 1.0]
+    glue = TextClassificationDataArguments(task_name="rte")
+    glue.check()
+    rte = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["entailment", "not_entailment"]})})
+    assert label_scheme(rte, glue).encode("not_entailment") == 1
+    assert input_columns(glue, []) == ("sentence1", "sentence2")
+
+
+def test_one_shot_then_onnx_export(tmp_path, tiny_model_dir):
+    recipe = tmp_path / "gmp.yaml"
+    recipe.write_text(
+        "modifiers:\n  - !GMPruningModifier {params: ['re:bert.encoder.layer.*.intermediate.dense.weight'], "
+        "start_epoch: 0.0, end_epoch: 4.0, init_sparsity: 0.1, final_sparsity: 0.75, update_frequency: 1.0}\n"
+    )
+    out, onnx_dir = tmp_path / "out", tmp_path / "onnx"
+    code = main(
+        _common(tiny_model_dir(), out)
+        + ["--train_file", str(DATA / "train.csv"), "--do_train", "--recipe", str(recipe), "--one_shot", "--onnx_export_path", str(onnx_dir)]
+    )
+    assert code == 0
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "model.safetensors"))
+    for layer in (0, 1):
+        weight = weights[f"bert.encoder.layer.{layer}.intermediate.dense.weight"]
+        assert (weight == 0).float().mean().item() == pytest.approx(0.75, abs=1e-3)  # the recipe's end state
+    assert (onnx_dir / "model.onnx").is_file() and (onnx_dir / "recipe.yaml").is_file()
