@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from sparseforge import Manager, ModelMatchError, ScheduledModifierManager, ScheduledOptimizer, SparseforgeError
+from sparseforge import (
+    Manager,
+    ModelMatchError,
+    ScheduledModifierManager,
+    ScheduledOptimizer,
+    SparseforgeError,
+)
 
 RECIPE = """
 version: 1.1.0
@@ -97,7 +103,7 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
     train(model_b, wrapped_b, total - cut, start=cut, record=lrs)
 
     assert lrs == uninterrupted_lrs
-    for p_resumed, p_straight in zip(model_b.parameters(), model.parameters()):
+    for p_resumed, p_straight in zip(model_b.parameters(), model.parameters(), strict=True):
         assert torch.equal(p_resumed, p_straight)
     assert manager_b.step == manager.step == total
 

@@ -1,8 +1,14 @@
 """sparseforge: recipe-driven pruning, quantization-aware training and distillation for
 transformer encoders, with a verified ONNX export. Runs SparseML recipes unmodified."""
 
-from sparseforge.errors import DataError, ExportError, ModelMatchError, RecipeError, SparseforgeError
 from sparseforge import modifiers  # noqa: F401 - registers every modifier tag
+from sparseforge.errors import (
+    DataError,
+    ExportError,
+    ModelMatchError,
+    RecipeError,
+    SparseforgeError,
+)
 from sparseforge.manager import Manager, ScheduledModifierManager, ScheduledOptimizer
 from sparseforge.recipe import Recipe
 

@@ -252,6 +252,6 @@ def format_table(results: dict[str, dict], budget: Budget, minutes: float) -> st
     rows.append(("export check: max |ONNX - PyTorch|", f"{dense['max_abs_diff_onnx_vs_torch']:.2g}", f"{sparse['max_abs_diff_onnx_vs_torch']:.2g}", ""))
     widths = [max(len(r[i]) for r in rows + [("", "dense FP32", "sparse INT8", "ratio")]) for i in range(4)]
     lines = [f"\nsparseforge demo: all-MiniLM-L6-v2 on BBC News ({minutes:.1f} min)"]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(("", "dense FP32", "sparse INT8", "ratio"), widths)))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(("", "dense FP32", "sparse INT8", "ratio"), widths, strict=True)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)

@@ -64,3 +64,7 @@ class DataError(SparseforgeError, ValueError):
 
 class ExportError(SparseforgeError, RuntimeError):
     """ONNX export failed or the exported model does not match PyTorch within tolerance."""
+
+
+class ZooError(SparseforgeError, LookupError):
+    """A zoo: stub is malformed, unknown, or does not hold what was asked for (a model or a recipe)."""

@@ -184,7 +184,7 @@ class Manager:
             )
         state.step = int(saved["step"])
         self._updated_step = None
-        for mod, mod_state in zip(self.modifiers, saved["modifiers"]):
+        for mod, mod_state in zip(self.modifiers, saved["modifiers"], strict=True):
             mod.load_state_dict(mod_state)
 
     # ----- reporting ---------------------------------------------------------------------------

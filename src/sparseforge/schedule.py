@@ -72,7 +72,7 @@ def format_schedule(rows: list[ScheduleRow]) -> str:
         cells.append("; ".join(row.events))
         lines.append(cells)
     widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header) - 1)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths)) + "  " + header[-1]]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths, strict=True)) + "  " + header[-1]]
     for line in lines:
-        out.append("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1])
+        out.append("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1])
     return "\n".join(out)

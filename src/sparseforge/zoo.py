@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from sparseforge.errors import SparseforgeError
+from sparseforge.errors import ZooError
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ RECIPE_SUFFIXES = (".yaml", ".yml", ".md")
 RECIPE_FILES = tuple(f"recipe{suffix}" for suffix in RECIPE_SUFFIXES)
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _RECIPE_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-
-
-class ZooError(SparseforgeError, LookupError):
-    """A stub is malformed, unknown, or does not hold what was asked for (a model or a recipe)."""
 
 
 @dataclass(frozen=True)

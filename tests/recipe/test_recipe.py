@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from sparseforge import Recipe, RecipeError
 from sparseforge.modifiers.base import Modifier

@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from sparseforge.errors import RecipeError
-from sparseforge.recipe.registry import modifier_class
 from sparseforge.recipe.expressions import as_number, resolve_value, resolve_variables
-from sparseforge.recipe.yaml_io import LineDict, ModifierSpec, dump_yaml, load_yaml, represent_tagged
+from sparseforge.recipe.registry import modifier_class
+from sparseforge.recipe.yaml_io import (
+    LineDict,
+    ModifierSpec,
+    dump_yaml,
+    load_yaml,
+    represent_tagged,
+)
 
 if TYPE_CHECKING:
     from sparseforge.modifiers.base import Modifier

@@ -20,6 +20,7 @@ export sequence every task CLI shares.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -315,7 +316,10 @@ class SparseTrainer(Trainer):
         if max_epochs <= 0:
             return
         if self.args.num_train_epochs != max_epochs:
-            logger.warning(
+            # Warn only when the user chose a number; TrainingArguments' default is not a choice.
+            default = next(f.default for f in dataclasses.fields(type(self.args)) if f.name == "num_train_epochs")
+            report = logger.warning if self.args.num_train_epochs != default else logger.info
+            report(
                 "the recipe runs %d epochs: num_train_epochs %g is replaced by %d", max_epochs, self.args.num_train_epochs, max_epochs
             )
             self.args.num_train_epochs = max_epochs

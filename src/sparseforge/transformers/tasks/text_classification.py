@@ -39,6 +39,7 @@ from sparseforge.transformers.data import (
     require_columns,
     take_first,
 )
+from sparseforge.transformers.tasks.task_utils import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def main(argv: Sequence[str]) -> int:
 def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> tuple[Any, dict[str, Any]]:
     """Arguments and data -> a ready SparseTrainer (+ extra evaluation sets such as mnli-mm)."""
     import datasets
-    from transformers import AutoTokenizer, DataCollatorWithPadding, default_data_collator, set_seed
+    from transformers import DataCollatorWithPadding, default_data_collator, set_seed
 
     from sparseforge.transformers.metrics import compute_metrics_fn
     from sparseforge.transformers.trainer import (
@@ -237,16 +238,10 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
     scheme = label_scheme(raw, data_args)
 
     config_kwargs: dict[str, Any] = {"num_labels": scheme.num_labels, "problem_type": scheme.problem_type}
-    if data_args.task_name:
-        config_kwargs["finetuning_task"] = data_args.task_name
     if scheme.names is not None:
         config_kwargs["id2label"] = dict(enumerate(scheme.names))
         config_kwargs["label2id"] = {name: i for i, name in enumerate(scheme.names)}
-    tokenizer_path = model_args.tokenizer_name or model_path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, use_fast=model_args.use_fast_tokenizer)
-    except (OSError, ValueError) as err:
-        raise SparseforgeError(f"cannot load a tokenizer from {tokenizer_path}: {str(err).splitlines()[0]}") from None
+    tokenizer = load_tokenizer(model_args, model_path)
     model = load_pretrained(model_path, TASK, **config_kwargs)
 
     max_length = min(data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH, tokenizer.model_max_length)
