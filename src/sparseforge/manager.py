@@ -32,7 +32,7 @@ class Manager:
         self.recipe = Recipe.load(recipe, args)
         self.state: TrainingState | None = None
         # Fixed at initialize(): the modifiers bound to the model, and the order they update in.
-        self._active_modifiers: list[Modifier] = []
+        self._bound_modifiers: list[Modifier] = []
         self._update_order: list[Modifier] = []
         self._updated_step: int | None = None
         self._finalized = False
@@ -90,8 +90,8 @@ class Manager:
             grad_sampler=grad_sampler,
             extras=dict(extras),
         )
-        self._active_modifiers = self.modifiers
-        for mod in self._active_modifiers:
+        self._bound_modifiers = self.modifiers
+        for mod in self._bound_modifiers:
             mod.initialize(self.state)
         self._update_order = self._in_update_order()
         return self.state
@@ -124,12 +124,12 @@ class Manager:
     def optimizer_pre_step(self) -> None:
         state = self._require_state()
         self.update()
-        for mod in self._active_modifiers:
+        for mod in self._bound_modifiers:
             mod.optimizer_pre_step(state)
 
     def optimizer_post_step(self) -> None:
         state = self._require_state()
-        for mod in self._active_modifiers:
+        for mod in self._bound_modifiers:
             mod.optimizer_post_step(state)
         state.step += 1
 
@@ -137,7 +137,7 @@ class Manager:
         """Let active modifiers change the loss (distillation); kwargs: student outputs and inputs."""
         state = self._require_state()
         self.update()
-        for mod in self._active_modifiers:
+        for mod in self._bound_modifiers:
             if mod.active:
                 loss = mod.loss_update(loss, state, **outputs_and_inputs)
         return loss

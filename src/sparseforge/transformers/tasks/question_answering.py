@@ -27,9 +27,6 @@ from sparseforge.transformers.arguments import (
     DataArguments,
     ModelArguments,
     RecipeArguments,
-    check_output_dir,
-    new_output_dir_guard,
-    parse_task_args,
     resolve_model_and_recipe,
 )
 from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
@@ -41,8 +38,8 @@ from sparseforge.transformers.tasks.task_utils import (
     load_tokenizer,
     main_process_writes,
     map_split,
-    print_metrics,
     require_fast_tokenizer,
+    run_cli,
     sequence_length,
 )
 
@@ -152,20 +149,12 @@ class SquadEvaluation:
 # ----- the run -----------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train question-answering` (the task-module contract)."""
-    model_args, data_args, recipe_args, training_args = parse_task_args(
-        argv, ModelArguments, QuestionAnsweringDataArguments, RecipeArguments, prog="sparseforge train question-answering"
-    )
-    from sparseforge.transformers.trainer import run_task
 
-    resume = check_output_dir(training_args, recipe_args)
-    with new_output_dir_guard(training_args.output_dir):
-        trainer = build_trainer(model_args, data_args, recipe_args, training_args)
-        metrics = run_task(
-            trainer, task=TASK, recipe_args=recipe_args, resume_from_checkpoint=resume,
-            predict_fn=trainer.predict_fn, sequence_length=trainer.sequence_length,
-        )
-    print_metrics(metrics, training_args)
-    return 0
+    def build(*args: Any) -> tuple[Any, dict[str, Any]]:
+        trainer = build_trainer(*args)
+        return trainer, {"predict_fn": trainer.predict_fn, "sequence_length": trainer.sequence_length}
+
+    return run_cli(argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build)
 
 
 def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataArguments, recipe_args: RecipeArguments, training_args: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,39 @@ def map_split(dataset: Any, function: Any, training_args: Any, data_args: Any, s
             desc=f"preprocessing {split}",
             **kwargs,
         )
+
+
+def run_cli(
+    argv: Sequence[str],
+    *,
+    task: str,
+    data_arguments: type,
+    build: Callable[..., tuple[Any, dict[str, Any]]],
+) -> int:
+    """The task-module contract in one place: parse the flags, check the output folder, build the
+    trainer (nothing is left in a new folder if that fails), train/evaluate/export, print metrics.
+
+    `build(model_args, data_args, recipe_args, training_args)` returns the trainer and the extra
+    keyword arguments of `run_task` (predict_fn, sequence_length, eval_datasets).
+    """
+    from sparseforge.transformers.arguments import (
+        ModelArguments,
+        RecipeArguments,
+        check_output_dir,
+        new_output_dir_guard,
+        parse_task_args,
+    )
+    from sparseforge.transformers.trainer import run_task
+
+    model_args, data_args, recipe_args, training_args = parse_task_args(
+        argv, ModelArguments, data_arguments, RecipeArguments, prog=f"sparseforge train {task}"
+    )
+    resume = check_output_dir(training_args, recipe_args)
+    with new_output_dir_guard(training_args.output_dir):
+        trainer, run_kwargs = build(model_args, data_args, recipe_args, training_args)
+        metrics = run_task(trainer, task=task, recipe_args=recipe_args, resume_from_checkpoint=resume, **run_kwargs)
+    print_metrics(metrics, training_args)
+    return 0
 
 
 def print_metrics(metrics: Mapping[str, Any], training_args: Any) -> None:

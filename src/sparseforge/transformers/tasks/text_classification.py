@@ -26,9 +26,6 @@ from sparseforge.transformers.arguments import (
     DataArguments,
     ModelArguments,
     RecipeArguments,
-    check_output_dir,
-    new_output_dir_guard,
-    parse_task_args,
     resolve_model_and_recipe,
 )
 from sparseforge.transformers.data import (
@@ -39,7 +36,7 @@ from sparseforge.transformers.data import (
     require_columns,
     take_first,
 )
-from sparseforge.transformers.tasks.task_utils import load_tokenizer
+from sparseforge.transformers.tasks.task_utils import load_tokenizer, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -179,33 +176,19 @@ def label_scheme(raw: Any, data_args: TextClassificationDataArguments) -> LabelS
 # ----- the run -----------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train text-classification` (the task-module contract)."""
-    model_args, data_args, recipe_args, training_args = parse_task_args(
-        argv,
-        ModelArguments,
-        TextClassificationDataArguments,
-        RecipeArguments,
-        prog="sparseforge train text-classification",
-    )
-    from sparseforge.transformers.trainer import run_task
 
-    resume = check_output_dir(training_args, recipe_args)
-    with new_output_dir_guard(training_args.output_dir):
+    def build(model_args: Any, data_args: Any, recipe_args: Any, training_args: Any) -> tuple[Any, dict[str, Any]]:
         trainer, extra_eval = build_trainer(model_args, data_args, recipe_args, training_args)
         predict = None
         if trainer.predict_dataset is not None:
             predict = lambda t: write_predictions(t, t.predict_dataset, t.label_scheme)  # noqa: E731
-        metrics = run_task(
-            trainer,
-            task=TASK,
-            recipe_args=recipe_args,
-            resume_from_checkpoint=resume,
-            eval_datasets=extra_eval,
-            predict_fn=predict,
-            sequence_length=data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-        )
-    if metrics and training_args.should_log:
-        print("eval: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
-    return 0
+        return trainer, {
+            "eval_datasets": extra_eval,
+            "predict_fn": predict,
+            "sequence_length": data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
+        }
+
+    return run_cli(argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build)
 
 
 def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> tuple[Any, dict[str, Any]]:
