@@ -198,7 +198,7 @@ def cli_main(argv: Sequence[str]) -> int:
         "--max_seq_length", str(budget.max_seq_length), "--per_device_train_batch_size", str(budget.batch_size),
         "--per_device_eval_batch_size", "32", "--do_train", "--do_eval", "--seed", str(args.seed),
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10",
-        "--dataloader_num_workers", "0",
+        "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
     ]  # fmt: skip
     dense_dir, sparse_dir = out / "dense", out / "sparse_int8"
     train(
