@@ -29,14 +29,16 @@ def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | 
     stand-in optimizer; other modifiers contribute `schedule_values()` and `schedule_events()`.
     """
     max_epochs = max(recipe.max_epochs, 0)
+    # Copies: describing a schedule must not bind the caller's modifiers to a steps_per_epoch.
+    modifiers = [mod.model_copy(deep=True) for mod in recipe.modifiers]
     events: dict[float, list[str]] = {}
-    for mod in recipe.modifiers:
+    for mod in modifiers:
         mod._steps_per_epoch = steps_per_epoch
         for epoch, text in mod.schedule_events():
             events.setdefault(round(max(epoch, 0.0), 4), []).append(text)
     epochs = sorted({float(e) for e in range(max_epochs + 1)} | set(events))
 
-    lr_mods = [mod.model_copy(deep=True) for mod in recipe.modifiers if type(mod).controls_learning_rate]
+    lr_mods = [mod for mod in modifiers if type(mod).controls_learning_rate]
     dummy = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([dummy], lr=base_lr if base_lr is not None else 0.0)
     state = TrainingState(model=torch.nn.Module(), optimizer=optimizer, steps_per_epoch=steps_per_epoch)
@@ -55,7 +57,7 @@ def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | 
     rows = []
     for epoch in epochs:
         values: dict[str, float] = {}
-        for mod in recipe.modifiers:
+        for mod in modifiers:
             values.update(mod.schedule_values(epoch))
         lr = lr_at_step.get(math.floor(epoch * steps_per_epoch)) if lr_mods else None
         rows.append(ScheduleRow(epoch, lr, values, events.get(round(epoch, 4), [])))
