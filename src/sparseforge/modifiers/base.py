@@ -241,6 +241,10 @@ class Modifier(BaseModel):
     def apply_structure(self, model: torch.nn.Module) -> None:
         """Rebuild the structure this modifier leaves in a trained model (default: none)."""
 
+    def needs_training_batches(self) -> bool:
+        """Whether it draws batches through `state.grad_sampler` (so `--one_shot` needs train data)."""
+        return False
+
     # ----- overridable hooks -----------------------------------------------------------------
     def on_initialize(self, state: TrainingState) -> None:
         """Check the model fits the modifier's fields; raise ModelMatchError if not."""

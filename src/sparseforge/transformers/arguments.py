@@ -7,6 +7,7 @@ task CLI parses `ModelArguments`, `RecipeArguments`, its own data arguments (a s
 - rewrites SparseML's / transformers 4.x flag spellings (`LEGACY_FLAGS`, e.g.
   `--evaluation_strategy` -> `--eval_strategy`, `--no_cuda` -> `--use_cpu`);
 - turns `--fp16` on a machine without a CUDA GPU into a warning and fp32 training;
+- refuses `--report_to tensorboard|wandb|mlflow` when that package is missing (`check_reporting`);
 - checks the output directory (`check_output_dir`) before anything is trained or written.
 """
 
@@ -180,6 +181,24 @@ def apply_precision_fallback(training_args: Any) -> None:
         training_args.fp16_full_eval = False
 
 
+# `--report_to` integrations whose package is optional, and what installs it.
+REPORTING_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "pip install 'sparseforge[tensorboard]'"),
+    "wandb": (("wandb",), "pip install wandb"),
+    "mlflow": (("mlflow",), "pip install mlflow"),
+}
+
+
+def check_reporting(training_args: Any) -> None:
+    """`--report_to X` without X's package fails inside `Trainer.__init__`; say so before any work."""
+    import importlib.util
+
+    for name in training_args.report_to or []:
+        packages, install = REPORTING_PACKAGES.get(name, ((), ""))
+        if packages and not any(importlib.util.find_spec(package) for package in packages):
+            raise SparseforgeError(f"--report_to {name} needs the {packages[0]} package, which is not installed: {install}")
+
+
 def parse_task_args(argv: Sequence[str], *dataclass_types: type, prog: str | None = None) -> tuple[Any, ...]:
     """Parse `argv` into `dataclass_types` (+ TrainingArguments, returned last).
 
@@ -195,6 +214,7 @@ def parse_task_args(argv: Sequence[str], *dataclass_types: type, prog: str | Non
     else:
         parsed = parser.parse_args_into_dataclasses(args=args)
     apply_precision_fallback(parsed[-1])
+    check_reporting(parsed[-1])
     for item in parsed:
         check = getattr(item, "check", None)
         if callable(check):

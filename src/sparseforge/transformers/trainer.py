@@ -410,6 +410,11 @@ class SparseTrainer(Trainer):
     def grad_sampler(self, model: torch.nn.Module, num_batches: int) -> Iterator[None]:
         """For OBS-style pruning: forward + backward of the task loss on `num_batches` training
         batches, yielding after each backward with that batch's gradients in `param.grad`."""
+        if self.train_dataset is None:
+            raise SparseforgeError(
+                "the recipe needs training batches (OBS gradients or QAT calibration) and there is no "
+                "training data: pass --train_file (or --dataset_name / --task_name)"
+            )
         loader = self.get_train_dataloader()
         was_training = model.training
         model.train()

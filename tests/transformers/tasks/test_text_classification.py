@@ -97,6 +97,45 @@ def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_mod
     assert any("distillation/teacher_loss" in entry for entry in state["log_history"])
 
 
+def test_report_to_tensorboard_writes_sparsity_and_distillation_scalars(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TRANSFER_RECIPE)
+    out = tmp_path / "out"
+    args = _common(_pruned_model(tiny_model_dir), out) + [
+        "--train_file", str(DATA / "train.csv"), "--recipe", str(recipe), "--recipe_args", "num_epochs=1",
+        "--distill_teacher", "self", "--do_train", "--logging_steps", "1",
+    ]
+    args[args.index("--report_to") + 1] = "tensorboard"
+    assert main(args) == 0
+    (event_dir,) = {path.parent for path in (out / "runs").rglob("events.out.tfevents.*")}
+    tags = EventAccumulator(str(event_dir)).Reload().Tags()["scalars"]
+    assert {"train/sparsity/total", "train/distillation/teacher_loss", "train/learning_rate"} <= set(tags), tags
+    sparsity = EventAccumulator(str(event_dir)).Reload().Scalars("train/sparsity/total")
+    # Half of each encoder matrix is zero (the rest of __ALL_PRUNABLE__ is dense), and it is held.
+    assert len(sparsity) == 4 and 0.2 < sparsity[0].value < 0.5
+    assert all(event.value == sparsity[0].value for event in sparsity)
+
+
+def test_report_to_a_missing_integration_fails_before_training(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith("tensorboard") else real_find_spec(name, *a)
+    )
+    out = tmp_path / "out"
+    args = _common(tiny_model_dir(), out) + ["--train_file", str(DATA / "train.csv"), "--do_train"]
+    args[args.index("--report_to") + 1] = "tensorboard"
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--report_to tensorboard needs the tensorboard package" in err[0], err
+    assert "sparseforge[tensorboard]" in err[0] and not out.exists()
+
+
 def test_pairs_from_json_lines_with_legacy_flags(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     code = main(
@@ -235,3 +274,27 @@ def test_one_shot_then_onnx_export(tmp_path, tiny_model_dir):
         weight = weights[f"bert.encoder.layer.{layer}.intermediate.dense.weight"]
         assert (weight == 0).float().mean().item() == pytest.approx(0.75, abs=1e-3)  # the recipe's end state
     assert (onnx_dir / "model.onnx").is_file() and (onnx_dir / "recipe.yaml").is_file()
+
+
+def test_one_shot_obs_takes_gradients_from_train_file_without_do_train(tmp_path, tiny_model_dir, capsys):
+    recipe = tmp_path / "obs.yaml"
+    recipe.write_text(
+        "modifiers:\n  - !OBSPruningModifier {params: ['re:bert.encoder.layer.*.intermediate.dense.weight'], "
+        "start_epoch: 0.0, end_epoch: 1.0, init_sparsity: 0.1, final_sparsity: 0.5, update_frequency: 0.5, "
+        "num_grads: 4, fisher_block_size: 8, global_sparsity: false}\n"
+    )
+    model_dir = tiny_model_dir()
+    out = tmp_path / "out"
+    code = main(_common(model_dir, out) + ["--train_file", str(DATA / "train.csv"), "--recipe", str(recipe), "--one_shot"])
+    assert code == 0
+    from safetensors.torch import load_file
+
+    weight = load_file(str(out / "model.safetensors"))["bert.encoder.layer.0.intermediate.dense.weight"]
+    assert (weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
+
+    # No training data at all: one line that says what to pass, and no output folder.
+    capsys.readouterr()
+    code = main(_common(model_dir, tmp_path / "none") + ["--validation_file", str(DATA / "dev.csv"), "--recipe", str(recipe), "--one_shot"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "OBSPruningModifier needs training batches" in err[0] and "--train_file" in err[0], err
+    assert not (tmp_path / "none").exists()

@@ -156,6 +156,9 @@ class OBSPruningModifier(GradualPruningModifier):
     def _block(self) -> int:
         return 1 if self.structure.kind == "unstructured" else 4
 
+    def needs_training_batches(self) -> bool:  # noqa: D102
+        return True
+
     def on_initialize(self, state: TrainingState) -> None:
         super().on_initialize(state)
         if state.grad_sampler is None:

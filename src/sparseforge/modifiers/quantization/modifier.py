@@ -132,6 +132,9 @@ class QuantizationModifier(Modifier):
             raise ValueError(f"must be within 2..8 (ONNX export is 8-bit integer), got {value}")
         return value
 
+    def needs_training_batches(self) -> bool:  # noqa: D102
+        return bool(self.num_calibration_steps)
+
     @field_validator("num_calibration_steps")
     @classmethod
     def _steps(cls, value: int | None) -> int | None:

@@ -34,6 +34,7 @@ from sparseforge.transformers.arguments import (
 )
 from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
 from sparseforge.transformers.tasks.task_utils import (
+    check_one_shot_data,
     check_splits,
     dataset_from_rows,
     load_tokenizer,
@@ -221,6 +222,7 @@ def build_trainer(model_args: ModelArguments, data_args: MaskedLanguageModelingD
     set_seed(training_args.seed)
     raw = load_mlm_datasets(data_args, model_args.cache_dir, training_args.seed)
     check_splits(raw, training_args)
+    check_one_shot_data(raw, recipe, recipe_args.one_shot)
     tokenizer = load_tokenizer(model_args, model_path)
     if tokenizer.mask_token is None:
         raise SparseforgeError(f"the tokenizer of {model_path} has no mask token: it cannot train a masked language model")

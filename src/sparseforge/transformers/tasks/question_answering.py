@@ -32,6 +32,7 @@ from sparseforge.transformers.arguments import (
 from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
 from sparseforge.transformers.tasks import qa_utils
 from sparseforge.transformers.tasks.task_utils import (
+    check_one_shot_data,
     check_splits,
     dataset_from_rows,
     hold_out,
@@ -167,6 +168,7 @@ def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataAr
     set_seed(training_args.seed)
     raw = load_qa_datasets(data_args, model_args.cache_dir, training_args.seed)
     check_splits(raw, training_args)
+    check_one_shot_data(raw, recipe, recipe_args.one_shot)
     tokenizer = load_tokenizer(model_args, model_path)
     require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
     model = load_pretrained(model_path, TASK)

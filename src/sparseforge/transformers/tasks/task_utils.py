@@ -73,6 +73,18 @@ def check_splits(raw: Mapping[str, Any], training_args: Any) -> None:
         raise DataError("--do_predict needs --test_file")
 
 
+def check_one_shot_data(raw: Mapping[str, Any], recipe: Any, one_shot: bool) -> None:
+    """`--one_shot` with OBS pruning or QAT calibration draws training batches: fail before loading."""
+    if not one_shot or recipe is None or "train" in raw:
+        return
+    needing = sorted({mod.name for mod in recipe.modifiers if mod.needs_training_batches()})
+    if needing:
+        raise DataError(
+            f"--one_shot with {', '.join(needing)} needs training batches (gradients or calibration): "
+            "pass --train_file (or --dataset_name)"
+        )
+
+
 def map_split(dataset: Any, function: Any, training_args: Any, data_args: Any, split: str, **kwargs: Any) -> Any:
     """`dataset.map(function, batched=True)` with the shared flags, on the main process first."""
     with training_args.main_process_first(desc=f"preprocessing {split}"):

@@ -36,7 +36,7 @@ from sparseforge.transformers.data import (
     require_columns,
     take_first,
 )
-from sparseforge.transformers.tasks.task_utils import load_tokenizer, run_cli
+from sparseforge.transformers.tasks.task_utils import check_one_shot_data, load_tokenizer, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
         raise DataError("--do_train needs training data (--train_file, --dataset_name or --task_name)")
     if training_args.do_eval and "validation" not in raw:
         raise DataError("--do_eval needs evaluation data (--validation_file or --validation_ratio)")
+    check_one_shot_data(raw, recipe, recipe_args.one_shot)
     first, second = input_columns(data_args, first_split(raw).column_names)
     wanted = [first] + ([second] if second else [])
     for split in raw:
@@ -273,7 +274,7 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
     trainer = SparseTrainer(
         model=model,
         args=training_args,
-        train_dataset=processed.get("train") if training_args.do_train else None,
+        train_dataset=processed.get("train"),  # also --one_shot's source of gradients and calibration
         eval_dataset=processed.get("validation") if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=collator,

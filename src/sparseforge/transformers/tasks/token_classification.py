@@ -36,6 +36,7 @@ from sparseforge.transformers.data import (
 )
 from sparseforge.transformers.tasks import ner_utils
 from sparseforge.transformers.tasks.task_utils import (
+    check_one_shot_data,
     check_splits,
     dataset_from_rows,
     hold_out,
@@ -159,6 +160,7 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
     set_seed(training_args.seed)
     raw = load_token_datasets(data_args, model_args.cache_dir, training_args.seed)
     check_splits(raw, training_args)
+    check_one_shot_data(raw, recipe, recipe_args.one_shot)
     text_column, label_column = columns_of(data_args, first_split(raw).column_names)
     for split in raw:
         require_columns(raw[split], [text_column], split=split, flag="--text_column_name")
