@@ -162,3 +162,24 @@ def test_cli_json_pos_task_and_offline_dataset_error(tiny_model_dir, tmp_path, c
     ])
     assert code == 2 and "no column 'tags'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_cli_one_shot_obs_without_do_train_uses_the_train_file(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "obs.yaml"
+    recipe.write_text(
+        "modifiers:\n  - !OBSPruningModifier {params: ['re:bert.encoder.layer.*.output.dense.weight'], start_epoch: 0.0, "
+        "end_epoch: 1.0, init_sparsity: 0.1, final_sparsity: 0.5, update_frequency: 0.5, num_grads: 2, fisher_block_size: 8}\n"
+    )
+    out = tmp_path / "out"
+    code = _run([
+        "--model_name_or_path", str(tiny_model_dir("token-classification")), "--train_file", str(CONLL / "train.txt"),
+        "--max_seq_length", "32", "--per_device_train_batch_size", "2", "--recipe", str(recipe), "--one_shot",
+        "--output_dir", str(out),
+    ])
+    assert code == 0
+    from safetensors.torch import load_file
+
+    # The regex also matches attention.output.dense: four tensors, one global OBS target over them.
+    pruned = [t for name, t in load_file(str(out / "model.safetensors")).items() if name.endswith("output.dense.weight")]
+    assert len(pruned) == 4
+    assert sum(int((t == 0).sum()) for t in pruned) == sum(t.numel() for t in pruned) // 2

@@ -230,7 +230,7 @@ def build_trainer(model_args: ModelArguments, data_args: MaskedLanguageModelingD
     max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
-    wanted = {"train": training_args.do_train, "validation": training_args.do_eval, "test": False}
+    wanted = {"train": training_args.do_train or recipe_args.one_shot, "validation": training_args.do_eval, "test": False}
     processed: dict[str, Any] = {}
     for split, dataset in raw.items():
         if not wanted.get(split):

@@ -195,7 +195,7 @@ def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataAr
         )
         return examples, features
 
-    train_features = features_of("train", data_args.max_train_samples, False)[1] if training_args.do_train else None
+    train_features = features_of("train", data_args.max_train_samples, False)[1] if training_args.do_train or recipe_args.one_shot else None
     evaluation = eval_features = None
     if training_args.do_eval:
         eval_examples, with_offsets = features_of("validation", data_args.max_eval_samples, True)

@@ -188,7 +188,7 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
         "b_to_i_label": ner_utils.b_to_i(ordered),
     }
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
-    wanted = {"train": training_args.do_train, "validation": training_args.do_eval, "test": training_args.do_predict}
+    wanted = {"train": training_args.do_train or recipe_args.one_shot, "validation": training_args.do_eval, "test": training_args.do_predict}
     processed = {}
     for split, dataset in raw.items():
         if not wanted.get(split):
