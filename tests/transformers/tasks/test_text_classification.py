@@ -30,7 +30,7 @@ distillation_modifiers:
 """
 
 
-def _common(model_dir: Path, out: Path) -> list[str]:
+def _common(model_dir: Path, out: Path, report_to: str = "none") -> list[str]:
     return [
         "train", "text-classification",
         "--model_name_or_path", str(model_dir),
@@ -38,7 +38,7 @@ def _common(model_dir: Path, out: Path) -> list[str]:
         "--per_device_train_batch_size", "8",
         "--per_device_eval_batch_size", "16",
         "--max_seq_length", "16",
-        "--report_to", "none",
+        "--report_to", report_to,
         "--disable_tqdm", "true",
         "--save_strategy", "no",
         "--logging_steps", "2",
@@ -104,16 +104,16 @@ def test_report_to_tensorboard_writes_sparsity_and_distillation_scalars(tmp_path
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(TRANSFER_RECIPE)
     out = tmp_path / "out"
-    args = _common(_pruned_model(tiny_model_dir), out) + [
+    args = _common(_pruned_model(tiny_model_dir), out, report_to="tensorboard") + [
         "--train_file", str(DATA / "train.csv"), "--recipe", str(recipe), "--recipe_args", "num_epochs=1",
         "--distill_teacher", "self", "--do_train", "--logging_steps", "1",
     ]
-    args[args.index("--report_to") + 1] = "tensorboard"
     assert main(args) == 0
     (event_dir,) = {path.parent for path in (out / "runs").rglob("events.out.tfevents.*")}
-    tags = EventAccumulator(str(event_dir)).Reload().Tags()["scalars"]
+    events = EventAccumulator(str(event_dir)).Reload()
+    tags = events.Tags()["scalars"]
     assert {"train/sparsity/total", "train/distillation/teacher_loss", "train/learning_rate"} <= set(tags), tags
-    sparsity = EventAccumulator(str(event_dir)).Reload().Scalars("train/sparsity/total")
+    sparsity = events.Scalars("train/sparsity/total")
     # Half of each encoder matrix is zero (the rest of __ALL_PRUNABLE__ is dense), and it is held.
     assert len(sparsity) == 4 and 0.2 < sparsity[0].value < 0.5
     assert all(event.value == sparsity[0].value for event in sparsity)
@@ -127,8 +127,7 @@ def test_report_to_a_missing_integration_fails_before_training(tmp_path, tiny_mo
         importlib.util, "find_spec", lambda name, *a: None if name.startswith("tensorboard") else real_find_spec(name, *a)
     )
     out = tmp_path / "out"
-    args = _common(tiny_model_dir(), out) + ["--train_file", str(DATA / "train.csv"), "--do_train"]
-    args[args.index("--report_to") + 1] = "tensorboard"
+    args = _common(tiny_model_dir(), out, report_to="tensorboard") + ["--train_file", str(DATA / "train.csv"), "--do_train"]
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
