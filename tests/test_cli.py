@@ -48,3 +48,10 @@ def test_unknown_command_and_console_script():
     )
     assert result.returncode == 0, result.stderr
     assert "stage finetune_stage (starts at epoch 2)" in result.stdout
+
+
+def test_recipe_check_names_a_fractional_end(tmp_path, capsys):
+    recipe = tmp_path / "short.yaml"
+    recipe.write_text("training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 1.5}\n")
+    assert main(["recipe", "check", str(recipe)]) == 0
+    assert "valid recipe, 1 modifier(s), max_epochs 2 (ends at epoch 1.5)" in capsys.readouterr().out

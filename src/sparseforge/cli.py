@@ -85,7 +85,8 @@ def recipe_main(argv: Sequence[str]) -> int:
     recipe = Recipe.load(source, args.recipe_args)
     if not recipe.modifiers:
         raise RecipeError("the recipe defines no modifiers (groups are top-level keys whose name contains 'modifiers')", file=args.file)
-    print(f"{args.file}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {recipe.max_epochs}")
+    ends = f" (ends at epoch {recipe.end_epoch:g})" if recipe.end_epoch != recipe.max_epochs else ""
+    print(f"{args.file}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {recipe.max_epochs}{ends}")
     for stage in recipe.stages:
         if stage.name:
             print(f"stage {stage.name} (starts at epoch {stage.offset:g})")

@@ -52,6 +52,10 @@ class Manager:
         return self.recipe.max_epochs
 
     @property
+    def end_epoch(self) -> float:
+        return self.recipe.end_epoch
+
+    @property
     def controls_learning_rate(self) -> bool:
         """True when a recipe modifier sets the learning rate (a Trainer's scheduler must step aside)."""
         return any(type(mod).controls_learning_rate for mod in self.modifiers)

@@ -24,6 +24,23 @@ def test_translate_legacy_flags():
     assert translate_legacy_flags(argv) == ["--eval_strategy", "epoch", "--use_cpu", "--per_device_train_batch_size=4", "--seed", "1"]
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--group_by_length", "--seed", "1"], ["--train_sampling_strategy", "group_by_length", "--seed", "1"]),
+        (["--group_by_length", "True"], ["--train_sampling_strategy", "group_by_length"]),
+        (["--group_by_length=false", "--seed", "1"], ["--seed", "1"]),
+        (["--group_by_length", "false"], []),
+    ],
+)
+def test_group_by_length_becomes_the_sampling_strategy(argv, expected, tmp_path):
+    assert translate_legacy_flags(argv) == expected
+    *_, training = parse_task_args(
+        ["--model_name_or_path", "m", "--output_dir", str(tmp_path), *argv], ModelArguments, DataArguments
+    )
+    assert training.train_sampling_strategy == ("group_by_length" if expected[:1] == ["--train_sampling_strategy"] else "random")
+
+
 def test_parse_with_fp16_fallback(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         model, data, recipe, training = parse_task_args(

@@ -104,6 +104,20 @@ def test_recipe_sets_epochs_and_owns_the_learning_rate(tmp_path, caplog):
     assert recorder.lrs == pytest.approx(expected, rel=1e-9)
 
 
+def test_fractional_recipe_stops_where_the_recipe_ends(tmp_path):
+    """A 1.5-epoch recipe trains 1.5 epochs (9 of 6-step epochs), not SparseML's ceiling of 2."""
+    recorder = StepRecorder()
+    recipe = LR_RECIPE.replace("end_epoch: 2.0", "end_epoch: 1.5")
+    trainer = SparseTrainer(
+        model=make_tiny_model(), args=make_args(tmp_path / "out"), train_dataset=tiny_dataset(),
+        recipe=recipe, callbacks=[recorder],
+    )
+    assert trainer.manager.max_epochs == 2 and trainer.args.num_train_epochs == 1.5
+    trainer.train()
+    assert trainer.state.global_step == 9 and len(recorder.lrs) == 9
+    assert recorder.lrs[-1] == pytest.approx(0.01 + (8 / 6) / 1.5 * (0.001 - 0.01), rel=1e-9)
+
+
 def test_steps_per_epoch_counts_accumulation_and_drop_last(tmp_path):
     model = make_tiny_model()
     trainer = SparseTrainer(

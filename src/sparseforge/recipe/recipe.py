@@ -214,8 +214,15 @@ class Recipe:
     @property
     def max_epochs(self) -> int:
         """SparseML's definition: the ceiling of the latest start/end epoch any modifier names (-1 if none)."""
-        bounds = [math.ceil(b - 1e-9) for mod in self.modifiers for b in mod.epoch_bounds()]
-        return max(bounds) if bounds else -1
+        end = self.end_epoch
+        return math.ceil(end - 1e-9) if end >= 0 else -1
+
+    @property
+    def end_epoch(self) -> float:
+        """The latest start/end epoch any modifier names, not rounded (-1 if none): where training
+        can stop, e.g. 1.5 for a recipe of one and a half epochs."""
+        bounds = [b for mod in self.modifiers for b in mod.epoch_bounds()]
+        return max(bounds) if bounds else -1.0
 
     def modifiers_of(self, kind: type[Modifier]) -> list[Modifier]:
         return [mod for mod in self.modifiers if isinstance(mod, kind)]

@@ -5,7 +5,8 @@ task CLI parses `ModelArguments`, `RecipeArguments`, its own data arguments (a s
 `DataArguments`) and transformers' `TrainingArguments` with `parse_task_args`, which also:
 
 - rewrites SparseML's / transformers 4.x flag spellings (`LEGACY_FLAGS`, e.g.
-  `--evaluation_strategy` -> `--eval_strategy`, `--no_cuda` -> `--use_cpu`);
+  `--evaluation_strategy` -> `--eval_strategy`, `--no_cuda` -> `--use_cpu`, `--group_by_length`
+  -> `--train_sampling_strategy group_by_length`);
 - turns `--fp16` on a machine without a CUDA GPU into a warning and fp32 training;
 - refuses `--report_to tensorboard|wandb|mlflow` when that package is missing (`check_reporting`);
 - checks the output directory (`check_output_dir`) before anything is trained or written.
@@ -136,6 +137,11 @@ LEGACY_FLAGS: dict[str, str | None] = {
     "--logging_dir": None,
 }
 _VALUED_LEGACY = {"--fp16_backend", "--half_precision_backend", "--fp16_opt_level", "--logging_dir"}
+# transformers 4.x booleans that became a choice of a transformers 5 flag: (new flag, value when true).
+LEGACY_BOOLEANS: dict[str, tuple[str, str]] = {
+    "--group_by_length": ("--train_sampling_strategy", "group_by_length"),
+}
+_BOOLEAN_VALUES = {"true": True, "false": False}
 
 
 def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
@@ -146,6 +152,17 @@ def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
     while index < len(items):
         item = items[index]
         flag, eq, value = item.partition("=")
+        if flag in LEGACY_BOOLEANS:
+            # `--group_by_length`, `--group_by_length true|false`, `--group_by_length=false`
+            if not eq and index + 1 < len(items) and items[index + 1].lower() in _BOOLEAN_VALUES:
+                value = items[index + 1]
+                index += 1
+            index += 1
+            if _BOOLEAN_VALUES.get(value.lower(), True):
+                new_flag, choice = LEGACY_BOOLEANS[flag]
+                logger.info("legacy flag %s read as %s %s", flag, new_flag, choice)
+                out += [new_flag, choice]
+            continue
         if flag in LEGACY_FLAGS:
             new = LEGACY_FLAGS[flag]
             if new is None:

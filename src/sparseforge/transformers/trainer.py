@@ -312,19 +312,23 @@ class SparseTrainer(Trainer):
 
     # ----- setup -----------------------------------------------------------------------------
     def _apply_recipe_epochs(self) -> None:
-        max_epochs = self.manager.max_epochs
-        if max_epochs <= 0:
+        # The recipe's own end, not SparseML's ceiling: a 1.5-epoch recipe stops at 1.5 epochs
+        # instead of training half an epoch more after every modifier has ended.
+        epochs = self.manager.end_epoch
+        if epochs <= 0:
             return
-        if self.args.num_train_epochs != max_epochs:
+        if epochs == int(epochs):
+            epochs = int(epochs)
+        if self.args.num_train_epochs != epochs:
             # Warn only when the user chose a number; TrainingArguments' default is not a choice.
             default = next(f.default for f in dataclasses.fields(type(self.args)) if f.name == "num_train_epochs")
             report = logger.warning if self.args.num_train_epochs != default else logger.info
             report(
-                "the recipe runs %d epochs: num_train_epochs %g is replaced by %d", max_epochs, self.args.num_train_epochs, max_epochs
+                "the recipe runs %g epochs: num_train_epochs %g is replaced by %g", epochs, self.args.num_train_epochs, epochs
             )
-            self.args.num_train_epochs = max_epochs
+            self.args.num_train_epochs = epochs
         if self.args.max_steps > 0:
-            logger.warning("max_steps=%d overrides the recipe's %d epochs: the recipe may not finish", self.args.max_steps, max_epochs)
+            logger.warning("max_steps=%d overrides the recipe's %g epochs: the recipe may not finish", self.args.max_steps, epochs)
 
     def _check_teacher_outputs(self) -> None:
         """Run student and teacher on two training examples: their logits must have one shape."""

@@ -253,3 +253,89 @@ def test_block4_needs_a_fisher_block_multiple_of_four():
                 "fisher_block_size: 8", "fisher_block_size: 8\n    mask_type: [2, 2]"
             )
         )
+
+
+GRADUAL = """
+pruning_modifiers:
+  - !OBSPruningModifier
+    params: ['0.weight', '2.weight']
+    init_sparsity: 0.25
+    final_sparsity: 0.75
+    start_epoch: 0
+    end_epoch: 2
+    update_frequency: 0.5
+    num_grads: 8
+    damp: 1e-4
+    fisher_block_size: 8
+    num_recomputations: 2
+    leave_enabled: true
+"""
+
+
+def train_obs(model, optimizer, manager, steps, start=0):
+    for step in range(start, start + steps):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(step))
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_gradual_obs_resume_is_bit_identical():
+    """Stopped between two OBS updates and resumed from state dicts, the run ends exactly as an
+    uninterrupted one: same masks, same weights (the sampler gives the same batches each call)."""
+
+    def setup():
+        model, manager = mlp(n_in=8), Manager(GRADUAL)
+        optimizer = manager.modify(
+            model, torch.optim.AdamW(model.parameters(), lr=0.01), steps_per_epoch=4,
+                grad_sampler=Sampler(batches=8, n_in=8),
+        )
+        return model, optimizer, manager
+
+    model, optimizer, manager = setup()
+    train_obs(model, optimizer, manager, 12)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, optimizer, manager = setup()
+    train_obs(model, optimizer, manager, 5)  # two updates done (steps 0, 2), more to come
+    saved = {
+        "model": {k: v.clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "manager": manager.state_dict(),
+    }
+    resumed, resumed_optimizer, resumed_manager = setup()
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed_manager.load_state_dict(saved["manager"])
+    train_obs(resumed, resumed_optimizer, resumed_manager, 7, start=5)
+
+    for key, value in resumed.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    weights = [resumed[0].weight, resumed[2].weight]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros == round(0.75 * sum(w.numel() for w in weights))
+
+
+class LargeGradSampler(Sampler):
+    def __call__(self, model, num_batches):
+        try:
+            for x, y in self.data:
+                (1e4 * torch.nn.functional.mse_loss(model(x), y)).backward()
+                yield
+        finally:
+            model.zero_grad(set_to_none=True)
+
+
+def test_fisher_inverse_round_off_is_an_error_not_nan_weights():
+    """Gradients large next to damp break the float32 Woodbury inverse: say so, leave the weights."""
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    manager = Manager(ONE_SHOT.format(global_=True).replace("damp: '1e-3'", "damp: 1e-7"))
+    manager.modify(
+        model, torch.optim.SGD(model.parameters(), lr=0.0), steps_per_epoch=1,
+        grad_sampler=LargeGradSampler(),
+    )
+    with pytest.raises(SparseforgeError, match=r"Fisher inverse of 0.weight .*raise damp"):
+        manager.update()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sparseforge.modifiers.quantization.modules import (
@@ -48,3 +49,32 @@ def test_other_modules_are_left_alone():
     norm = torch.nn.LayerNorm(4)
     assert not quantize_module_(norm, QuantizationScheme())
     assert type(norm) is torch.nn.LayerNorm
+
+
+@pytest.mark.parametrize("strategy", ["tensor", "channel"])
+def test_embedding_rounds_looked_up_rows_exactly_as_the_whole_table(strategy):
+    """The training path rounds only the gathered rows; values, gradients and observed scales
+    must equal rounding the whole table and then looking rows up."""
+    torch.manual_seed(0)
+    scheme = QuantizationScheme(weights=QuantizationArgs(symmetric=True, strategy=strategy))
+    embedding = torch.nn.Embedding(50, 8, padding_idx=0)
+    reference = torch.nn.Embedding(50, 8, padding_idx=0)
+    reference.load_state_dict(embedding.state_dict())
+    for module in (embedding, reference):
+        quantize_module_(module, scheme)
+    ids = torch.tensor([[0, 3, 7, 3], [49, 1, 2, 0]])
+    for step in range(3):  # observers update over steps; scales must stay identical
+        out = embedding(ids)
+        ref_quant = reference.weight_fake_quant
+        expected = torch.nn.functional.embedding(ids, ref_quant(reference.weight), padding_idx=0)
+        assert torch.equal(out, expected), step
+        assert not torch.equal(out, torch.nn.functional.embedding(ids, embedding.weight))
+        grad_out = torch.randn_like(out)
+        out.backward(grad_out)
+        expected.backward(grad_out)
+        assert torch.equal(embedding.weight.grad, reference.weight.grad)
+        assert torch.equal(embedding.weight_fake_quant.scale, ref_quant.scale)
+        with torch.no_grad():  # move the weights so the next observation differs
+            for module in (embedding, reference):
+                module.weight.add_(module.weight.grad * 0.5)
+                module.weight.grad = None

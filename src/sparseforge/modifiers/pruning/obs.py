@@ -265,6 +265,16 @@ class OBSPruningModifier(GradualPruningModifier):
         """One OBS pruning step: Fisher inverses, scores, masks, weight update."""
         self.refresh_params(state)
         finvs = self.collect_fisher_inverses(state)
+        for name, finv in finvs.items():
+            diag = finv.diag()
+            if not bool((torch.isfinite(diag) & (diag > 0)).all()):
+                # float32 Woodbury updates of 1/damp-sized entries cancel catastrophically when the
+                # gradients are large next to damp; pruning with it would write NaN into the model.
+                raise SparseforgeError(
+                    f"{self.name}: the Fisher inverse of {name} is not finite and positive (float32 "
+                    f"round-off: its gradients are large next to damp={self.damp:g}); raise damp, "
+                    "e.g. damp: 1e-5 (valid: any float > 0)"
+                )
         scores, solved = {}, {}
         for name, finv in finvs.items():
             scores[name], solved[name] = obs_scores(self._param(state, name), finv, self._block)

@@ -36,7 +36,18 @@ class QuantizedEmbedding(nn.Embedding):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         weight_quant = self._modules.get("weight_fake_quant")
         output_quant = self._modules.get("output_fake_quant")
-        weight = weight_quant(self.weight) if weight_quant is not None else self.weight
+        # In training, only the looked-up rows are rounded (same values and gradients as rounding
+        # the table, a fraction of the cost for a 30k-word vocabulary). The exported graph keeps
+        # the table's QDQ pair, and max_norm (which rewrites looked-up rows) keeps the plain path.
+        rows_only = (
+            weight_quant is not None and self.max_norm is None and not torch.compiler.is_exporting()
+        )
+        if rows_only:
+            if weight_quant.observer_enabled:
+                weight_quant.observe(self.weight)
+            weight = self.weight
+        else:
+            weight = weight_quant(self.weight) if weight_quant is not None else self.weight
         y = F.embedding(
             ids,
             weight,
@@ -46,6 +57,8 @@ class QuantizedEmbedding(nn.Embedding):
             self.scale_grad_by_freq,
             self.sparse,
         )
+        if rows_only:
+            y = weight_quant.fake_quantize_rows(y, ids)
         return output_quant(y) if output_quant is not None else y
 
 

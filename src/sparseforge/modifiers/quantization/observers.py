@@ -154,6 +154,26 @@ class FakeQuantize(nn.Module):
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
 
+    def fake_quantize_rows(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize `rows = table[index]` with the qparams of the whole `table`.
+
+        Equal to `self(table)[index]` (the rounding is elementwise, and a per-channel row keeps its
+        row's scale), without rounding and masking every row of a 30k-word table each step.
+        The caller observes the table first (`observe`), as `forward` would.
+        """
+        if not self.fake_quant_enabled:
+            return rows
+        if not self.per_channel:
+            return _fake_quantize(rows, self.scale, self.zero_point, -1, self.quant_min, self.quant_max)
+        if self.ch_axis != 0:
+            raise ValueError(f"row-wise fake quantization needs channel axis 0, got {self.ch_axis}")
+        flat_index = index.reshape(-1)
+        flat = rows.reshape(flat_index.numel(), -1)
+        out = _fake_quantize(
+            flat, self.scale[flat_index], self.zero_point[flat_index], 0, self.quant_min, self.quant_max
+        )
+        return out.reshape(rows.shape)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_exporting():
             if not self.fake_quant_enabled:
