@@ -158,6 +158,8 @@ def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
                 value = items[index + 1]
                 index += 1
             index += 1
+            if value and value.lower() not in _BOOLEAN_VALUES:
+                raise SparseforgeError(f"{flag} takes true or false, got {value!r}")
             if _BOOLEAN_VALUES.get(value.lower(), True):
                 new_flag, choice = LEGACY_BOOLEANS[flag]
                 logger.info("legacy flag %s read as %s %s", flag, new_flag, choice)
