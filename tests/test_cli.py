@@ -54,4 +54,7 @@ def test_recipe_check_names_a_fractional_end(tmp_path, capsys):
     recipe = tmp_path / "short.yaml"
     recipe.write_text("training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 1.5}\n")
     assert main(["recipe", "check", str(recipe)]) == 0
-    assert "valid recipe, 1 modifier(s), max_epochs 2 (ends at epoch 1.5)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valid recipe, 1 modifier(s), max_epochs 2 (ends at epoch 1.5)" in out
+    rows = [line.split()[0] for line in out.split("schedule (")[1].splitlines()[2:] if line.strip()]
+    assert rows == ["0", "1", "1.5"]  # no row past the recipe's end

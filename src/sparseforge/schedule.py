@@ -23,12 +23,12 @@ class ScheduleRow:
 
 
 def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | None = None) -> list[ScheduleRow]:
-    """One row per whole epoch (and per event epoch) from 0 to `recipe.max_epochs`.
+    """One row per whole epoch (and per event epoch) from 0 to the recipe's end (`end_epoch`).
 
     The learning rate is simulated by running the recipe's LR modifiers over every step on a
     stand-in optimizer; other modifiers contribute `schedule_values()` and `schedule_events()`.
     """
-    max_epochs = max(recipe.max_epochs, 0)
+    end_epoch = max(recipe.end_epoch, 0.0)
     # Copies: describing a schedule must not bind the caller's modifiers to a steps_per_epoch.
     modifiers = [mod.model_copy(deep=True) for mod in recipe.modifiers]
     events: dict[float, list[str]] = {}
@@ -36,7 +36,8 @@ def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | 
         mod._steps_per_epoch = steps_per_epoch
         for epoch, text in mod.schedule_events():
             events.setdefault(round(max(epoch, 0.0), 4), []).append(text)
-    epochs = sorted({float(e) for e in range(max_epochs + 1)} | set(events))
+    whole_epochs = {float(e) for e in range(math.floor(end_epoch + 1e-9) + 1)}
+    epochs = sorted(whole_epochs | {round(end_epoch, 4)} | set(events))
 
     lr_mods = [mod for mod in modifiers if type(mod).controls_learning_rate]
     dummy = torch.nn.Parameter(torch.zeros(1))
