@@ -16,7 +16,8 @@
    `observers_frozen_before_end` (0.2) epoch before the end). The recipe variables in backquotes,
    `init_lr` and the pruner's `update_frequency` can be set with --sparse_recipe_args. Dev
    accuracy (all 872 dev sentences) of each, recovery = sparse / dense; the sparse figures are of
-   the fake-quantized (QAT) model. A finished dense run already in --work is reused (its config
+   the fake-quantized (QAT) model, and the same model with fake quantization off is scored too
+   (`--fake_quant_off DIR...` does only that for saved models). A finished dense run already in --work is reused (its config
    is not re-checked), so `--sparsities` with no value trains only the dense model, and two
    invocations with `--threads 1` and one sparsity each can then share the 2 cores.
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
@@ -204,8 +205,34 @@ def quality(
 
         report = analyze_model(load_pretrained(str(work / name), "text-classification")).to_dict()["totals"]
         results[f"{name}_measured_sparsity_of_pruned_tensors"] = report["sparse_tensor_sparsity"]
+        if qat:
+            results[f"{name}_fake_quant_off"] = fake_quant_off_accuracy(work / name)
         print(json.dumps(results), flush=True)
     return results
+
+
+def fake_quant_off_accuracy(model_dir: Path) -> float:
+    """Dev accuracy of a saved QAT model with every fake quantizer off (the cost of int8 rounding
+    in that model; not the accuracy of a model trained without QAT)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from sparseforge.modifiers.quantization.observers import fake_quantizers
+    from sparseforge.transformers.trainer import load_pretrained
+
+    model = load_pretrained(str(model_dir), "text-classification").eval()
+    for quantizer in fake_quantizers(model).values():
+        quantizer.fake_quant_enabled = False
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    rows = [line.rsplit("\t", 1) for line in (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), 128):
+            chunk = rows[start : start + 128]
+            encoded = tokenizer([text for text, _ in chunk], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            predicted = model(**encoded).logits.argmax(-1)
+            correct += int((predicted == torch.tensor([int(label) for _, label in chunk])).sum())
+    return correct / len(rows)
 
 
 def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> dict:
@@ -329,6 +356,8 @@ def main() -> int:
     parser.add_argument("--sparse_recipe_args", default="", help="more recipe variables for the sparse runs, e.g. qat_epochs=0.5")
     parser.add_argument("--sparse_train_samples", type=int, default=None,
                         help="train sentences of the sparse runs (default --train_samples); with hardness 1.0 the teacher labels them")
+    parser.add_argument("--fake_quant_off", nargs="+", metavar="DIR", default=None,
+                        help="only print the dev accuracy of saved QAT models with fake quantization off")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
@@ -337,6 +366,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.fake_quant_off:
+        print(json.dumps({path: fake_quant_off_accuracy(Path(path)) for path in args.fake_quant_off}, indent=2))
+        return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trainer_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = dict(vars(args))
