@@ -39,6 +39,9 @@ def test_group_by_length_becomes_the_sampling_strategy(argv, expected, tmp_path)
         ["--model_name_or_path", "m", "--output_dir", str(tmp_path), *argv], ModelArguments, DataArguments
     )
     assert training.train_sampling_strategy == ("group_by_length" if expected[:1] == ["--train_sampling_strategy"] else "random")
+
+
+def test_group_by_length_with_another_value_is_an_error():
     with pytest.raises(SparseforgeError, match="--group_by_length takes true or false, got 'yes please'"):
         translate_legacy_flags(["--group_by_length=yes please"])
 

@@ -317,8 +317,6 @@ class SparseTrainer(Trainer):
         epochs = self.manager.end_epoch
         if epochs <= 0:
             return
-        if epochs == int(epochs):
-            epochs = int(epochs)
         if self.args.num_train_epochs != epochs:
             # Warn only when the user chose a number; TrainingArguments' default is not a choice.
             default = next(f.default for f in dataclasses.fields(type(self.args)) if f.name == "num_train_epochs")

@@ -288,7 +288,7 @@ def test_gradual_obs_resume_is_bit_identical():
         model, manager = mlp(n_in=8), Manager(GRADUAL)
         optimizer = manager.modify(
             model, torch.optim.AdamW(model.parameters(), lr=0.01), steps_per_epoch=4,
-                grad_sampler=Sampler(batches=8, n_in=8),
+            grad_sampler=Sampler(batches=8, n_in=8),
         )
         return model, optimizer, manager
 
