@@ -125,6 +125,14 @@ class Manager:
         for mod in self._update_order:
             mod.update(state)
 
+    def mask_gradients(self) -> None:
+        """Zero the pruned weights' gradients now. SparseTrainer calls it after every backward
+        pass so gradient clipping and the logged grad_norm see only the weights that train (the
+        optimizer step masks again, for loops that do not call this)."""
+        state = self._require_state()
+        for mod in self._bound_modifiers:
+            mod.mask_gradients(state)
+
     def optimizer_pre_step(self) -> None:
         state = self._require_state()
         self.update()

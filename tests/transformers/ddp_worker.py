@@ -1,5 +1,6 @@
 """Worker for the 2-process DDP test (launched by torchrun, gloo on CPU): trains a tiny BERT with
-a GMP recipe and writes, per rank, a digest of the masks and weights and the final sparsities."""
+a GMP recipe and per-layer distillation with learned projections (teacher: the starting model)
+and writes, per rank, a digest of the masks, weights and projections and the final sparsities."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback  # 
 
 from sparseforge.transformers.trainer import SparseTrainer  # noqa: E402
 
-RECIPE = GMP_RECIPE.replace("final_sparsity: 0.6", "final_sparsity: 0.5")
+RECIPE = GMP_RECIPE.replace("final_sparsity: 0.6", "final_sparsity: 0.5") + """
+distillation_modifiers:
+  - !PerLayerDistillationModifier
+    student_layer_names: [bert.encoder.layer.0, bert.encoder.layer.1]
+    project_features: true
+"""
 
 
 class Report(TrainerCallback):
@@ -26,7 +32,11 @@ class Report(TrainerCallback):
         if state.global_step != state.max_steps:
             return
         trainer = self.holder[0]
-        mod = trainer.manager.modifiers[-1]
+        mod = next(m for m in trainer.manager.modifiers if hasattr(m, "masks"))
+        projections = hashlib.sha256()
+        distill = next(m for m in trainer.manager.modifiers if hasattr(m, "projection_parameters"))
+        for param in distill.projection_parameters():
+            projections.update(param.detach().cpu().numpy().tobytes())
         masks = hashlib.sha256()
         for name in sorted(mod.masks):
             masks.update(mod.masks[name].cpu().numpy().tobytes())
@@ -40,6 +50,8 @@ class Report(TrainerCallback):
                 "steps_per_epoch": trainer.manager_steps_per_epoch(),
                 "mask_digest": masks.hexdigest(),
                 "weight_digest": weights.hexdigest(),
+                "projection_count": len(distill.projection_parameters()),
+                "projection_digest": projections.hexdigest(),
                 "sparsity": sparsity,
             }
         )
@@ -54,6 +66,7 @@ def main() -> None:
         args=args,
         train_dataset=tiny_dataset(),
         recipe=RECIPE,
+        teacher=model_dir,
         callbacks=[Report(holder)],
     )
     holder.insert(0, trainer)

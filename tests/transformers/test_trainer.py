@@ -149,6 +149,46 @@ def test_saves_recipe_and_manager_state_and_logs_sparsity(tmp_path):
     assert (weight == 0).float().mean().item() == pytest.approx(0.6, abs=0.01)
 
 
+class ClipRecorder(TrainerCallback):
+    """After the Trainer clipped (before the optimizer step): gradients of pruned weights, and
+    the norm of all gradients, which clipping to max_grad_norm=inf leaves as computed."""
+
+    def __init__(self, trainer_ref):
+        self.trainer_ref = trainer_ref
+        self.pruned_grad_max = []
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer_ref[0]
+        masks = trainer.manager.modifiers[-1].masks
+        if not masks:
+            return
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.pruned_grad_max.append(
+            max(float(trainer.model.get_parameter(n).grad[~m].abs().max()) for n, m in masks.items())
+        )
+
+
+def test_gradient_clipping_sees_only_live_weights(tmp_path):
+    # SparseML masks gradients with tensor hooks, so clipping and the logged grad_norm ignore
+    # pruned weights; here the Trainer's own clip (max_grad_norm) must see them already zeroed.
+    ref = []
+    recorder = ClipRecorder(ref)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(tmp_path / "out", max_grad_norm=1e9),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
+        callbacks=[recorder],
+    )
+    ref.append(trainer)
+    trainer.train()
+    assert recorder.pruned_grad_max and max(recorder.pruned_grad_max) == 0.0
+    logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert logged[-len(recorder.norms):] == pytest.approx(recorder.norms, rel=1e-4)
+
+
 def test_saved_recipe_starts_with_what_the_model_already_went_through(tmp_path, tiny_model_dir):
     model_dir = tiny_model_dir("text-classification")
     (model_dir / "recipe.yaml").write_text(
@@ -266,7 +306,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun missing")
-def test_two_process_ddp_masks_identical_and_exact(tmp_path):
+def test_two_process_ddp_masks_and_projections_identical_and_exact(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2] / "src"))
@@ -282,6 +322,9 @@ def test_two_process_ddp_masks_identical_and_exact(tmp_path):
     assert reports[0]["world_size"] == 2 and reports[0]["steps_per_epoch"] == 3  # ceil(24 / (4 * 2))
     assert reports[0]["mask_digest"] == reports[1]["mask_digest"]
     assert reports[0]["weight_digest"] == reports[1]["weight_digest"]
+    # The distillation projections live outside the DDP model: their gradients are averaged too.
+    assert reports[0]["projection_count"] == 2
+    assert reports[0]["projection_digest"] == reports[1]["projection_digest"]
     for sparsity in reports[0]["sparsity"].values():
         assert sparsity == pytest.approx(0.5, abs=1e-9)
 

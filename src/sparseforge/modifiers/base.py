@@ -6,6 +6,7 @@ error rather than a silent default. The manager drives the lifecycle:
     initialize(state)              at `Manager.modify()`, before training: check the model fits
     update(state)                  before each optimizer step: start / scheduled update / end
         on_start, on_update, on_end    what a subclass overrides
+    mask_gradients(state)          after each backward pass (the Trainer calls it before clipping)
     optimizer_pre_step / optimizer_post_step(state)
     loss_update(loss, state, **outputs_and_inputs) -> loss
     finalize(state)                after training
@@ -224,6 +225,9 @@ class Modifier(BaseModel):
         if end >= 0 and epoch >= end:
             rt.ended = True
             self.on_end(state)
+
+    def mask_gradients(self, state: TrainingState) -> None:
+        """Called after a backward pass: zero gradients the step must not apply."""
 
     def optimizer_pre_step(self, state: TrainingState) -> None:
         """Called just before the wrapped optimizer's step (after `update`)."""

@@ -101,6 +101,11 @@ def filter_teacher_inputs(teacher: torch.nn.Module, inputs: Mapping[str, Any], k
     }
 
 
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _first_tensor(value: Any) -> torch.Tensor:
     """A layer's output as one tensor (transformer blocks return tuples: hidden states first)."""
     while isinstance(value, (tuple, list)):
@@ -321,6 +326,9 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
         projection = torch.nn.Linear(s_dim, t_dim, bias=False).to(device)
         if name in self._pending_projection_state:
             projection.load_state_dict(self._pending_projection_state.pop(name))
+        if _world_size() > 1:  # every rank starts from rank 0's projection
+            for param in projection.parameters():
+                torch.distributed.broadcast(param.data, src=0)
         self._projections[name] = projection
         if state.optimizer is not None:
             state.optimizer.add_param_group({"params": list(projection.parameters()), "weight_decay": 0.0})
@@ -364,6 +372,18 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
         total = loss + self.gain * feature_loss
         state.logs["distillation/layer_loss"] = float(feature_loss.detach())
         return total
+
+    @torch.no_grad()
+    def optimizer_pre_step(self, state: TrainingState) -> None:
+        # The projections are not in the DDP-wrapped model, so DDP does not average their
+        # gradients: do it here, once per optimizer step, or each rank trains its own.
+        world_size = _world_size()
+        if world_size <= 1:
+            return
+        for param in self.projection_parameters():
+            if param.grad is not None:  # the same on every rank: they run the same loss
+                torch.distributed.all_reduce(param.grad)
+                param.grad.div_(world_size)
 
     def on_end(self, state: TrainingState) -> None:
         self._remove_hooks()

@@ -409,6 +409,17 @@ class SparseTrainer(Trainer):
         loss = self.manager.loss_update(loss, student_outputs=outputs, student_inputs=student_inputs)
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.manager is not None and self.manager.state is not None:
+            self.manager.mask_gradients()  # before the Trainer clips: pruned weights add no norm
+        return loss
+
     def grad_sampler(self, model: torch.nn.Module, num_batches: int) -> Iterator[None]:
         """For OBS-style pruning: forward + backward of the task loss on `num_batches` training
         batches, yielding after each backward with that batch's gradients in `param.grad`."""

@@ -81,6 +81,21 @@ def test_masked_weights_grads_and_moments_stay_zero(accumulate, autocast):
     assert mod.masks  # masks were installed
 
 
+def test_mask_gradients_zeroes_pruned_gradients_before_the_step():
+    """For loops that clip: after backward, `mask_gradients()` leaves live gradients untouched."""
+    model, optimizer, wrapped, manager = setup()
+    run(model, wrapped, manager, 6)  # masks installed at epoch 1 (step 4)
+    x, y = batch(99)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    param = model.net[0].weight
+    mask = manager.modifiers[0].masks["net.0.weight"]
+    before = param.grad.clone()
+    assert bool(before[~mask].any())  # backward does produce gradients for pruned weights
+    manager.mask_gradients()
+    assert not bool(param.grad[~mask].any())
+    assert torch.equal(param.grad[mask], before[mask])
+
+
 def test_moments_of_newly_pruned_weights_are_cleared():
     """Dense training builds Adam moments; when a mask arrives they are zeroed at once."""
     model, optimizer, wrapped, manager = setup(spe=4)

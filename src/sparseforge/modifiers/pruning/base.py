@@ -4,9 +4,11 @@ Masks are bool tensors held per parameter *name* (True = keep) and parameters ar
 name through the model at every use, so a module swapped for a fake-quantized one that keeps the
 same Parameter keeps its mask. While a mask is enforced:
 
-- before each optimizer step the masked gradients are zeroed (so gradient accumulation, AMP or
-  bf16 autocast cannot move a pruned weight; masks multiply, which is ~10x faster than
-  `masked_fill_` on CPU, so a NaN gradient stays NaN as it would anyway), and when a
+- the masked gradients are zeroed after each backward pass (SparseTrainer calls it before
+  gradient clipping, so the clipped norm is the live weights') and again before each optimizer
+  step (so gradient accumulation, AMP or bf16 autocast cannot move a pruned weight; masks
+  multiply, which is ~10x faster than `masked_fill_` on CPU, so a NaN gradient stays NaN as it
+  would anyway), and when a
   mask changes the optimizer's per-parameter state (Adam's `exp_avg` / `exp_avg_sq`, SGD momentum)
   is zeroed where pruned, so stale moments cannot resurrect a weight later;
 - after each optimizer step the mask is re-applied to the weights (any optimizer, any decay).
@@ -138,7 +140,7 @@ class PruningModifier(UpdatingModifier):
                     value.masked_fill_(~mask, 0)
 
     @torch.no_grad()
-    def optimizer_pre_step(self, state: TrainingState) -> None:
+    def mask_gradients(self, state: TrainingState) -> None:
         if not self._enforcing:
             return
         self.refresh_params(state)
@@ -146,6 +148,12 @@ class PruningModifier(UpdatingModifier):
             grad = self._param(state, name).grad
             if grad is not None:
                 grad.mul_(keep if grad.dtype == keep.dtype else keep.to(grad.dtype))
+
+    @torch.no_grad()
+    def optimizer_pre_step(self, state: TrainingState) -> None:
+        if not self._enforcing:
+            return
+        self.mask_gradients(state)
         if self._moments_dirty:
             self._zero_optimizer_state(state)
             self._moments_dirty = False
