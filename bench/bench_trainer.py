@@ -1,7 +1,7 @@
 """SparseTrainer benchmark: sparse transfer quality on SST-2 and per-step overhead.
 
     python bench/bench_trainer.py [--train_samples 8000] [--sparse_train_samples N]
-                                  [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp]
+                                  [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp|global_gmp]
                                   [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
                                   [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
     python bench/bench_trainer.py --fake_quant_off DIR... | --recovery DENSE_DIR SPARSE_DIR...
@@ -12,10 +12,11 @@
    by length, max 64 tokens, LR linear 1e-4 -> 0). That model is then the starting point and the
    distillation teacher (hardness 1.0, T 2.0: the teacher labels the sentences) of
    --sparse_epochs runs on the first --sparse_train_samples sentences to each of --sparsities:
-   --pruner (OBS by default, or GMP) on all encoder Linear weights, cubic from 5% over the first
-   `prune_fraction` (0.4) of the run, then QAT over the last `qat_epochs` (0.75; observers frozen
-   `observers_frozen_before_end` (0.2) epoch before the end). The recipe variables in backquotes,
-   `init_lr` and the pruner's `update_frequency` can be set with --sparse_recipe_args. Dev
+   --pruner (OBS by default, GMP per tensor, or global GMP) on all encoder Linear weights, cubic
+   from 5% over the first `prune_fraction` (0.4) of the run, then QAT over the last `qat_epochs`
+   (0.75; observers frozen `observers_frozen_before_end` (0.2) epoch before the end). The recipe
+   variables in backquotes, `init_lr` and the pruner's `update_frequency` can be set with
+   --sparse_recipe_args. Dev
    accuracy (all 872 dev sentences) of each, recovery = sparse / dense; the sparse figures are of
    the fake-quantized (QAT) model, and the same model with fake quantization off is scored too
    (`--fake_quant_off DIR...` does only that for saved models), and the recovery gets a 95%
@@ -89,6 +90,7 @@ distillation_modifiers:
 # 16-sentence batches per update and prunes globally with its second-order weight update.
 PRUNERS = {
     "gmp": ("GMPruningModifier", 0.05, ""),
+    "global_gmp": ("GlobalMagnitudePruningModifier", 0.05, ""),  # one magnitude threshold for all layers
     "obs": ("OBSPruningModifier", 0.2, "    num_grads: 64\n    fisher_block_size: 50\n"),
 }
 # Appended unless --no_qat: fake quantization over the last 0.75 epoch, observers frozen near the end.
