@@ -194,6 +194,7 @@ def quality(
         )
         results["dense_minutes"] = (time.time() - start) / 60
     results["dense"] = json.loads((work / "dense" / "eval_results.json").read_text())["eval_accuracy"]
+    dense_correct = dev_correct(work / "dense") if sparsities else None
     for sparsity in sparsities:
         name = f"sparse{round(sparsity * 100)}"
         start = time.time()
@@ -212,7 +213,7 @@ def quality(
         results[f"{name}_measured_sparsity_of_pruned_tensors"] = report["sparse_tensor_sparsity"]
         if qat:
             results[f"{name}_fake_quant_off"] = fake_quant_off_accuracy(work / name)
-        results[f"{name}_recovery_interval"] = recovery_interval(dev_correct(work / "dense"), dev_correct(work / name))
+        results[f"{name}_recovery_interval"] = recovery_interval(dense_correct, dev_correct(work / name))
         print(json.dumps(results), flush=True)
     return results
 
@@ -258,11 +259,10 @@ def recovery_interval(dense, sparse, resamples: int = 10000) -> dict:
     index = torch.randint(len(dense), (resamples, len(dense)), generator=generator)
     ratios = sparse[index].mean(1) / dense[index].mean(1)
     low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975])).tolist()
-    both_wrong = int(((dense == 0) & (sparse == 0)).sum())
     return {
         "dense": float(dense.mean()), "sparse": float(sparse.mean()), "recovery": float(sparse.mean() / dense.mean()),
         "recovery_95": [low, high], "only_dense_right": int(((dense == 1) & (sparse == 0)).sum()),
-        "only_sparse_right": int(((dense == 0) & (sparse == 1)).sum()), "both_wrong": both_wrong,
+        "only_sparse_right": int(((dense == 0) & (sparse == 1)).sum()), "both_wrong": int(((dense == 0) & (sparse == 0)).sum()),
     }
 
 
