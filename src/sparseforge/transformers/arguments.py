@@ -169,7 +169,7 @@ def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
             new = LEGACY_FLAGS[flag]
             if new is None:
                 takes_value = flag in _VALUED_LEGACY or (
-                    index + 1 < len(items) and items[index + 1].lower() in ("true", "false")
+                    index + 1 < len(items) and items[index + 1].lower() in _BOOLEAN_VALUES
                 )
                 if flag == "--logging_dir" and (eq or index + 1 < len(items)):
                     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", value if eq else items[index + 1])
