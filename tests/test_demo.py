@@ -1,7 +1,7 @@
 """The demo's own logic: a fixed, stratified split and the results table (training is exercised
 by the text-classification CLI tests; the full demo runs from the README)."""
 
-from sparseforge.demo import FAST, format_table, split_examples
+from sparseforge.demo import FAST, format_table, int8_cpu_flags, split_examples
 
 
 def test_split_is_stratified_deterministic_and_disjoint():
@@ -22,3 +22,19 @@ def test_table_reports_ratios():
     table = format_table({"dense FP32": row, "sparse INT8": sparse}, FAST, 3.0)
     assert "3.75x smaller" in table and "8.00x smaller" in table and "2.00x" in table
     assert "0.978x" in table and "0.80" in table
+
+    assert "int8 dot-product instructions of this CPU: unknown" in table
+    assert "none of avx512_vnni" in format_table({"dense FP32": row, "sparse INT8": sparse}, FAST, 3.0, [])
+
+
+def test_int8_cpu_flags_read_from_cpuinfo(tmp_path):
+    intel = tmp_path / "intel"
+    intel.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512bw avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512_vnni\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n")
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nflags\t\t: fpu avx2 vnni_like_name\n")
+    assert int8_cpu_flags(intel) == ["avx512_vnni"]
+    assert int8_cpu_flags(arm) == ["asimddp", "i8mm"]
+    assert int8_cpu_flags(amd) == []
+    assert int8_cpu_flags(tmp_path / "missing") is None

@@ -149,9 +149,12 @@ class Manager:
         """Let active modifiers change the loss (distillation); kwargs: student outputs and inputs."""
         state = self._require_state()
         self.update()
-        for mod in self._bound_modifiers:
-            if mod.active:
-                loss = mod.loss_update(loss, state, **outputs_and_inputs)
+        try:
+            for mod in self._bound_modifiers:
+                if mod.active:
+                    loss = mod.loss_update(loss, state, **outputs_and_inputs)
+        finally:
+            state.loss_update_cache.clear()
         return loss
 
     def finalize(self, model: torch.nn.Module | None = None) -> None:

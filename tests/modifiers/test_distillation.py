@@ -209,3 +209,44 @@ def test_per_layer_projection_trains_with_the_optimizer_but_is_not_saved():
 def test_per_layer_unknown_layer_is_an_error():
     with pytest.raises(ModelMatchError, match="nope"):
         _manager("modifiers:\n  - !PerLayerDistillationModifier {student_layer_names: [nope]}", TwoLayer(2), TwoLayer(2))
+
+
+class Counting(TwoLayer):
+    """A teacher that counts its forward passes."""
+
+    def __init__(self, hidden: int):
+        super().__init__(hidden)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+BOTH = (
+    "modifiers:\n  - !DistillationModifier {hardness: 0.5, temperature: 1.0}\n"
+    "  - !PerLayerDistillationModifier {gain: 2.0, normalize: false, project_features: false, "
+    "student_layer_names: [first]}"
+)
+
+
+def test_output_and_per_layer_distillation_share_one_teacher_run_per_loss_update():
+    torch.manual_seed(0)
+    student, teacher = TwoLayer(4), Counting(4)
+    manager = _manager(BOTH, student, teacher)
+    for call in (1, 2):
+        x = torch.randn(3, 2)
+        outputs = student(x)
+        loss = manager.loss_update(torch.tensor(0.3), student_outputs=outputs, student_inputs={"x": x})
+        assert teacher.calls == call  # once per call, not once per modifier, and again on new inputs
+        with torch.no_grad():
+            kl = kl_logsoftmax(outputs["logits"], teacher.second(teacher.first(x)), 1.0)
+            mse = (student.first(x) - teacher.first(x)).square().mean()
+        assert loss.item() == pytest.approx((0.5 * 0.3 + 0.5 * kl + 2.0 * mse).item(), rel=1e-5)
+
+
+def test_self_teacher_is_one_copy_for_both_distillation_modifiers():
+    student = TwoLayer(4)
+    manager = _manager(BOTH, student, "self")
+    first, second = (mod._teacher for mod in manager.modifiers)
+    assert first is second and first is not student

@@ -48,6 +48,9 @@ class TrainingState:
     grad_sampler: GradSampler | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     logs: dict[str, float] = field(default_factory=dict)
+    # What modifiers compute once per `Manager.loss_update` call and share (the teacher's
+    # outputs); emptied when the call returns.
+    loss_update_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def epoch(self) -> float:

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 # Inputs that only make a model compute its own loss: never fed to the teacher.
 LABEL_KEYS = frozenset({"labels", "label", "start_positions", "end_positions", "next_sentence_label"})
+# state.extras key: the frozen copy of the model that teacher "self" resolves to.
+_SELF_TEACHER = "distillation.self_teacher"
 
 
 # ----- formulas --------------------------------------------------------------------------------
@@ -129,8 +131,11 @@ class _TeacherMixin:
             self._teacher, self._enabled = None, False
             return
         if isinstance(teacher, str) and teacher == "self":
-            teacher = copy.deepcopy(state.model)
-            logger.info("%s: self-distillation from a frozen copy of the starting model", name)
+            # One frozen copy for all the recipe's distillation modifiers (they bind together).
+            teacher = state.extras.get(_SELF_TEACHER)
+            if teacher is None:
+                teacher = state.extras[_SELF_TEACHER] = copy.deepcopy(state.model)
+                logger.info("%s: self-distillation from a frozen copy of the starting model", name)
         if not isinstance(teacher, torch.nn.Module):
             raise ModelMatchError(
                 f"{name}: distillation_teacher must be a torch module, 'self' or 'disable', got {teacher!r}"
@@ -140,17 +145,30 @@ class _TeacherMixin:
             param.requires_grad_(False)
         self._teacher, self._enabled = teacher, True
 
-    def _run_teacher(self, inputs: Mapping[str, Any], keys: list[str] | None) -> Any:
+    def _run_teacher(self, state: TrainingState, inputs: Mapping[str, Any], keys: list[str] | None) -> Any:
+        """The teacher's outputs on `inputs`. Run once per loss update: a second modifier with
+        the same teacher and the same input tensors (output and per-layer distillation in one
+        recipe) gets the first run's outputs, and forward hooks on the teacher have fired then."""
         teacher = self._teacher
         assert teacher is not None
         teacher_inputs = filter_teacher_inputs(teacher, inputs, keys)
+        earlier = state.loss_update_cache.get("teacher_run")
+        if earlier is not None and earlier[0] is teacher and _same_objects(earlier[1], teacher_inputs):
+            return earlier[2]
         device = next((v.device for v in teacher_inputs.values() if isinstance(v, torch.Tensor)), None)
         first_param = next(teacher.parameters(), None)
         if device is not None and first_param is not None and first_param.device != device:
             teacher.to(device)
         teacher.eval()
         with torch.no_grad():
-            return teacher(**teacher_inputs)
+            outputs = teacher(**teacher_inputs)
+        state.loss_update_cache["teacher_run"] = (teacher, teacher_inputs, outputs)
+        return outputs
+
+
+def _same_objects(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """The same keys bound to the very same objects (tensors are compared by identity, not value)."""
+    return first.keys() == second.keys() and all(first[key] is second[key] for key in first)
 
 
 @register
@@ -214,7 +232,7 @@ class DistillationModifier(_TeacherMixin, Modifier):
             if inputs is None:
                 raise ModelMatchError("DistillationModifier: loss_update needs student_inputs=... to run the teacher")
             keys = None if kwargs.get("teacher_inputs") else self.teacher_input_keys
-            teacher_outputs = self._run_teacher(inputs, keys)
+            teacher_outputs = self._run_teacher(state, inputs, keys)
         teacher_loss = self.distillation_loss(student_outputs, teacher_outputs)
         total = (1.0 - self.hardness) * loss + self.hardness * teacher_loss
         state.logs["distillation/task_loss"] = float(loss.detach())
@@ -347,8 +365,7 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
         inputs = kwargs.get("teacher_inputs") or kwargs.get("student_inputs")
         if inputs is None:
             raise ModelMatchError(f"{self.name}: loss_update needs student_inputs=... to run the teacher")
-        self._teacher_cache.clear()
-        self._run_teacher(inputs, None)
+        self._run_teacher(state, inputs, None)  # fills _teacher_cache through the hooks, now or in an earlier modifier's run
         feature_loss = loss.new_zeros(())
         for s_name, t_name in self._pairs:
             student = self._student_cache.get(s_name)
@@ -369,6 +386,8 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
             if self.normalize:
                 mse = mse / (teacher.float().square().mean() + self.epsilon)
             feature_loss = feature_loss + mse
+        self._student_cache.clear()  # so a layer that does not fire next time is an error, not a stale value
+        self._teacher_cache.clear()
         total = loss + self.gain * feature_loss
         state.logs["distillation/layer_loss"] = float(feature_loss.detach())
         return total
