@@ -29,7 +29,8 @@
    `--threads 1` and one sparsity each can then share the 2 cores.
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
    modifiers (the trainer's own plumbing), with the seed-style recipe (GMP with [1,4] blocks,
-   update every 0.01 epoch, LR function), and with distillation too,
+   update every 0.01 epoch, LR function), with distillation too, and with per-layer distillation
+   of the six encoder layers on top,
    over a plain transformers.Trainer on the same model and batches (16 x 32 tokens); and with
    QAT from the first step. Plus the quantized word embedding alone: rounding the looked-up rows
    vs the whole table.
@@ -341,13 +342,16 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
         else:
             teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
             recipe = SEED_STYLE_RECIPE + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
+            if kind == "distill_layers":  # both distillation modifiers: still one teacher forward per step
+                layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(6))
+                recipe += LAYER_DISTILLATION_RECIPE.replace("GAIN", "1.5").replace("LAYERS", layers)
             trainer = SparseTrainer(recipe=recipe, teacher=teacher, **kwargs)
         trainer.args.max_steps = steps + warmup  # the recipe's epochs must not lengthen the timing run
         trainer.train()
         return statistics.median(timer.times[warmup:])
 
     # Interleaved rounds, so a change in machine load hits every kind alike; the best round counts.
-    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": [], "qat": []}
+    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": [], "distill_layers": [], "qat": []}
     for _ in range(rounds):
         for kind in medians:
             medians[kind].append(run(kind))
@@ -357,6 +361,7 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
         "sparse_trainer_lr_only_ratio": min(medians["lr_only"]) / plain,
         "sparse_trainer_gmp_ratio": min(medians["recipe"]) / plain,
         "sparse_trainer_gmp_distill_ratio": min(medians["distill"]) / plain,
+        "sparse_trainer_gmp_distill_per_layer_ratio": min(medians["distill_layers"]) / plain,
         "sparse_trainer_qat_ratio": min(medians["qat"]) / plain,
         **embedding_qat(),
     }
