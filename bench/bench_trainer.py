@@ -122,13 +122,17 @@ LAYER_DISTILLATION_RECIPE = """
 """
 
 
+def layer_distillation_recipe(gain: float) -> str:
+    layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(6))  # all-MiniLM-L6-v2 has 6
+    return LAYER_DISTILLATION_RECIPE.replace("GAIN", str(gain)).replace("LAYERS", layers)
+
+
 def sparse_recipe(pruner: str, qat: bool, layer_gain: float | None = None, per_channel: bool = False) -> str:
     name, update_frequency, fields = PRUNERS[pruner]
     recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("UPDATE_FREQUENCY", str(update_frequency))
     recipe = recipe.replace("PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields)
     if layer_gain is not None:
-        layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(6))  # all-MiniLM-L6-v2 has 6
-        recipe += LAYER_DISTILLATION_RECIPE.replace("GAIN", str(layer_gain)).replace("LAYERS", layers)
+        recipe += layer_distillation_recipe(layer_gain)
     return recipe + ((QAT_RECIPE + (CHANNEL_SCHEME if per_channel else "")) if qat else "")
 
 
@@ -343,8 +347,7 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
             teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
             recipe = SEED_STYLE_RECIPE + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
             if kind == "distill_layers":  # both distillation modifiers: still one teacher forward per step
-                layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(6))
-                recipe += LAYER_DISTILLATION_RECIPE.replace("GAIN", "1.5").replace("LAYERS", layers)
+                recipe += layer_distillation_recipe(1.5)
             trainer = SparseTrainer(recipe=recipe, teacher=teacher, **kwargs)
         trainer.args.max_steps = steps + warmup  # the recipe's epochs must not lengthen the timing run
         trainer.train()
