@@ -23,18 +23,12 @@ modifiers:
       exclude_module_types: ['LayerNorm', 'Tanh']
       submodules: [bert.embeddings, bert.encoder, {head}]
 """
-# The scheme form with per-output-channel weight scales (activations per tensor, the default).
-PER_CHANNEL_QAT_RECIPE = """
-modifiers:
-  - !ConstantPruningModifier
-      start_epoch: 0.0
-      params: ['re:bert.encoder.*weight']
-  - !QuantizationModifier
-      start_epoch: 0.0
-      disable_quantization_observer_epoch: 1.0
-      scheme: {{weights: {{num_bits: 8, symmetric: true, strategy: channel}}}}
-      submodules: [bert.embeddings, bert.encoder, {head}]
-"""
+# The same recipe in the scheme form, with per-output-channel weight scales (activations per
+# tensor, the default) in place of the legacy fields.
+PER_CHANNEL_QAT_RECIPE = QAT_RECIPE.replace(
+    "      quantize_embeddings: 1\n      quantize_linear_activations: 0\n      exclude_module_types: ['LayerNorm', 'Tanh']\n",
+    "      scheme: {{weights: {{num_bits: 8, symmetric: true, strategy: channel}}}}\n",
+)
 HEADS = {"text-classification": "classifier", "question-answering": "qa_outputs"}
 
 
