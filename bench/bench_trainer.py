@@ -40,7 +40,7 @@
    QAT from the first step. Plus the quantized word embedding alone: rounding the looked-up rows
    vs the whole table.
 
-Reads /work/shared/data/sst2 (train.tsv, dev.tsv); exits with a message when it is missing.
+Reads ../shared/data/sst2 beside the clone (train.tsv, dev.tsv); exits with a message when it is missing.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SST2 = Path("/work/shared/data/sst2")
+SST2 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst2"  # ../shared beside the clone
 
 DENSE_RECIPE = """
 num_epochs: 2
