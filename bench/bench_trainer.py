@@ -57,7 +57,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SST2 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst2"  # ../shared beside the clone
+ROOT = Path(__file__).resolve().parent.parent
+SST2 = ROOT.parent / "shared" / "data" / "sst2"  # ../shared beside the clone, as bench_tasks.py
 
 DENSE_RECIPE = """
 num_epochs: 2
