@@ -52,24 +52,32 @@ def _is_previous_deployment(folder: Path) -> bool:
 
 
 def resolve_output_dir(
-    model_path: Path, output_dir: str | os.PathLike | None, overwrite: bool
+    model_path: Path,
+    output_dir: str | os.PathLike | None,
+    overwrite: bool,
+    *,
+    flag: str = "--output_dir",
+    overwrite_flag: str | None = "--overwrite",
 ) -> Path:
-    """Where the deployment goes; refuse early (before exporting) if it may not be replaced."""
+    """Where the deployment goes; refuse early (before exporting) if it may not be replaced: the
+    model folder itself, a file, or a non-empty folder that is not a previous deployment. The
+    training CLIs' `--onnx_export_path` goes through this same rule (`flag` names the option)."""
     target = Path(output_dir) if output_dir is not None else model_path / "deployment"
     resolved, model_resolved = target.resolve(), model_path.resolve()
     if resolved == model_resolved or resolved in model_resolved.parents:
         raise ExportError(
-            f"--output_dir {target} would replace the model folder {model_path}; choose another folder"
+            f"{flag} {target} would replace the model folder {model_path}; choose another folder"
         )
     if target.exists():
         if not target.is_dir():
             raise ExportError(
-                f"{target} exists and is not a folder; remove it or choose another --output_dir"
+                f"{flag} {target} exists and is not a folder; remove it or choose another {flag}"
             )
         if not overwrite and any(target.iterdir()) and not _is_previous_deployment(target):
+            offer = f"pass {overwrite_flag} to replace it, or " if overwrite_flag else ""
             raise ExportError(
-                f"{target} exists and is not a sparseforge deployment folder (or holds files an export did not "
-                "write); pass --overwrite to replace it, or choose another --output_dir"
+                f"{flag} {target} exists and is not a sparseforge deployment folder (or holds files an export did "
+                f"not write): it is not replaced; {offer}choose another {flag} (new or empty)"
             )
     return target
 

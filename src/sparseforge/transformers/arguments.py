@@ -15,6 +15,8 @@ task CLI parses `ModelArguments`, `RecipeArguments`, its own data arguments (a s
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -251,9 +253,25 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 
 def check_output_dir(training_args: Any, recipe_args: RecipeArguments) -> str | None:
-    """Decide what an existing `--output_dir` means, before training: resume from its last
-    checkpoint (returned), refuse a non-empty folder without --overwrite_output_dir, or go on."""
+    """Decide what `--output_dir` means, before training: refuse a file or an unwritable folder,
+    an `--onnx_export_path` that holds someone's files, and a checkpoint that cannot be resumed;
+    resume from the last sparseforge checkpoint (returned), refuse a non-empty folder without
+    --overwrite_output_dir, or go on."""
     output_dir = Path(training_args.output_dir)
+    _check_writable(output_dir, "--output_dir")
+    if recipe_args.onnx_export_path:
+        check_export_path(output_dir, recipe_args.onnx_export_path)
+    resume = _resume_target(output_dir, training_args, recipe_args)
+    if resume is not None:
+        from sparseforge.transformers.trainer import check_checkpoint
+
+        check_checkpoint(resume, needs_manager_state=bool(recipe_args.recipe))
+    return resume
+
+
+def _resume_target(output_dir: Path, training_args: Any, recipe_args: RecipeArguments) -> str | None:
+    from sparseforge.transformers.trainer import CHECKPOINT_MARKER, is_sparseforge_checkpoint
+
     if training_args.resume_from_checkpoint:
         checkpoint = training_args.resume_from_checkpoint
         if checkpoint.lower() == "true":
@@ -264,17 +282,101 @@ def check_output_dir(training_args: Any, recipe_args: RecipeArguments) -> str | 
         if not os.path.isdir(checkpoint):
             raise SparseforgeError(f"--resume_from_checkpoint: {checkpoint} is not a folder")
         return checkpoint
-    if not output_dir.is_dir() or not any(output_dir.iterdir()) or recipe_args.overwrite_output_dir:
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return None
+    if recipe_args.overwrite_output_dir:
+        check_overwrite(output_dir)
         return None
     if not training_args.do_train:
         return None
     found = last_checkpoint(output_dir)
+    if found is not None and not is_sparseforge_checkpoint(found):
+        raise SparseforgeError(
+            f"--output_dir {output_dir} holds {Path(found).name}, which sparseforge did not write (no {CHECKPOINT_MARKER}, "
+            f"or files added to it): it is not resumed automatically; pass --resume_from_checkpoint {found} to resume "
+            "from it, or choose another --output_dir"
+        )
     if found is not None:
         logger.info("resuming from %s (pass --overwrite_output_dir to start over)", found)
         return found
     raise SparseforgeError(
         f"--output_dir {output_dir} exists and is not empty; pass --overwrite_output_dir to train into it anyway"
     )
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """A file where a folder is wanted, or a folder this process cannot write into: an error now,
+    not after training."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        what = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise SparseforgeError(f"{flag} {path} {what}; give a folder (new or existing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SparseforgeError(f"{flag} {path}: cannot write into {existing} (permission denied); choose a writable folder")
+
+
+def check_export_path(output_dir: Path, export_path: str) -> None:
+    """`--onnx_export_path` follows `sparseforge export onnx`'s rule (one function for both):
+    an existing folder is replaced only when it is empty or a previous sparseforge deployment."""
+    from sparseforge.export.deployment import resolve_output_dir
+
+    _check_writable(Path(export_path), "--onnx_export_path")
+    resolve_output_dir(output_dir, export_path, overwrite=False, flag="--onnx_export_path", overwrite_flag=None)
+
+
+# What a training run writes into --output_dir (fnmatch patterns); a user's file of one of these
+# names is never replaced, even with --overwrite_output_dir.
+RUN_OUTPUTS = (
+    "config.json", "generation_config.json", "model*.safetensors*", "pytorch_model*.bin*", "recipe.yaml",
+    "training_args.bin", "trainer_state.json", "*results.json", "predict_results*.txt", "predictions.txt",
+    "*predictions.json", "*null_odds.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
+    "added_tokens.json", "*.model", "chat_template*", "checkpoint-*", "runs", "README.md",
+)
+OUTPUT_MANIFEST = "sparseforge_output.json"
+
+
+def user_entries(output_dir: Path) -> set[str]:
+    """Entries of `output_dir` a sparseforge run did not write (per its manifest: the user's
+    files when the run started, or everything not in the list of files the run finished with)."""
+    if not output_dir.is_dir():
+        return set()
+    entries = {entry.name for entry in output_dir.iterdir()} - {OUTPUT_MANIFEST}
+    try:
+        manifest = json.loads((output_dir / OUTPUT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return entries
+    if not isinstance(manifest, dict) or manifest.get("generator") != "sparseforge":
+        return entries
+    if isinstance(manifest.get("files"), list):
+        return entries - set(manifest["files"])
+    return entries & set(manifest.get("user_files") or [])
+
+
+def check_overwrite(output_dir: Path) -> None:
+    """--overwrite_output_dir replaces only what sparseforge wrote: a user's file with a name the
+    run writes (config.json, checkpoint-5, ...) is an error, not replaced."""
+    clashes = sorted(name for name in user_entries(output_dir) if any(fnmatch.fnmatch(name, p) for p in RUN_OUTPUTS))
+    if clashes:
+        raise SparseforgeError(
+            f"--output_dir {output_dir} holds {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}, which "
+            "sparseforge did not write and training would replace; --overwrite_output_dir replaces only a previous "
+            "sparseforge run's files: move them or choose another --output_dir"
+        )
+
+
+def write_output_manifest(output_dir: str | os.PathLike, user_files: set[str], *, finished: bool) -> None:
+    """Record which entries of `output_dir` are the user's (at the start) and, when the run has
+    finished, which ones it wrote, so a later --overwrite_output_dir knows what it may replace."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"generator": "sparseforge", "user_files": sorted(user_files)}
+    if finished:
+        manifest["files"] = sorted({entry.name for entry in folder.iterdir()} - user_files - {OUTPUT_MANIFEST})
+    tmp = folder / (OUTPUT_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / OUTPUT_MANIFEST)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,9 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,12 @@ logger = logging.getLogger(__name__)
 
 RECIPE_NAME = "recipe.yaml"
 MANAGER_STATE_NAME = "manager_state.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+# A checkpoint-N folder sparseforge wrote holds this marker listing its files; others are the user's.
+CHECKPOINT_MARKER = "sparseforge_checkpoint.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+STAGING_PREFIX = ".sparseforge-tmp-"  # checkpoints are written here, then renamed
+GENERATOR = "sparseforge"
 
 # Head of each task, by the suffix of the model class name (e.g. BertForSequenceClassification).
 TASK_HEADS: dict[str, str] = {
@@ -219,6 +228,91 @@ def combine_recipes(applied: Recipe | None, current: Recipe | None) -> Recipe | 
     return Recipe(stages, version=current.version)
 
 
+# ----- checkpoints -----------------------------------------------------------------------------
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """N of a `checkpoint-N` folder name, else None."""
+    match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def is_sparseforge_checkpoint(folder: str | os.PathLike) -> bool:
+    """A checkpoint folder sparseforge wrote (its marker lists every file in it): only these may be
+    auto-resumed, rotated by --save_total_limit or replaced."""
+    folder = Path(folder)
+    try:
+        marker = json.loads((folder / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(marker, dict) or marker.get("generator") != GENERATOR:
+        return False
+    return {entry.name for entry in folder.iterdir()} <= set(marker.get("files", []))
+
+
+def _check_weights(folder: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    from sparseforge.transformers.loading import checkpoint_files
+
+    for file in checkpoint_files(folder):
+        if not file.is_file():
+            raise SparseforgeError(f"{file} is missing: the checkpoint is incomplete")
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as err:
+                raise SparseforgeError(f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})") from None
+
+
+def _check_archives(folder: Path) -> None:
+    """torch.save files are zip archives: a truncated or altered one fails its CRC check here,
+    without unpickling anything."""
+    for file in sorted([*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise SparseforgeError(f"{file} is damaged ({err}); resume from an earlier checkpoint") from None
+        if bad is not None:
+            raise SparseforgeError(f"{file} is damaged (member {bad} fails its checksum); resume from an earlier checkpoint")
+
+
+def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> dict[str, Any] | None:
+    """Refuse to resume from a checkpoint that is incomplete or damaged, naming the file, before
+    anything is trained. Returns the recipe state (`manager_state.pt`) when `needs_manager_state`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SparseforgeError(f"--resume_from_checkpoint {folder}: not a folder")
+    required = [TRAINER_STATE_FILE, *([MANAGER_STATE_NAME] if needs_manager_state else [])]
+    marker = folder / CHECKPOINT_MARKER
+    if marker.is_file():
+        try:
+            required += [name for name in json.loads(marker.read_text(encoding="utf-8"))["files"] if name != CHECKPOINT_MARKER]
+        except (ValueError, KeyError, TypeError):
+            raise SparseforgeError(f"{marker} is damaged (not the JSON sparseforge writes)") from None
+    for name in dict.fromkeys(required):
+        if not (folder / name).is_file():
+            why = "the recipe's state (schedule, masks) cannot be restored" if name == MANAGER_STATE_NAME else "the checkpoint is incomplete"
+            raise SparseforgeError(f"cannot resume from {folder}: {name} is missing ({why}); resume from a complete checkpoint-N")
+    try:
+        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise SparseforgeError(f"{folder / TRAINER_STATE_FILE} is damaged (not JSON: {err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise SparseforgeError(f"{folder / TRAINER_STATE_FILE} is damaged (no integer global_step)")
+    _check_weights(folder)
+    _check_archives(folder)
+    if not needs_manager_state:
+        return None
+    try:
+        manager_state = torch.load(folder / MANAGER_STATE_NAME, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+        raise SparseforgeError(f"{folder / MANAGER_STATE_NAME} is damaged ({type(err).__name__})") from None
+    if not isinstance(manager_state, dict):
+        raise SparseforgeError(f"{folder / MANAGER_STATE_NAME} is damaged (not a recipe state)")
+    return manager_state
+
+
 # ----- the trainer ----------------------------------------------------------------------------
 class _RecipeOwnsLR(torch.optim.lr_scheduler.LRScheduler):
     """A scheduler that reports the optimizer's current learning rates and never changes them."""
@@ -303,6 +397,8 @@ class SparseTrainer(Trainer):
             self._check_teacher_outputs()
         self._manager_resume_state: dict[str, Any] | None = None
         self._resume_checkpoint: str | None = None
+        self._staging_dir: str | None = None
+        self._checkpoints_written: set[Path] = set()
         if self.manager is not None:
             # The task loss and the distillation term are per-batch means: let the Trainer
             # divide by the accumulation steps, and do not pass num_items_in_batch.
@@ -469,26 +565,89 @@ class SparseTrainer(Trainer):
         if recipe is not None and self.args.should_save:
             recipe.save(Path(output_dir) / RECIPE_NAME)
 
+    def _get_output_dir(self, trial: Any) -> str:
+        """While a checkpoint is being written, the Trainer's run folder is the staging folder."""
+        if self._staging_dir is not None:
+            return self._staging_dir
+        return super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.manager is None or self.manager.state is None or not self.args.should_save:
+        """The Trainer's checkpoint, written into a hidden staging folder beside it together with
+        `manager_state.pt` and the marker, then renamed to `checkpoint-N`: a checkpoint folder
+        exists only complete. Rotation (`--save_total_limit`) deletes only checkpoints this run
+        (or the run it resumed) wrote."""
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+        final, staging_root = run_dir / name, run_dir / f"{STAGING_PREFIX}{name}"
+        if final.exists() and final not in self._checkpoints_written and not is_sparseforge_checkpoint(final):
+            raise SparseforgeError(
+                f"{final} exists and was not written by sparseforge: it is not replaced; move it or choose another --output_dir"
+            )
+        if self.args.should_save and staging_root.exists():
+            shutil.rmtree(staging_root)  # left by a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every process has written its part (e.g. rng state)
+        staged = staging_root / name
+        if self.state.best_model_checkpoint == str(staged):
+            self.state.best_model_checkpoint = str(final)
+            if self.args.should_save:
+                self.state.save_to_json(str(staged / TRAINER_STATE_FILE))
+        if not self.args.should_save:
             return
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if folder.is_dir():
-            tmp = folder / (MANAGER_STATE_NAME + ".tmp")
-            torch.save(self.manager.state_dict(), tmp)
-            os.replace(tmp, folder / MANAGER_STATE_NAME)
+        if self.manager is not None and self.manager.state is not None:
+            torch.save(self.manager.state_dict(), staged / MANAGER_STATE_NAME)
+        files = sorted(entry.name for entry in staged.iterdir())
+        marker = {"generator": GENERATOR, "step": self.state.global_step, "files": [*files, CHECKPOINT_MARKER]}
+        (staged / CHECKPOINT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        if final.exists():  # this run's own checkpoint of the same step (e.g. saved again after resuming)
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        staging_root.rmdir()
+        self._checkpoints_written.add(final)
+        self._rotate_own_checkpoints(run_dir)
+
+    def _rotate_own_checkpoints(self, run_dir: Path) -> None:
+        """`--save_total_limit`: keep the newest checkpoints of this run (and of the run it resumed
+        from) and the best one; a checkpoint-N folder sparseforge did not write is never deleted."""
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        own = [
+            path
+            for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+            if path.is_dir()
+            and checkpoint_step(path) is not None
+            and (path in self._checkpoints_written or (self._resumed_lineage(run_dir) and is_sparseforge_checkpoint(path)))
+        ]
+        own.sort(key=checkpoint_step)
+        protected = {own[-1]} if own else set()
+        if self.state.best_model_checkpoint:
+            protected.add(Path(self.state.best_model_checkpoint))
+        excess = len(own) - max(limit, len(protected))
+        for path in own:
+            if excess <= 0:
+                break
+            if path not in protected:
+                logger.info("deleting older checkpoint %s (--save_total_limit %d)", path, limit)
+                shutil.rmtree(path, ignore_errors=True)
+                excess -= 1
+
+    def _resumed_lineage(self, run_dir: Path) -> bool:
+        """Whether this run resumed from a checkpoint in `run_dir`: its older checkpoints are this
+        training's too, and rotate as they would have without the interruption."""
+        return self._resume_checkpoint is not None and Path(self._resume_checkpoint).resolve().parent == run_dir.resolve()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        state = check_checkpoint(resume_from_checkpoint, needs_manager_state=self.manager is not None)
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        state_file = Path(resume_from_checkpoint) / MANAGER_STATE_NAME
-        if self.manager is None:
-            return
-        if not state_file.is_file():
-            logger.warning("%s has no %s: the recipe restarts from its beginning", resume_from_checkpoint, MANAGER_STATE_NAME)
-            return
-        self._manager_resume_state = torch.load(state_file, map_location="cpu", weights_only=True)
         self._resume_checkpoint = str(resume_from_checkpoint)
+        if self.manager is not None:
+            self._manager_resume_state = state
 
     def _reload_checkpoint_weights(self) -> None:
         """After the modifiers restored their state (which may add structure such as fake-quant
@@ -518,7 +677,7 @@ def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, tas
     (verified against PyTorch; an ExportError otherwise)."""
     from sparseforge.export import to_onnx
 
-    kwargs: dict[str, Any] = {"output_dir": str(export_dir), "overwrite": True}
+    kwargs: dict[str, Any] = {"output_dir": str(export_dir), "overwrite": False}
     if sequence_length:
         kwargs["sequence_length"] = sequence_length
     if num_samples > 0:

@@ -107,6 +107,8 @@ def run_cli(
 ) -> int:
     """The task-module contract in one place: parse the flags, check the output folder, build the
     trainer (nothing is left in a new folder if that fails), train/evaluate/export, print metrics.
+    The output folder's manifest records which of its files are the user's, so that a later
+    --overwrite_output_dir replaces only what sparseforge wrote.
 
     `build(model_args, data_args, recipe_args, training_args)` returns the trainer and the extra
     keyword arguments of `run_task` (predict_fn, sequence_length, eval_datasets).
@@ -117,6 +119,8 @@ def run_cli(
         check_output_dir,
         new_output_dir_guard,
         parse_task_args,
+        user_entries,
+        write_output_manifest,
     )
     from sparseforge.transformers.trainer import run_task
 
@@ -124,9 +128,14 @@ def run_cli(
         argv, ModelArguments, data_arguments, RecipeArguments, prog=f"sparseforge train {task}"
     )
     resume = check_output_dir(training_args, recipe_args)
+    user_files = user_entries(Path(training_args.output_dir))
     with new_output_dir_guard(training_args.output_dir):
         trainer, run_kwargs = build(model_args, data_args, recipe_args, training_args)
+        if training_args.should_save:
+            write_output_manifest(training_args.output_dir, user_files, finished=False)
         metrics = run_task(trainer, task=task, recipe_args=recipe_args, resume_from_checkpoint=resume, **run_kwargs)
+    if training_args.should_save:
+        write_output_manifest(training_args.output_dir, user_files, finished=True)
     print_metrics(metrics, training_args)
     return 0
 
