@@ -20,13 +20,16 @@ datasets = pytest.importorskip("datasets")
 
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
-from sparseforge.errors import ModelMatchError  # noqa: E402
+from sparseforge.errors import ModelMatchError, SparseforgeError  # noqa: E402
 from sparseforge.manager import ScheduledOptimizer  # noqa: E402
 from sparseforge.recipe import Recipe  # noqa: E402
 from sparseforge.transformers.trainer import (  # noqa: E402
+    CHECKPOINT_MARKER,
     MANAGER_STATE_NAME,
     SparseTrainer,
+    check_checkpoint,
     combine_recipes,
+    is_sparseforge_checkpoint,
     load_teacher,
 )
 
@@ -244,6 +247,116 @@ def test_resume_continues_schedule_masks_and_lr_exactly(tmp_path):
     state4 = torch.load(tmp_path / "full" / "checkpoint-4" / MANAGER_STATE_NAME, weights_only=True)
     assert state4["step"] == 4 and state4["modifiers"][-1]["started"]
 
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_checkpoints_are_complete_and_appear_only_when_complete(tmp_path):
+    out = tmp_path / "out"
+    trainer = SparseTrainer(
+        model=make_tiny_model(), args=make_args(out, save_strategy="steps", save_steps=4), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+    )
+    real_state_dict = trainer.manager.state_dict
+
+    def dies_at_step_8():
+        if trainer.state.global_step == 8:
+            raise RuntimeError("killed while saving")
+        return real_state_dict()
+
+    trainer.manager.state_dict = dies_at_step_8
+    with pytest.raises(RuntimeError, match="killed while saving"):
+        trainer.train()
+    # checkpoint-4 is whole; checkpoint-8 died between the Trainer's files and the recipe state:
+    # no checkpoint-8 folder exists, only the hidden staging folder, which nothing resumes from.
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    checkpoint = out / "checkpoint-4"
+    for name in ("model.safetensors", "trainer_state.json", "optimizer.pt", "recipe.yaml", MANAGER_STATE_NAME, CHECKPOINT_MARKER):
+        assert (checkpoint / name).is_file(), name
+    assert is_sparseforge_checkpoint(checkpoint)
+    assert transformers.trainer_utils.get_last_checkpoint(str(out)).endswith("checkpoint-4")
+    # The next save of that step clears the leftover; a whole run leaves no staging folder.
+    trainer.manager.state_dict = real_state_dict
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == []
+    assert is_sparseforge_checkpoint(out / "checkpoint-8") and is_sparseforge_checkpoint(out / "checkpoint-12")
+
+
+def test_save_total_limit_rotates_only_this_runs_checkpoints(tmp_path):
+    out = tmp_path / "out"
+    for step in (1, 3):  # the user's own checkpoint folders, older by step than the run's
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "notes.txt").write_text(f"mine {step}")
+    before = _tree(out)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(out, save_strategy="steps", save_steps=2, save_total_limit=1),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
+    )
+    trainer.train()
+    assert {name: data for name, data in _tree(out).items() if name.startswith(("checkpoint-1/", "checkpoint-3/"))} == before
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-12", "checkpoint-3"]
+
+
+def test_a_users_folder_of_the_same_name_is_not_replaced(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / "checkpoint-4" / "weights.bin").write_bytes(b"mine")
+    trainer = SparseTrainer(
+        model=make_tiny_model(), args=make_args(out, save_strategy="steps", save_steps=4), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+    )
+    with pytest.raises(SparseforgeError, match="checkpoint-4 exists and was not written by sparseforge"):
+        trainer.train()
+    assert (out / "checkpoint-4" / "weights.bin").read_bytes() == b"mine"
+
+
+def _damage(folder: Path, how: str) -> str:
+    """Damage a copy of a checkpoint the way a crash or a bad disk would; returns the file named."""
+    if how == "no manager state":
+        (folder / MANAGER_STATE_NAME).unlink()
+        return MANAGER_STATE_NAME
+    if how == "truncated weights":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+        return "model.safetensors"
+    if how == "no trainer state":
+        (folder / "trainer_state.json").unlink()
+        return "trainer_state.json"
+    if how == "corrupt trainer state":
+        (folder / "trainer_state.json").write_text('{"global_step": 4, "log_hist')
+        return "trainer_state.json"
+    if how == "corrupt manager state":
+        data = (folder / MANAGER_STATE_NAME).read_bytes()
+        (folder / MANAGER_STATE_NAME).write_bytes(data[: len(data) // 2])
+        return MANAGER_STATE_NAME
+    if how == "truncated optimizer":
+        (folder / "optimizer.pt").write_bytes((folder / "optimizer.pt").read_bytes()[:100])
+        return "optimizer.pt"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["no manager state", "truncated weights", "no trainer state", "corrupt trainer state", "corrupt manager state", "truncated optimizer"]
+)
+def test_resume_refuses_an_incomplete_or_damaged_checkpoint(tmp_path, how):
+    full = tmp_path / "full"
+    SparseTrainer(
+        model=make_tiny_model(), args=make_args(full, save_strategy="steps", save_steps=4, max_steps=4), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+    ).train()
+    broken = tmp_path / "broken"
+    shutil.copytree(full / "checkpoint-4", broken)
+    name = _damage(broken, how)
+    with pytest.raises(SparseforgeError) as info:
+        check_checkpoint(broken, needs_manager_state=True)
+    message = str(info.value)
+    assert name in message and "\n" not in message
+    trainer = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path / "resumed"), train_dataset=tiny_dataset(), recipe=GMP_RECIPE)
+    with pytest.raises(SparseforgeError, match=name.replace(".", r"\.")):
+        trainer.train(resume_from_checkpoint=str(broken))
+    assert trainer.state.global_step == 0  # refused before any step
+    assert check_checkpoint(full / "checkpoint-4", needs_manager_state=True)["step"] == 4
 
 def test_teacher_checks_before_training(tmp_path, tiny_model_dir):
     student = make_tiny_model()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -297,3 +299,107 @@ def test_one_shot_obs_takes_gradients_from_train_file_without_do_train(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "OBSPruningModifier needs training batches" in err[0] and "--train_file" in err[0], err
     assert not (tmp_path / "none").exists()
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sparseforge train: error:"), err
+    return err[0]
+
+
+def test_onnx_export_path_never_deletes_a_users_folder(tmp_path, tiny_model_dir, capsys):
+    model_dir = tiny_model_dir()
+    user = tmp_path / "my_folder"
+    user.mkdir()
+    (user / "thesis.txt").write_text("three years of work")
+    model_before, user_before = _tree(model_dir), _tree(user)
+    train = ["--train_file", str(DATA / "train.csv"), "--do_train", "--num_train_epochs", "1"]
+    for target in (user, model_dir):
+        out = tmp_path / f"out_{target.name}"
+        capsys.readouterr()
+        assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(target)]) == 2
+        line = _one_line_error(capsys)
+        assert f"--onnx_export_path {target}" in line and "not a sparseforge deployment folder" in line, line
+        assert not out.exists()  # refused before training
+    assert _tree(user) == user_before and _tree(model_dir) == model_before
+    # Into the training's own output folder: refused too.
+    out = tmp_path / "out"
+    assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(out)]) == 2
+    assert "would replace the model folder" in _one_line_error(capsys)
+    # An empty folder, then the same folder again (now a previous deployment): both export.
+    empty = tmp_path / "deploy"
+    empty.mkdir()
+    assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(empty)]) == 0
+    assert (empty / "model.onnx").is_file()
+    assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(empty), "--overwrite_output_dir"]) == 0
+
+
+def test_overwrite_output_dir_replaces_only_what_sparseforge_wrote(tmp_path, tiny_model_dir, capsys):
+    model_dir = tiny_model_dir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "checkpoint-5").mkdir()
+    (out / "checkpoint-5" / "notes.txt").write_text("mine")
+    before = _tree(out)
+    args = _common(model_dir, out) + ["--train_file", str(DATA / "train.csv"), "--do_train", "--num_train_epochs", "1", "--overwrite_output_dir"]
+    capsys.readouterr()
+    assert main(args) == 2
+    line = _one_line_error(capsys)
+    assert "checkpoint-5, config.json" in line and "did not write" in line, line
+    assert _tree(out) == before
+    # The user's unrelated files stay; the run's own files are replaced by the next run.
+    (out / "config.json").unlink()
+    shutil.rmtree(out / "checkpoint-5")
+    (out / "notes.txt").write_text("mine")
+    assert main(args) == 0
+    first = json.loads((out / "trainer_state.json").read_text())
+    assert main(args + ["--seed", "2"]) == 0
+    assert json.loads((out / "trainer_state.json").read_text()) != first
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_output_dir_problems_are_one_line_errors_before_training(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    model_dir = tiny_model_dir()
+    train = ["--train_file", str(DATA / "train.csv"), "--do_train"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    capsys.readouterr()
+    assert main(_common(model_dir, a_file) + train) == 2
+    assert f"--output_dir {a_file} is a file" in _one_line_error(capsys)
+    assert a_file.read_text() == "x"
+    # A user's own checkpoint-5 (a Trainer checkpoint, but not sparseforge's): not auto-resumed.
+    users = tmp_path / "users"
+    (users / "checkpoint-5").mkdir(parents=True)
+    (users / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
+    assert main(_common(model_dir, users) + train) == 2
+    line = _one_line_error(capsys)
+    assert "holds checkpoint-5, which sparseforge did not write" in line and "--resume_from_checkpoint" in line
+    # A folder this process may not write into (root ignores chmod, so the check is simulated).
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw))
+    assert main(_common(model_dir, locked / "out") + train) == 2
+    assert f"cannot write into {locked}" in _one_line_error(capsys)
+
+
+def test_resuming_a_damaged_checkpoint_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(TRANSFER_RECIPE.replace("distillation_modifiers:\n  - !DistillationModifier {hardness: 0.5, temperature: 2.0, distill_output_keys: [logits]}\n", ""))
+    out = tmp_path / "out"
+    args = _common(tiny_model_dir(), out) + [
+        "--train_file", str(DATA / "train.csv"), "--do_train", "--recipe", str(recipe), "--recipe_args", "num_epochs=1",
+        "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2",
+    ]
+    assert main(args) == 0
+    checkpoint = out / "checkpoint-2"
+    (checkpoint / "manager_state.pt").unlink()
+    capsys.readouterr()
+    assert main(args) == 2  # auto-resume: the marker lists manager_state.pt, so it is known missing
+    line = _one_line_error(capsys)
+    assert "manager_state.pt is missing" in line and str(checkpoint) in line, line
