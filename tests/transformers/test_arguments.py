@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -12,11 +14,15 @@ from sparseforge.transformers.arguments import (
     ModelArguments,
     RecipeArguments,
     check_output_dir,
+    check_overwrite,
     new_output_dir_guard,
     parse_task_args,
     resolve_model_and_recipe,
     translate_legacy_flags,
+    user_entries,
+    write_output_manifest,
 )
+from sparseforge.transformers.trainer import CHECKPOINT_MARKER
 
 
 def test_translate_legacy_flags():
@@ -59,17 +65,27 @@ def test_parse_with_fp16_fallback(tmp_path, caplog):
         parse_task_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--validation_ratio", "1.5"], ModelArguments, DataArguments, RecipeArguments)
 
 
+def _fake_checkpoint(folder: Path, step: int, *, marker: bool = True) -> None:
+    """A checkpoint-N folder with what resuming reads: weights, trainer state, (the marker)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    if marker:
+        files = ["model.safetensors", "trainer_state.json", CHECKPOINT_MARKER]
+        (folder / CHECKPOINT_MARKER).write_text(json.dumps({"generator": "sparseforge", "step": step, "files": files}))
+
+
 def test_check_output_dir(tmp_path):
     from transformers import TrainingArguments
 
     out = tmp_path / "out"
     args = TrainingArguments(output_dir=str(out), do_train=True)
     assert check_output_dir(args, RecipeArguments()) is None  # does not exist yet
-    out.mkdir()
-    (out / "checkpoint-3").mkdir()
-    (out / "checkpoint-3" / "trainer_state.json").write_text("{}")
-    (out / "checkpoint-7").mkdir()
-    (out / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    _fake_checkpoint(out / "checkpoint-3", 3)
+    _fake_checkpoint(out / "checkpoint-7", 7)
     assert check_output_dir(args, RecipeArguments()).endswith("checkpoint-7")  # resume the last one
     assert check_output_dir(args, RecipeArguments(overwrite_output_dir=True)) is None
     other = tmp_path / "other"
@@ -77,6 +93,31 @@ def test_check_output_dir(tmp_path):
     (other / "notes.txt").write_text("x")
     with pytest.raises(SparseforgeError, match="overwrite_output_dir"):
         check_output_dir(TrainingArguments(output_dir=str(other), do_train=True), RecipeArguments())
+    # A recipe run resumes with its recipe state: a checkpoint without it is refused up front.
+    with pytest.raises(SparseforgeError, match="manager_state.pt is missing"):
+        check_output_dir(args, RecipeArguments(recipe="r.yaml"))
+    # The user's own checkpoint-9 (no marker) is not resumed automatically.
+    _fake_checkpoint(out / "checkpoint-9", 9, marker=False)
+    with pytest.raises(SparseforgeError, match="holds checkpoint-9, which sparseforge did not write"):
+        check_output_dir(args, RecipeArguments())
+    explicit = TrainingArguments(output_dir=str(out), do_train=True, resume_from_checkpoint=str(out / "checkpoint-9"))
+    assert check_output_dir(explicit, RecipeArguments()) == str(out / "checkpoint-9")
+
+
+def test_output_manifest_tells_the_users_files_from_the_runs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    check_overwrite(out)  # a name the run does not write: no clash
+    write_output_manifest(out, user_entries(out), finished=False)
+    (out / "config.json").write_text("{}")  # written by the (crashed) run
+    assert user_entries(out) == {"notes.txt"}
+    check_overwrite(out)
+    write_output_manifest(out, {"notes.txt"}, finished=True)
+    (out / "vocab.txt").write_text("added by the user after the run")
+    assert user_entries(out) == {"notes.txt", "vocab.txt"}
+    with pytest.raises(SparseforgeError, match="holds vocab.txt, which sparseforge did not write"):
+        check_overwrite(out)
 
 
 def test_output_dir_guard_removes_only_new_folders(tmp_path):

@@ -355,9 +355,16 @@ def user_entries(output_dir: Path) -> set[str]:
 
 
 def check_overwrite(output_dir: Path) -> None:
-    """--overwrite_output_dir replaces only what sparseforge wrote: a user's file with a name the
-    run writes (config.json, checkpoint-5, ...) is an error, not replaced."""
-    clashes = sorted(name for name in user_entries(output_dir) if any(fnmatch.fnmatch(name, p) for p in RUN_OUTPUTS))
+    """--overwrite_output_dir replaces only what sparseforge wrote (per the folder's manifest, or
+    a checkpoint's marker): a user's file with a name the run writes (config.json, checkpoint-5,
+    ...) is an error, not replaced."""
+    from sparseforge.transformers.trainer import is_sparseforge_checkpoint
+
+    clashes = sorted(
+        name
+        for name in user_entries(output_dir)
+        if any(fnmatch.fnmatch(name, p) for p in RUN_OUTPUTS) and not is_sparseforge_checkpoint(output_dir / name)
+    )
     if clashes:
         raise SparseforgeError(
             f"--output_dir {output_dir} holds {', '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}, which "
