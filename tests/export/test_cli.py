@@ -46,3 +46,46 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["onnx", "--task", "qa"])
+
+
+def _export(model_dir, out, *extra):
+    return main(["export", "onnx", "--model_path", str(model_dir), "--task", "text-classification", "--sequence_length", "16", "--output_dir", str(out), *extra])
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (["--opset", "5"], "--opset 5 is not supported by torch's ONNX exporter; valid: 18 to 23"),
+        (["--opset", "30"], "valid: 18 to 23"),
+        (["--num_samples", "0"], "--num_samples must be >= 1"),
+        ("truncated weights", "model.safetensors is damaged (truncated"),
+        ("no tokenizer", "has no tokenizer: none of tokenizer.json, vocab.txt"),
+    ],
+)
+def test_bad_export_invocations_are_one_line_errors(tiny_model_dir, tmp_path, capsys, case, message):
+    model_dir = tiny_model_dir("text-classification")
+    if case == "truncated weights":
+        weights = model_dir / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    if case == "no tokenizer":
+        for path in model_dir.iterdir():
+            if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+                path.unlink()
+    out = tmp_path / "deploy"
+    capsys.readouterr()
+    assert _export(model_dir, out, *(case if isinstance(case, list) else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sparseforge export: error:") and message in err[0], err
+    assert not out.exists()
+
+
+def test_report_states_the_opset_of_the_written_file(tiny_model_dir, tmp_path, capsys):
+    import onnx
+
+    from sparseforge.export.deployment import written_opset
+
+    out = tmp_path / "deploy"
+    assert _export(tiny_model_dir("text-classification"), out, "--opset", "18") == 0
+    assert "opset 18" in capsys.readouterr().out
+    assert json.loads((out / "export_report.json").read_text())["opset"] == 18
+    assert written_opset(onnx.load(str(out / "model.onnx"))) == 18

@@ -183,3 +183,13 @@ def test_replace_folder_swaps_complete_folders(tmp_path):
     _replace_folder(staging, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
     assert [p.name for p in target.iterdir()] == ["new"]
+
+
+def test_an_export_that_writes_another_opset_than_asked_fails(tiny_model_dir, tmp_path, monkeypatch):
+    from sparseforge.export import deployment
+
+    real_export = deployment.export_onnx
+    monkeypatch.setattr(deployment, "export_onnx", lambda *a, opset, **kw: real_export(*a, opset=18, **kw))
+    with pytest.raises(ExportError, match="asked for opset 20, the exporter wrote opset 18"):
+        to_onnx(tiny_model_dir("text-classification"), "text-classification", sequence_length=16, opset=20, output_dir=tmp_path / "d")
+    assert not (tmp_path / "d").exists()

@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from sparseforge.export.deployment import MAX_OPSET, MIN_OPSET
 from sparseforge.export.onnx_export import DEFAULT_OPSET
 from sparseforge.tasks import TASK_ALIASES
 
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample sequence length (default 384, as SparseML); the graph's axes stay dynamic",
     )
     onnx.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
     )
     onnx.add_argument(
         "--output_dir",
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-samples",
         type=int,
         default=8,
-        help="number of verification samples (default 8)",
+        help="number of verification samples, >= 1 (default 8)",
     )
     onnx.add_argument(
         "--recipe",

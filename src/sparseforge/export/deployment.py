@@ -34,6 +34,9 @@ from sparseforge.tasks import TASK_OUTPUTS, normalize_task
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "export_report.json"
+# The opsets torch's ONNX exporter supports: it builds opset 18 graphs (lower ones go through onnx's
+# best-effort version converter, which fails on BERT graphs) and declares 23 as its newest.
+MIN_OPSET, MAX_OPSET = 18, 23
 MODEL_FILE = "model.onnx"
 GENERATOR = "sparseforge"
 
@@ -97,6 +100,21 @@ def _replace_folder(staging: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def check_export_args(opset: int, sequence_length: int, num_samples: int) -> None:
+    """Numbers the export cannot honour, refused before anything is loaded."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"--opset {opset} is not supported by torch's ONNX exporter; valid: {MIN_OPSET} to {MAX_OPSET}")
+    if sequence_length < 2:
+        raise ExportError(f"--sequence_length must be >= 2, got {sequence_length}")
+    if num_samples < 1:
+        raise ExportError(f"--num_samples must be >= 1 (verification needs samples), got {num_samples}")
+
+
+def written_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset of a model, as written in the file."""
+    return next(item.version for item in proto.opset_import if item.domain in ("", "ai.onnx"))
+
+
 def _load_tokenizer(model_path: Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -128,13 +146,14 @@ def to_onnx(
     Raises ExportError when onnxruntime's outputs differ from PyTorch's beyond the tolerance
     (see `sparseforge.export.verify`); the report is then in the error message, no folder is written.
     """
-    from sparseforge.transformers.loading import RECIPE_FILE, load_model
+    from sparseforge.transformers.loading import RECIPE_FILE, load_model, require_tokenizer_files
 
     model_path = Path(model_path)
     task = normalize_task(task)
-    if sequence_length < 2:
-        raise ExportError(f"sequence_length must be >= 2, got {sequence_length}")
+    check_export_args(opset, sequence_length, num_samples)
     target = resolve_output_dir(model_path, output_dir, overwrite)
+    if (model_path / "config.json").is_file():
+        require_tokenizer_files(model_path, "--model_path")
     model = load_model(model_path, task, recipe=recipe)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and sequence_length > max_positions:
@@ -160,6 +179,8 @@ def to_onnx(
             model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops
         )
         proto = onnx.load(str(onnx_path))
+        if written_opset(proto) != opset:
+            raise ExportError(f"asked for opset {opset}, the exporter wrote opset {written_opset(proto)}; nothing was written to {target}")
         quantized = verify.is_quantized_graph(proto)
         optimized_path = staging / "ort_optimized.onnx"
         session = verify.create_session(onnx_path, optimized_path)
@@ -183,7 +204,7 @@ def to_onnx(
             "model_path": str(model_path),
             "task": task,
             "precision": ("int8 integer ops" if int8_ops else "int8 QDQ") if quantized else "fp32",
-            "opset": opset,
+            "opset": written_opset(proto),
             "inputs": list(batches[0]),
             "outputs": list(output_names),
             "sequence_length": sequence_length,

@@ -45,12 +45,16 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All weights of the folder at `path` (safetensors, or torch.load with weights_only=True)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
     for file in checkpoint_files(path):
         if file.suffix == ".safetensors":
-            state.update(load_file(str(file)))
+            try:
+                state.update(load_file(str(file)))
+            except (SafetensorError, OSError) as err:
+                raise SparseforgeError(f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})") from None
         else:
             state.update(torch.load(str(file), map_location="cpu", weights_only=True))
     return state
@@ -134,4 +138,25 @@ def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], folder:
             f"{folder}: the weights do not fit the model built from config.json + {RECIPE_FILE} ("
             + "; ".join(problems)
             + "); was the model saved with a different recipe?"
+        )
+
+
+# A folder holds a tokenizer only with one of these: without them transformers 5 builds a tokenizer
+# of the 5 special tokens alone (every word [UNK]) and nothing fails.
+TOKENIZER_VOCAB_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def require_tokenizer_files(folder: str | os.PathLike, what: str) -> None:
+    """Refuse a model folder without tokenizer vocabulary files (`what` names the flag or role)."""
+    if not any((Path(folder) / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        raise SparseforgeError(
+            f"{what} {folder} has no tokenizer: none of {', '.join(TOKENIZER_VOCAB_FILES)} is there (a tokenizer "
+            "without them knows only its special tokens); save the tokenizer with the model or pass --tokenizer_name"
         )

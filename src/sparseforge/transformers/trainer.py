@@ -100,6 +100,7 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
             return load_model(path, task, **config_kwargs)
         logger.info("%s was saved for another head: loading it with a new %s head", path, task)
     auto = getattr(transformers, AUTO_MODEL_CLASSES[task])
+    _check_weights(folder)
     try:
         config = transformers.AutoConfig.from_pretrained(path, **config_kwargs)
         return auto.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)

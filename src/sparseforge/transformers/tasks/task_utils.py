@@ -14,10 +14,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(model_args: Any, model_path: str) -> Any:
-    """The tokenizer of `--tokenizer_name` or of the model folder; a one-line error otherwise."""
+    """The tokenizer of `--tokenizer_name` or of the model folder; a one-line error otherwise
+    (also for a folder without tokenizer files, which transformers would fill with a stub)."""
     from transformers import AutoTokenizer
 
+    from sparseforge.transformers.loading import require_tokenizer_files
+
     path = model_args.tokenizer_name or model_path
+    require_tokenizer_files(path, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, cache_dir=model_args.cache_dir)
     except (OSError, ValueError) as err:
