@@ -220,6 +220,25 @@ def check_reporting(training_args: Any) -> None:
             raise SparseforgeError(f"--report_to {name} needs the {packages[0]} package, which is not installed: {install}")
 
 
+def _unknown_flags_message(parser: Any, remaining: Sequence[str], prog: str | None) -> str:
+    """`--bogus 1`: name the unknown flag, a close known one, and where the list is."""
+    import difflib
+
+    flags = [item for item in remaining if item.startswith("-")] or list(remaining)
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    close = difflib.get_close_matches(flags[0].split("=")[0], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown argument {flags[0]}{hint}; `{prog or 'sparseforge train TASK'} --help` lists the valid flags"
+
+
+def check_positive_sizes(training_args: Any) -> None:
+    """Batch sizes and accumulation steps below 1 fail deep inside the DataLoader; say so first."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, name, 1)
+        if value is not None and value < 1:
+            raise SparseforgeError(f"--{name} must be a positive integer, got {value}")
+
+
 def parse_task_args(argv: Sequence[str], *dataclass_types: type, prog: str | None = None) -> tuple[Any, ...]:
     """Parse `argv` into `dataclass_types` (+ TrainingArguments, returned last).
 
@@ -231,9 +250,15 @@ def parse_task_args(argv: Sequence[str], *dataclass_types: type, prog: str | Non
     parser = HfArgumentParser((*dataclass_types, TrainingArguments), prog=prog)
     args = translate_legacy_flags(argv)
     if len(args) == 1 and args[0].endswith(".json"):
-        parsed = parser.parse_json_file(json_file=os.path.abspath(args[0]))
+        try:
+            parsed = parser.parse_json_file(json_file=os.path.abspath(args[0]))
+        except ValueError as err:  # keys that are no argument
+            raise SparseforgeError(f"{args[0]}: {str(err).splitlines()[0]}") from None
     else:
-        parsed = parser.parse_args_into_dataclasses(args=args)
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+        if remaining:
+            raise SparseforgeError(_unknown_flags_message(parser, remaining, prog))
+    check_positive_sizes(parsed[-1])
     apply_precision_fallback(parsed[-1])
     check_reporting(parsed[-1])
     for item in parsed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +174,41 @@ def label_scheme(raw: Any, data_args: TextClassificationDataArguments) -> LabelS
     return LabelScheme([str(v) for v in distinct], "single_label_classification", {v: i for i, v in enumerate(distinct)})
 
 
+def _label_problem(value: Any, scheme: LabelScheme) -> str | None:
+    """Why `value` cannot be encoded by `scheme` (None when it can)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "the label is empty (every training and evaluation example needs one)"
+    if scheme.problem_type == "regression":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"label {value!r} is not a number (regression needs numeric labels)"
+        return None if math.isfinite(number) else f"label {value!r} is not a finite number (regression needs finite numbers)"
+    items = _as_label_list(value) if scheme.problem_type == "multi_label_classification" else None
+    unknown = [item for item in (items if items is not None else [value]) if _norm(item) not in scheme.to_id and _norm(item) != -1]
+    if unknown:
+        valid = ", ".join(scheme.names[:10]) + (" ..." if len(scheme.names) > 10 else "")  # type: ignore[index]
+        return f"label {unknown[0]!r} is not one of the training and validation data's labels ({valid})"
+    return None
+
+
+def check_labels(raw: Any, scheme: LabelScheme, data_args: TextClassificationDataArguments) -> None:
+    """Every label of every split can be encoded: one line naming the file, the example (1-based)
+    and what is valid, before anything is tokenized. Test files may leave labels empty."""
+    column = data_args.label_column_name
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    for split, dataset in raw.items():
+        if column not in dataset.column_names:
+            continue
+        for index, value in enumerate(dataset[column], start=1):
+            if split == "test" and (value is None or value == ""):
+                continue
+            problem = _label_problem(value, scheme)
+            if problem:
+                where = files.get(split) or f"{split} data"
+                raise DataError(f"{where}: example {index}, column '{column}': {problem}")
+
+
 # ----- the run -----------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train text-classification` (the task-module contract)."""
@@ -220,6 +256,7 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
         if split != "test":
             require_columns(raw[split], [data_args.label_column_name], split=split, flag="--label_column_name")
     scheme = label_scheme(raw, data_args)
+    check_labels(raw, scheme, data_args)
 
     config_kwargs: dict[str, Any] = {"num_labels": scheme.num_labels, "problem_type": scheme.problem_type}
     if scheme.names is not None:

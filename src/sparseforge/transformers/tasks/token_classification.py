@@ -112,6 +112,23 @@ def columns_of(data_args: TokenClassificationDataArguments, columns: Sequence[st
     return text, label
 
 
+def check_rows(dataset: Any, text_column: str, label_column: str, where: str) -> None:
+    """Every example is a list of words and a list of as many tags; anything else is a one-line
+    error naming the file and the example (1-based), before tokenization."""
+    for index, (words, tags) in enumerate(zip(dataset[text_column], dataset[label_column], strict=True), start=1):
+        if not isinstance(words, list):
+            kind = "nothing" if words is None else type(words).__name__
+            raise DataError(f"{where}: example {index}: '{text_column}' holds {kind}, not a list of words")
+        if not isinstance(tags, list):
+            kind = "nothing" if tags is None else type(tags).__name__
+            raise DataError(f"{where}: example {index}: '{label_column}' holds {kind}, not a list of tags (one per word)")
+        if len(words) != len(tags):
+            raise DataError(
+                f"{where}: example {index} has {len(words)} words in '{text_column}' and {len(tags)} tags in "
+                f"'{label_column}'; each word needs exactly one tag"
+            )
+
+
 def tags_as_names(dataset: Any, column: str) -> Any:
     """Integer tags with names (a `datasets` ClassLabel) become their names; others become str."""
     feature = dataset.features[column]
@@ -165,6 +182,7 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
     for split in raw:
         require_columns(raw[split], [text_column], split=split, flag="--text_column_name")
         require_columns(raw[split], [label_column], split=split, flag="--label_column_name / --task_name")
+        check_rows(raw[split], text_column, label_column, getattr(data_args, f"{split}_file", None) or f"{split} data")
         raw[split] = tags_as_names(raw[split], label_column)
     labels = ner_utils.label_list([raw[split] for split in raw if split != "test"] or list(raw.values()), label_column)
 
