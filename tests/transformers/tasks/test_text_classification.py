@@ -196,6 +196,14 @@ def test_glue_tsv_with_task_name_and_predictions(tmp_path, tiny_model_dir):
         (["--train_file", "MISSING"], "does not exist"),
         (["--recipe", "BADRECIPE"], "did you mean 'final_sparsity'"),
         (["--distill_teacher", "QA_TEACHER"], "same head"),
+        (["NO_TOKENIZER"], "has no tokenizer: none of tokenizer.json, vocab.txt"),
+        (["TRUNCATED_WEIGHTS"], "model.safetensors is damaged (truncated"),
+        (["--train_file", "REGRESSION", "--task_name", "stsb", "--input_column_names", "sentence"], "example 2, column 'label': label 'abc' is not a number"),
+        (["--train_file", "EMPTY_LABEL"], "example 2, column 'label': the label is empty"),
+        (["--test_file", "UNSEEN", "--do_predict"], "example 1, column 'label': label 'weird' is not one of the training and validation data's labels (negative, positive)"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer, got 0"),
+        (["--bogus_flag", "1"], "unknown argument --bogus_flag"),
+        (["--save_total_limt", "1"], "did you mean --save_total_limit?"),
     ],
 )
 def test_bad_inputs_fail_before_training_and_leave_nothing(tmp_path, tiny_model_dir, capsys, extra, message):
@@ -204,7 +212,21 @@ def test_bad_inputs_fail_before_training_and_leave_nothing(tmp_path, tiny_model_
     broken.write_bytes(b'sentence,label\n"unterminated,1\n\x00\xff,\n"a","b","c"\n')
     bad_recipe = tmp_path / "bad.yaml"
     bad_recipe.write_text("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, final_sparsty: 0.5, start_epoch: 0, end_epoch: 1}\n")
+    (tmp_path / "regression.csv").write_text("sentence,label\nthe movie,0.5\na film,abc\n")
+    (tmp_path / "empty_label.csv").write_text("sentence,label\nthe movie,positive\na film,\nbad,negative\n")
+    (tmp_path / "unseen.csv").write_text("sentence,label\nthe movie,weird\n")
+    if "NO_TOKENIZER" in extra:
+        for path in model_dir.iterdir():
+            if path.name.startswith(("tokenizer", "vocab", "special_tokens")):
+                path.unlink()
+    if "TRUNCATED_WEIGHTS" in extra:
+        weights = model_dir / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:2000])
+    extra = [item for item in extra if item not in ("NO_TOKENIZER", "TRUNCATED_WEIGHTS")]
     replacements = {
+        "REGRESSION": str(tmp_path / "regression.csv"),
+        "EMPTY_LABEL": str(tmp_path / "empty_label.csv"),
+        "UNSEEN": str(tmp_path / "unseen.csv"),
         "BROKEN": str(broken),
         "MISSING": str(tmp_path / "missing.csv"),
         "BADRECIPE": str(bad_recipe),

@@ -183,3 +183,27 @@ def test_cli_one_shot_obs_without_do_train_uses_the_train_file(tiny_model_dir, t
     pruned = [t for name, t in load_file(str(out / "model.safetensors")).items() if name.endswith("output.dense.weight")]
     assert len(pruned) == 4
     assert sum(int((t == 0).sum()) for t in pruned) == sum(t.numel() for t in pruned) // 2
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"tokens": ["john", "said"]}], "no column 'ner_tags'"),
+        ([{"tokens": ["john", "said"], "ner_tags": ["B-PER", "O"]}, {"tokens": ["paul"]}], "example 2: 'ner_tags' holds nothing, not a list of tags"),
+        (
+            [{"tokens": ["john", "said"], "ner_tags": ["B-PER", "O"]}, {"tokens": ["paul", "went"], "ner_tags": ["B-PER"]}],
+            "example 2 has 2 words in 'tokens' and 1 tags in 'ner_tags'; each word needs exactly one tag",
+        ),
+        ([{"tokens": "john said", "ner_tags": ["B-PER", "O"]}], "example 1: 'tokens' holds str, not a list of words"),
+    ],
+)
+def test_cli_malformed_rows_are_one_line_errors(tiny_model_dir, tmp_path, capsys, rows, message):
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out, model = tmp_path / "out", tiny_model_dir("token-classification")
+    capsys.readouterr()
+    code = _run(["--model_name_or_path", str(model), "--train_file", str(data), "--do_train", "--output_dir", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert "example" not in message or str(data) in err[0]
+    assert not out.exists()
