@@ -300,6 +300,21 @@ def test_save_total_limit_rotates_only_this_runs_checkpoints(tmp_path):
     assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-12", "checkpoint-3"]
 
 
+
+def test_end_of_training_keeps_the_best_of_this_runs_checkpoints_and_the_users(tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "notes.txt").write_text("mine")
+    args = make_args(
+        out, save_strategy="steps", save_steps=4, eval_strategy="steps", eval_steps=4, save_total_limit=1, load_best_model_at_end=True
+    )
+    trainer = SparseTrainer(model=make_tiny_model(), args=args, train_dataset=tiny_dataset(), eval_dataset=tiny_dataset(8, seed=1), recipe=GMP_RECIPE)
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.parent == out and best.is_dir()
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == sorted(["checkpoint-1", best.name])
+    assert (out / "checkpoint-1" / "notes.txt").read_text() == "mine"
+
 def test_a_users_folder_of_the_same_name_is_not_replaced(tmp_path):
     out = tmp_path / "out"
     (out / "checkpoint-4").mkdir(parents=True)

@@ -329,6 +329,7 @@ class _SparseCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer._end_rotation()
         manager = self.trainer.manager
         if manager is not None and manager.state is not None:
             manager.finalize(self.trainer.model)
@@ -399,6 +400,7 @@ class SparseTrainer(Trainer):
         self._manager_resume_state: dict[str, Any] | None = None
         self._resume_checkpoint: str | None = None
         self._staging_dir: str | None = None
+        self._training_ended = False
         self._checkpoints_written: set[Path] = set()
         if self.manager is not None:
             # The task loss and the distillation term are per-batch means: let the Trainer
@@ -552,6 +554,8 @@ class SparseTrainer(Trainer):
                 logs["learning_rate"] = recipe_logs["learning_rate"]
             for key, value in recipe_logs.items():
                 logs.setdefault(key, value)
+        if "train_runtime" in logs:  # the final training metrics: next comes the end-of-training cleanup
+            self._training_ended = True
         super().log(logs, start_time)
 
     # ----- saving and resuming ----------------------------------------------------------------
@@ -567,10 +571,14 @@ class SparseTrainer(Trainer):
             recipe.save(Path(output_dir) / RECIPE_NAME)
 
     def _get_output_dir(self, trial: Any) -> str:
-        """While a checkpoint is being written, the Trainer's run folder is the staging folder."""
+        """While a checkpoint is being written, the Trainer's run folder is the staging folder;
+        once training has ended, a folder that does not exist, so that the Trainer's end-of-training
+        cleanup (`save_total_limit == 1`: delete every checkpoint-* but the best) finds nothing
+        and `_end_rotation` does it for this run's checkpoints only."""
         if self._staging_dir is not None:
             return self._staging_dir
-        return super()._get_output_dir(trial)
+        run_dir = super()._get_output_dir(trial)
+        return str(Path(run_dir) / f"{STAGING_PREFIX}none") if self._training_ended else run_dir
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         """The Trainer's checkpoint, written into a hidden staging folder beside it together with
@@ -612,12 +620,8 @@ class SparseTrainer(Trainer):
         self._checkpoints_written.add(final)
         self._rotate_own_checkpoints(run_dir)
 
-    def _rotate_own_checkpoints(self, run_dir: Path) -> None:
-        """`--save_total_limit`: keep the newest checkpoints of this run (and of the run it resumed
-        from) and the best one; a checkpoint-N folder sparseforge did not write is never deleted."""
-        limit = self.args.save_total_limit
-        if not limit or limit <= 0:
-            return
+    def _own_checkpoints(self, run_dir: Path) -> list[Path]:
+        """This run's checkpoints in `run_dir` (and those of the run it resumed there), oldest first."""
         own = [
             path
             for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
@@ -625,7 +629,27 @@ class SparseTrainer(Trainer):
             and checkpoint_step(path) is not None
             and (path in self._checkpoints_written or (self._resumed_lineage(run_dir) and is_sparseforge_checkpoint(path)))
         ]
-        own.sort(key=checkpoint_step)
+        return sorted(own, key=checkpoint_step)
+
+    def _end_rotation(self) -> None:
+        """At the end of training with `save_total_limit == 1` and a best model, keep only the best
+        of this run's checkpoints (the Trainer's rule, limited to what this run wrote)."""
+        self._training_ended = False
+        best = self.state.best_model_checkpoint
+        if not (self.args.should_save and best and self.args.save_total_limit == 1):
+            return
+        for path in self._own_checkpoints(Path(self._get_output_dir(None))):
+            if path.resolve() != Path(best).resolve():
+                logger.info("deleting checkpoint %s (--save_total_limit 1 keeps the best)", path)
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _rotate_own_checkpoints(self, run_dir: Path) -> None:
+        """`--save_total_limit`: keep the newest checkpoints of this run (and of the run it resumed
+        from) and the best one; a checkpoint-N folder sparseforge did not write is never deleted."""
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        own = self._own_checkpoints(run_dir)
         protected = {own[-1]} if own else set()
         if self.state.best_model_checkpoint:
             protected.add(Path(self.state.best_model_checkpoint))
