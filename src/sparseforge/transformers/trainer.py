@@ -8,9 +8,12 @@
                           student_inputs=...)` (distillation)
     _save / save_model    `recipe.yaml` beside the weights: the recipe applied to the starting
                           model (if it had one) followed by this run's evaluated recipe
-    _save_checkpoint      + `manager_state.pt` (tensors and numbers, read back with
-                          weights_only=True) in every checkpoint-N/
-    _load_from_checkpoint reads it back, so a resumed run continues schedule, masks and LR
+    _save_checkpoint      the Trainer's checkpoint + `manager_state.pt` (tensors and numbers,
+                          read back with weights_only=True) + a marker listing the files, staged
+                          in a hidden folder (`_get_output_dir`) and renamed to checkpoint-N/
+                          when complete; --save_total_limit rotates only this run's checkpoints
+    _load_from_checkpoint checks the checkpoint is complete and undamaged (`check_checkpoint`),
+                          then reads the state back, so a resumed run continues schedule, masks, LR
     log                   adds `manager.logs()` (LR, sparsity, distillation losses) to every log
 
 The training loop itself is the Trainer's. `run_task(...)` is the train / evaluate / save /
