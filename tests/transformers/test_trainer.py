@@ -346,6 +346,9 @@ def _damage(folder: Path, how: str) -> str:
         data = (folder / MANAGER_STATE_NAME).read_bytes()
         (folder / MANAGER_STATE_NAME).write_bytes(data[: len(data) // 2])
         return MANAGER_STATE_NAME
+    if how == "corrupt config":
+        (folder / "config.json").write_text('{"architectures": ["Bert')
+        return "config.json"
     if how == "truncated optimizer":
         (folder / "optimizer.pt").write_bytes((folder / "optimizer.pt").read_bytes()[:100])
         return "optimizer.pt"
@@ -353,7 +356,8 @@ def _damage(folder: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "how", ["no manager state", "truncated weights", "no trainer state", "corrupt trainer state", "corrupt manager state", "truncated optimizer"]
+    "how",
+    ["no manager state", "truncated weights", "no trainer state", "corrupt trainer state", "corrupt manager state", "truncated optimizer", "corrupt config"],
 )
 def test_resume_refuses_an_incomplete_or_damaged_checkpoint(tmp_path, how):
     full = tmp_path / "full"

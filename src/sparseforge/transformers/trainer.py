@@ -298,12 +298,15 @@ def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> d
         if not (folder / name).is_file():
             why = "the recipe's state (schedule, masks) cannot be restored" if name == MANAGER_STATE_NAME else "the checkpoint is incomplete"
             raise SparseforgeError(f"cannot resume from {folder}: {name} is missing ({why}); resume from a complete checkpoint-N")
-    try:
-        state = json.loads((folder / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise SparseforgeError(f"{folder / TRAINER_STATE_FILE} is damaged (not JSON: {err})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
-        raise SparseforgeError(f"{folder / TRAINER_STATE_FILE} is damaged (no integer global_step)")
+    for name in (TRAINER_STATE_FILE, "config.json"):
+        if not (folder / name).is_file():
+            continue
+        try:
+            content = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SparseforgeError(f"{folder / name} is damaged (not JSON: {err})") from None
+        if not isinstance(content, dict) or (name == TRAINER_STATE_FILE and not isinstance(content.get("global_step"), int)):
+            raise SparseforgeError(f"{folder / name} is damaged (not the JSON object a checkpoint holds)")
     _check_weights(folder)
     _check_archives(folder)
     if not needs_manager_state:
