@@ -60,7 +60,8 @@ class Report(TrainerCallback):
 def main() -> None:
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     holder: list = []
-    args = make_args(out, ddp_backend="gloo")
+    # Checkpoints too: every rank writes its rng state into the staging folder before rank 0 renames it.
+    args = make_args(out, ddp_backend="gloo", save_strategy="steps", save_steps=3, save_total_limit=1)
     trainer = SparseTrainer(
         model=AutoModelForSequenceClassification.from_pretrained(model_dir),
         args=args,

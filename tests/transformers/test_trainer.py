@@ -459,6 +459,14 @@ def test_two_process_ddp_masks_and_projections_identical_and_exact(tmp_path):
     assert reports[0]["projection_digest"] == reports[1]["projection_digest"]
     for sparsity in reports[0]["sparsity"].values():
         assert sparsity == pytest.approx(0.5, abs=1e-9)
+    # 6 steps, a save every 3, --save_total_limit 1: one complete checkpoint with both ranks' rng state.
+    out = tmp_path / "out"
+    assert sorted(path.name for path in out.iterdir() if path.name.startswith((".", "checkpoint-"))) == ["checkpoint-6"]
+    checkpoint = out / "checkpoint-6"
+    assert is_sparseforge_checkpoint(checkpoint)
+    for name in ("rng_state_0.pth", "rng_state_1.pth", MANAGER_STATE_NAME, "model.safetensors"):
+        assert (checkpoint / name).is_file(), name
+    assert check_checkpoint(checkpoint, needs_manager_state=True)["step"] == 6
 
 
 def test_best_model_after_epoch_forgets_earlier_bests():
