@@ -153,10 +153,12 @@ TOKENIZER_VOCAB_FILES = (
 )
 
 
-def require_tokenizer_files(folder: str | os.PathLike, what: str) -> None:
+def require_tokenizer_files(
+    folder: str | os.PathLike, what: str, hint: str = "save the tokenizer with the model (tokenizer.save_pretrained)"
+) -> None:
     """Refuse a model folder without tokenizer vocabulary files (`what` names the flag or role)."""
     if not any((Path(folder) / name).is_file() for name in TOKENIZER_VOCAB_FILES):
         raise SparseforgeError(
             f"{what} {folder} has no tokenizer: none of {', '.join(TOKENIZER_VOCAB_FILES)} is there (a tokenizer "
-            "without them knows only its special tokens); save the tokenizer with the model or pass --tokenizer_name"
+            f"without them knows only its special tokens); {hint}"
         )

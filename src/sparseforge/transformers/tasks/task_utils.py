@@ -21,7 +21,8 @@ def load_tokenizer(model_args: Any, model_path: str) -> Any:
     from sparseforge.transformers.loading import require_tokenizer_files
 
     path = model_args.tokenizer_name or model_path
-    require_tokenizer_files(path, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
+    flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
+    require_tokenizer_files(path, flag, "save the tokenizer with the model, or pass --tokenizer_name FOLDER")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, cache_dir=model_args.cache_dir)
     except (OSError, ValueError) as err:
