@@ -65,6 +65,21 @@ def test_parse_with_fp16_fallback(tmp_path, caplog):
         parse_task_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--validation_ratio", "1.5"], ModelArguments, DataArguments, RecipeArguments)
 
 
+
+def test_unknown_flags_and_sizes_below_one_are_one_line_errors(tmp_path):
+    base = ["--model_name_or_path", "m", "--output_dir", str(tmp_path)]
+    types = (ModelArguments, DataArguments, RecipeArguments)
+    with pytest.raises(SparseforgeError, match=r"unknown argument --save_total_limt \(did you mean --save_total_limit\?\)"):
+        parse_task_args([*base, "--save_total_limt", "2"], *types, prog="sparseforge train ner")
+    with pytest.raises(SparseforgeError, match="--per_device_eval_batch_size must be a positive integer, got 0"):
+        parse_task_args([*base, "--per_device_eval_batch_size", "0"], *types)
+    with pytest.raises(SparseforgeError, match="--gradient_accumulation_steps must be a positive integer, got -1"):
+        parse_task_args([*base, "--gradient_accumulation_steps", "-1"], *types)
+    config = tmp_path / "args.json"
+    config.write_text(json.dumps({"model_name_or_path": "m", "output_dir": str(tmp_path), "recipie": "r.yaml"}))
+    with pytest.raises(SparseforgeError, match="args.json.*recipie"):
+        parse_task_args([str(config)], *types)
+
 def _fake_checkpoint(folder: Path, step: int, *, marker: bool = True) -> None:
     """A checkpoint-N folder with what resuming reads: weights, trainer state, (the marker)."""
     import torch
