@@ -357,7 +357,7 @@ RUN_OUTPUTS = (
     "config.json", "generation_config.json", "model*.safetensors*", "pytorch_model*.bin*", "recipe.yaml",
     "training_args.bin", "trainer_state.json", "*results.json", "predict_results*.txt", "predictions.txt",
     "*predictions.json", "*null_odds.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
-    "added_tokens.json", "*.model", "chat_template*", "checkpoint-*", "runs", "README.md",
+    "added_tokens.json", "*.model", "chat_template*", "checkpoint-*", "runs",
 )
 OUTPUT_MANIFEST = "sparseforge_output.json"
 
