@@ -49,7 +49,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def _export(model_dir, out, *extra):
-    return main(["export", "onnx", "--model_path", str(model_dir), "--task", "text-classification", "--sequence_length", "16", "--output_dir", str(out), *extra])
+    return main(
+        [
+            "export",
+            "onnx",
+            "--model_path",
+            str(model_dir),
+            "--task",
+            "text-classification",
+            "--sequence_length",
+            "16",
+            "--output_dir",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -62,7 +76,9 @@ def _export(model_dir, out, *extra):
         ("no tokenizer", "has no tokenizer: none of tokenizer.json, vocab.txt"),
     ],
 )
-def test_bad_export_invocations_are_one_line_errors(tiny_model_dir, tmp_path, capsys, case, message):
+def test_bad_export_invocations_are_one_line_errors(
+    tiny_model_dir, tmp_path, capsys, case, message
+):
     model_dir = tiny_model_dir("text-classification")
     if case == "truncated weights":
         weights = model_dir / "model.safetensors"
@@ -75,7 +91,9 @@ def test_bad_export_invocations_are_one_line_errors(tiny_model_dir, tmp_path, ca
     capsys.readouterr()
     assert _export(model_dir, out, *(case if isinstance(case, list) else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("sparseforge export: error:") and message in err[0], err
+    assert (
+        len(err) == 1 and err[0].startswith("sparseforge export: error:") and message in err[0]
+    ), err
     assert not out.exists()
 
 

@@ -103,11 +103,15 @@ def _replace_folder(staging: Path, target: Path) -> None:
 def check_export_args(opset: int, sequence_length: int, num_samples: int) -> None:
     """Numbers the export cannot honour, refused before anything is loaded."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"--opset {opset} is not supported by torch's ONNX exporter; valid: {MIN_OPSET} to {MAX_OPSET}")
+        raise ExportError(
+            f"--opset {opset} is not supported by torch's ONNX exporter; valid: {MIN_OPSET} to {MAX_OPSET}"
+        )
     if sequence_length < 2:
         raise ExportError(f"--sequence_length must be >= 2, got {sequence_length}")
     if num_samples < 1:
-        raise ExportError(f"--num_samples must be >= 1 (verification needs samples), got {num_samples}")
+        raise ExportError(
+            f"--num_samples must be >= 1 (verification needs samples), got {num_samples}"
+        )
 
 
 def written_opset(proto: onnx.ModelProto) -> int:
@@ -180,7 +184,9 @@ def to_onnx(
         )
         proto = onnx.load(str(onnx_path))
         if written_opset(proto) != opset:
-            raise ExportError(f"asked for opset {opset}, the exporter wrote opset {written_opset(proto)}; nothing was written to {target}")
+            raise ExportError(
+                f"asked for opset {opset}, the exporter wrote opset {written_opset(proto)}; nothing was written to {target}"
+            )
         quantized = verify.is_quantized_graph(proto)
         optimized_path = staging / "ort_optimized.onnx"
         session = verify.create_session(onnx_path, optimized_path)

@@ -54,7 +54,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             try:
                 state.update(load_file(str(file)))
             except (SafetensorError, OSError) as err:
-                raise SparseforgeError(f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})") from None
+                raise SparseforgeError(
+                    f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})"
+                ) from None
         else:
             state.update(torch.load(str(file), map_location="cpu", weights_only=True))
     return state
@@ -154,7 +156,9 @@ TOKENIZER_VOCAB_FILES = (
 
 
 def require_tokenizer_files(
-    folder: str | os.PathLike, what: str, hint: str = "save the tokenizer with the model (tokenizer.save_pretrained)"
+    folder: str | os.PathLike,
+    what: str,
+    hint: str = "save the tokenizer with the model (tokenizer.save_pretrained)",
 ) -> None:
     """Refuse a model folder without tokenizer vocabulary files (`what` names the flag or role)."""
     if not any((Path(folder) / name).is_file() for name in TOKENIZER_VOCAB_FILES):
