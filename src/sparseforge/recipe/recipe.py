@@ -20,11 +20,13 @@ import pydantic
 
 from sparseforge.errors import RecipeError
 from sparseforge.recipe.expressions import as_number, resolve_value, resolve_variables
+from sparseforge.recipe.limits import MAX_RECIPE_CHARS, MAX_YAML_DEPTH, one_line, recipe_errors_only
 from sparseforge.recipe.registry import modifier_class
 from sparseforge.recipe.yaml_io import (
     LineDict,
     ModifierSpec,
     dump_yaml,
+    load_plain_yaml,
     load_yaml,
     represent_tagged,
 )
@@ -78,6 +80,7 @@ class Recipe:
 
     # ----- loading ---------------------------------------------------------------------------
     @classmethod
+    @recipe_errors_only
     def load(cls, source: Any, args: str | Mapping[str, Any] | None = None) -> Recipe:
         """Load a recipe from a path (.yaml/.yml/.md), YAML text, a dict, a list of modifiers or a Recipe.
 
@@ -110,6 +113,7 @@ class Recipe:
         raise RecipeError(f"cannot load a recipe from a {type(source).__name__}")
 
     @classmethod
+    @recipe_errors_only
     def from_text(
         cls,
         text: str,
@@ -118,6 +122,10 @@ class Recipe:
         markdown: bool | None = None,
     ) -> Recipe:
         """Parse recipe text: plain YAML, or Markdown whose first `---` front-matter block is the recipe."""
+        if len(text) > MAX_RECIPE_CHARS:
+            raise RecipeError(
+                f"the recipe is {len(text):,} characters long; a recipe may have at most {MAX_RECIPE_CHARS:,}", file=file
+            )
         yaml_text = extract_front_matter(text, file=file, required=bool(markdown))
         tree = load_yaml(yaml_text, file=file)
         if tree is None:
@@ -342,6 +350,13 @@ def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str |
         return cls.model_validate(fields)
     except pydantic.ValidationError as err:
         raise _validation_error(err, cls, spec, file) from None
+    except (TypeError, ArithmeticError, LookupError) as err:  # a validator met a value of the wrong type
+        raise RecipeError(
+            f"a field has a value of the wrong type ({type(err).__name__}: {one_line(err, 120)})",
+            file=file,
+            line=spec.line,
+            modifier=spec.name,
+        ) from None
 
 
 def _validation_error(err: pydantic.ValidationError, cls: type[Modifier], spec: ModifierSpec, file: str | None) -> RecipeError:
@@ -389,11 +404,12 @@ def extract_front_matter(text: str, file: str | None = None, required: bool = Fa
     Text before the first `---` (e.g. an HTML licence comment) is ignored; a `.md` without a
     closed `---` block is an error.
     """
-    fences = list(_FRONT_MATTER_FENCE.finditer(text))
-    if len(fences) >= 2:
-        before = text[: fences[0].start()]
+    fences = _FRONT_MATTER_FENCE.finditer(text)
+    first, second = next(fences, None), next(fences, None)
+    if first and second:
+        before = text[: first.start()]
         if not before.strip() or _only_html_comments(before):
-            start, end = fences[0].end(), fences[1].start()
+            start, end = first.end(), second.start()
             preceding_lines = text[:start].count("\n")
             return "\n" * preceding_lines + text[start:end]
     if required:
@@ -405,9 +421,23 @@ def extract_front_matter(text: str, file: str | None = None, required: bool = Fa
 
 
 def _only_html_comments(text: str) -> bool:
-    return not re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL).strip()
+    """Whether `text` is only whitespace and `<!-- -->` comments; one pass, so linear time
+    (a regex over many unclosed `<!--` took minutes on 120 KB)."""
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return True
+        if not text.startswith("<!--", pos):
+            return False
+        end = text.find("-->", pos + 4)
+        if end < 0:
+            return False
+        pos = end + 3
 
 
+@recipe_errors_only
 def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """Recipe variable overrides from a dict, JSON text, or `k=v,k2=v2` (values read as YAML scalars)."""
     if args is None or args == "":
@@ -422,10 +452,13 @@ def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
             parsed = json.loads(text)
         except json.JSONDecodeError as err:
             raise RecipeError(f"recipe_args is not valid JSON: {err.msg} at column {err.colno}") from None
+        except RecursionError:
+            parsed = None  # nested too deeply for the JSON reader: refused just below
+        if parsed is None or _nesting_depth(parsed) > MAX_YAML_DEPTH:
+            raise RecipeError(f"recipe_args JSON nests more than {MAX_YAML_DEPTH} levels deep")
         if not isinstance(parsed, dict):
             raise RecipeError("recipe_args JSON must be an object of variable: value")
         return {str(k): as_number(v) for k, v in parsed.items()}
-    import yaml
 
     result: dict[str, Any] = {}
     for item in _split_top_level(text):
@@ -436,10 +469,22 @@ def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
         if not key.isidentifier():
             raise RecipeError(f"recipe_args name '{key}' is not a valid variable name")
         try:
-            result[key] = as_number(yaml.safe_load(value.strip()))
-        except yaml.YAMLError:
+            result[key] = as_number(load_plain_yaml(value.strip()))
+        except RecipeError:
             result[key] = value.strip()
     return result
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of lists/dicts in `value`, counted without recursion (JSON can nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_YAML_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _split_top_level(text: str) -> list[str]:
