@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SparseforgeError as err:
         if os.environ.get("SPARSEFORGE_DEBUG"):
             raise
-        print(f"sparseforge {command}: error: {err}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, always
+        print(f"sparseforge {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sparseforge {command}: interrupted", file=sys.stderr)

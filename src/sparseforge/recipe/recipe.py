@@ -452,6 +452,8 @@ def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
             parsed = json.loads(text)
         except json.JSONDecodeError as err:
             raise RecipeError(f"recipe_args is not valid JSON: {err.msg} at column {err.colno}") from None
+        except ValueError as err:  # e.g. an integer of more than 4,300 digits
+            raise RecipeError(f"recipe_args is not usable JSON: {one_line(err, 120)}") from None
         except RecursionError:
             parsed = None  # nested too deeply for the JSON reader: refused just below
         if parsed is None or _nesting_depth(parsed) > MAX_YAML_DEPTH:

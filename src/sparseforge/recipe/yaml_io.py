@@ -90,7 +90,7 @@ class _BoundedLoader(_ParsingBase):  # type: ignore[misc,valid-type]
             return super().construct_object(node, deep=deep)
         except (RecipeError, yaml.YAMLError):
             raise
-        except (ValueError, TypeError, LookupError, ArithmeticError) as err:
+        except (ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as err:
             value = one_line(node.value, 60) if isinstance(node, yaml.ScalarNode) else node.id
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             detail = f" ({one_line(err, 120)})" if isinstance(err, ValueError) else ""
