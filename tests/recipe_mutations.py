@@ -163,7 +163,8 @@ class FuzzReport:
 
 
 def load_outcome(text: str, markdown: bool, hard_limit: float) -> str:
-    """'loaded', 'RecipeError', or the failure: 'unexpected RecipeError: ...' / 'Type: ...' / 'timeout'."""
+    """'loaded' or 'RecipeError', else the failure: 'unexpected RecipeError: ...', 'Type: ...',
+    'timeout', or a loaded recipe whose saved YAML does not load back the same."""
     from sparseforge.errors import RecipeError
     from sparseforge.recipe import Recipe
 
@@ -173,8 +174,8 @@ def load_outcome(text: str, markdown: bool, hard_limit: float) -> str:
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, hard_limit)
     try:
-        Recipe.from_text(text, markdown=markdown)
-        return "loaded"
+        recipe = Recipe.from_text(text, markdown=markdown)
+        return _reload_outcome(recipe)
     except RecipeError as err:
         if "a sparseforge bug" in str(err) or "\n" in str(err):
             return f"unexpected RecipeError: {str(err)[:200]!r}"
@@ -186,6 +187,19 @@ def load_outcome(text: str, markdown: bool, hard_limit: float) -> str:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _reload_outcome(recipe: object) -> str:
+    """A recipe that loaded must save as YAML that loads back to the same modifiers."""
+    from sparseforge.recipe import Recipe
+
+    try:
+        again = Recipe.from_text(recipe.to_yaml())  # type: ignore[attr-defined]
+    except Exception as err:  # noqa: BLE001
+        return f"saved recipe does not load back: {type(err).__name__}: {str(err)[:200]}"
+    if [m.recipe_fields() for m in again.modifiers] != [m.recipe_fields() for m in recipe.modifiers]:  # type: ignore[attr-defined]
+        return "saved recipe loads back different"
+    return "loaded"
 
 
 def run_fuzz(

@@ -4,8 +4,8 @@ import re
 import time
 
 import pytest
-
 from recipe_mutations import alias_bomb
+
 from sparseforge import Recipe, RecipeError
 from sparseforge.recipe.limits import MAX_YAML_DEPTH, MAX_YAML_VALUES
 from sparseforge.recipe.yaml_io import load_plain_yaml, load_yaml
