@@ -157,6 +157,7 @@ class FuzzReport:
     """Outcomes of a fuzz run: counts, failures (anything but a Recipe or a RecipeError), the slowest."""
 
     outcomes: Counter = field(default_factory=Counter)
+    by_kind: Counter = field(default_factory=Counter)  # (first mutation kind, outcome) -> count
     failures: list[tuple[str, str, str, str]] = field(default_factory=list)  # (seed, kind, outcome, text)
     slowest: tuple[float, str, str, str] = (0.0, "", "", "")  # (seconds, seed, kind, text)
     seconds: float = 0.0
@@ -217,7 +218,9 @@ def run_fuzz(
         spent = time.process_time() - cpu
         if outcome in ("loaded", "RecipeError") and spent > time_limit:
             outcome = f"slow ({spent:.2f} s CPU)"
-        report.outcomes[outcome if outcome in ("loaded", "RecipeError") else "failure"] += 1
+        bucket = outcome if outcome in ("loaded", "RecipeError") else "failure"
+        report.outcomes[bucket] += 1
+        report.by_kind[(kind.split("+")[0], bucket)] += 1
         if outcome not in ("loaded", "RecipeError"):
             report.failures.append((name, kind, outcome, text))
         if spent > report.slowest[0]:

@@ -374,3 +374,24 @@ def test_no_other_exception_escapes_load(monkeypatch):
     monkeypatch.setattr("sparseforge.recipe.recipe.load_yaml", broken)
     with pytest.raises(RecipeError, match=r"unexpected TypeError: boom \(a sparseforge bug"):
         Recipe.load(EPOCHS_AT.format(2))
+
+
+def test_100_kb_recipes_load_within_a_second():
+    modifier = (
+        "  - !GMPruningModifier\n    params: ['re:bert.encoder.layer.*.attention.self.query.weight']\n"
+        "    init_sparsity: eval(init)\n    final_sparsity: 0.8\n    start_epoch: eval(start + 1)\n"
+        "    end_epoch: 10.0\n    update_frequency: 0.5\n"
+    )
+    epochs = "m_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
+    texts = [
+        "init: 0.05\nstart: 0\npruning_modifiers:\n" + modifier * (100_000 // len(modifier)),
+        "xs: [" + ",".join(["1.5"] * 24_000) + "]\n" + epochs,
+        "".join(f"v{i}: eval({'+'.join(['1'] * 30)})\n" for i in range(1300)) + epochs,
+        "base: &b {start_epoch: 0, end_epoch: 1}\nm_modifiers:\n" + "  - !EpochRangeModifier {<<: *b}\n" * 3000,
+    ]
+    Recipe.load(epochs)  # the first load imports the modifier modules
+    for text in texts:
+        assert len(text) < 100_000
+        start = time.process_time()
+        assert Recipe.load(text).modifiers
+        assert time.process_time() - start < 1.0

@@ -110,3 +110,8 @@ def test_plain_yaml_has_the_same_bounds_and_no_modifier_tags():
         load_plain_yaml(alias_bomb(8, 9))
     with pytest.raises(RecipeError, match="could not determine a constructor"):
         load_plain_yaml("!GMPruningModifier {}")
+
+
+def test_an_absurdly_long_tag_is_refused_without_echoing_it():
+    err, _ = timed_error("m_modifiers:\n  - !" + "A" * 100_000 + " {}\n")
+    assert "(100,000 characters) is not a modifier name" in str(err) and len(str(err)) < 200

@@ -167,6 +167,8 @@ def _construct_mapping(loader: _RecipeLoader, node: yaml.MappingNode) -> LineDic
 
 def _construct_modifier(loader: _RecipeLoader, tag_suffix: str, node: yaml.Node) -> ModifierSpec:
     line = node.start_mark.line + 1
+    if len(tag_suffix) > 100:
+        raise RecipeError(f"'!{tag_suffix[:40]}...' ({len(tag_suffix):,} characters) is not a modifier name", line=line)
     if isinstance(node, yaml.MappingNode):
         fields = _construct_mapping(loader, node)
     elif isinstance(node, yaml.ScalarNode) and loader.construct_scalar(node) in ("", None):
