@@ -362,9 +362,14 @@ def test_markdown_front_matter_scan_is_linear():
     assert Recipe.from_text("<!-- a -->\n <!-- b\n c -->" + body, markdown=True).max_epochs == 2
 
 
-def test_a_recipe_over_the_size_limit_is_refused_before_parsing():
-    with pytest.raises(RecipeError, match="characters long; a recipe may have at most 1,000,000"):
+def test_a_recipe_over_the_size_limit_is_refused_before_parsing(tmp_path):
+    with pytest.raises(RecipeError, match="the recipe is longer than 1,000,000 characters"):
         Recipe.load("# " + "x" * 1_000_000 + "\n" + EPOCHS_AT.format(2))
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 3_000_000 + "\n" + EPOCHS_AT.format(2))
+    with pytest.raises(RecipeError, match="longer than 1,000,000 characters") as info:
+        Recipe.load(big)
+    assert info.value.file == str(big)
 
 
 def test_no_other_exception_escapes_load(monkeypatch):

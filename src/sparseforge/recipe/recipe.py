@@ -104,7 +104,8 @@ class Recipe:
             if not path.is_file():
                 raise RecipeError(f"recipe file not found: {path}")
             try:
-                text = path.read_text(encoding="utf-8")
+                with path.open(encoding="utf-8") as handle:  # no more than the size limit allows
+                    text = handle.read(MAX_RECIPE_CHARS + 1)
             except (OSError, UnicodeDecodeError) as err:
                 raise RecipeError(f"cannot read recipe file: {err}", file=str(path)) from None
             return cls.from_text(text, args=overrides, file=str(path), markdown=path.suffix.lower() == ".md")
@@ -124,7 +125,7 @@ class Recipe:
         """Parse recipe text: plain YAML, or Markdown whose first `---` front-matter block is the recipe."""
         if len(text) > MAX_RECIPE_CHARS:
             raise RecipeError(
-                f"the recipe is {len(text):,} characters long; a recipe may have at most {MAX_RECIPE_CHARS:,}", file=file
+                f"the recipe is longer than {MAX_RECIPE_CHARS:,} characters, the most a recipe may have", file=file
             )
         yaml_text = extract_front_matter(text, file=file, required=bool(markdown))
         tree = load_yaml(yaml_text, file=file)
