@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sparseforge.cli import main
@@ -86,3 +87,14 @@ def test_recipe_check_refuses_hostile_recipes_and_recipe_args_in_one_line(tmp_pa
         assert main(["recipe", "check", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_recipe_check_does_not_simulate_an_absurd_schedule(tmp_path, capsys):
+    for end in ("end_epoch: 1e300", "end_step: 99999999999999999999"):
+        recipe = tmp_path / "long.yaml"
+        recipe.write_text(f"training_modifiers:\n  - !EpochRangeModifier {{start_epoch: 0, {end}}}\n")
+        start = time.perf_counter()
+        assert main(["recipe", "check", str(recipe)]) == 0
+        assert time.perf_counter() - start < 5.0
+        out = capsys.readouterr().out
+        assert "valid recipe, 1 modifier(s)" in out and "more than the 1,000,000 `recipe check` simulates" in out

@@ -97,10 +97,29 @@ def recipe_main(argv: Sequence[str]) -> int:
                 fields = ", ".join(f"{k}={v!r}" for k, v in mod.recipe_fields().items())
                 print(f"    {mod.name}({fields})")
     print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
-    print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
+    steps = _schedule_steps(recipe, args.steps_per_epoch)
+    if steps > MAX_TABULATED_STEPS:  # the table simulates every step: a recipe's 1e300 epochs would never end
+        print(f"not tabulated: the schedule runs {steps:.3g} steps, more than the {MAX_TABULATED_STEPS:,} `recipe check` simulates")
+    else:
+        print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
     if args.yaml:
         print("\n" + recipe.to_yaml())
     return 0
+
+
+MAX_TABULATED_STEPS = 1_000_000
+
+
+def _schedule_steps(recipe: object, steps_per_epoch: int) -> float:
+    """The last optimizer step any modifier names (epochs or steps, stage offsets included)."""
+    latest = max(getattr(recipe, "end_epoch", 0.0), 0.0) * steps_per_epoch
+    for mod in getattr(recipe, "modifiers", []):
+        offset = getattr(mod, "_epoch_offset", 0.0) * steps_per_epoch
+        for name in ("start_step", "end_step"):
+            step = getattr(mod, name, None)
+            if isinstance(step, int) and step > 0:
+                latest = max(latest, step + offset)
+    return latest
 
 
 if __name__ == "__main__":
