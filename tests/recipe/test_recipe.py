@@ -287,6 +287,11 @@ def test_nan_anywhere_in_any_field_is_refused():
     with pytest.raises(RecipeError, match="finite") as info:
         Recipe.load(lr.format(".nan"))
     assert info.value.field == "lr_kwargs"
+    quant = "q_modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n    scheme:\n      weights: {{num_bits: 8, kwargs: {{averaging_constant: {}}}}}\n"
+    assert Recipe.load(quant.format("0.01")).modifiers[0].scheme.weights.kwargs == {"averaging_constant": 0.01}
+    with pytest.raises(RecipeError, match="finite") as info:  # inside a nested spec too
+        Recipe.load(quant.format(".nan"))
+    assert info.value.field == "scheme"
     with pytest.raises(ValueError, match="finite"):  # the Python API validates the same way
         EpochRangeModifier(start_epoch=0.0, end_epoch=float("nan"))
 

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pydantic
+
 from sparseforge.errors import RecipeError, SparseforgeError
 
 MAX_RECIPE_CHARS = 1_000_000  # a recipe's text (SparseML's largest are ~20 KB)
@@ -60,6 +62,8 @@ def field_value_problem(value: Any, depth: int = 0) -> str | None:
         items: Any = value
     elif isinstance(value, dict):
         items = list(value.values())
+    elif isinstance(value, pydantic.BaseModel):  # a nested spec, e.g. a quantization scheme
+        items = list(vars(value).values())
     else:
         return number_problem(value)
     for item in items:
