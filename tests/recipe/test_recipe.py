@@ -405,3 +405,15 @@ def test_100_kb_recipes_load_within_a_second():
         start = time.process_time()
         assert Recipe.load(text).modifiers
         assert time.process_time() - start < 1.0
+
+
+def test_keys_that_are_not_names_are_located_errors():
+    for key in ("&uantize_embeddings", "1", "null", "[a]"):
+        text = f"num_epochs: 2\n{key}: 1\n" + EPOCHS_AT.format("eval(num_epochs)")
+        with pytest.raises(RecipeError) as info:
+            Recipe.load(text)
+        assert info.value.line == 2 and ("is not a name" in str(info.value) or "plain value" in str(info.value))
+    staged = "stage_a:\n  2: 1\n  m_modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
+    with pytest.raises(RecipeError, match="the key 2 is not a name") as info:
+        Recipe.load(staged)
+    assert info.value.line == 2

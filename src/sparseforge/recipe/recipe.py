@@ -147,6 +147,7 @@ class Recipe:
         top_groups: dict[str, Any] = {}
         version = tree.get("version")
         for key, value in tree.items():
+            _check_name(key, file, line_of(tree, key))
             if key in _RESERVED_KEYS:
                 continue
             if _is_group_key(key):
@@ -190,6 +191,7 @@ class Recipe:
         for stage_name, body in raw_stages:
             stage_raw = {k: v for k, v in body.items() if not _is_group_key(k) and k not in _RESERVED_KEYS}
             for key, value in stage_raw.items():
+                _check_name(key, file, line_of(body, key))
                 _reject_hidden_modifiers(key, value, file, line_of(body, key))
             merged_raw = {**global_raw, **stage_raw}
             merged_raw = {k: overrides.get(k, v) for k, v in merged_raw.items()}
@@ -269,6 +271,14 @@ class Recipe:
     def __repr__(self) -> str:
         names = ", ".join(mod.name for mod in self.modifiers)
         return f"Recipe({len(self.stages)} stage(s): {names})"
+
+
+def _check_name(key: Any, file: str | None, line: int | None) -> None:
+    """Variables, groups and stages are named by text: `&x: 1` (a key lost to an anchor) or `1: 2` is a mistake."""
+    if not isinstance(key, str):
+        raise RecipeError(
+            f"the key {key!r} is not a name; variables, modifier groups and stages need text names", file=file, line=line
+        )
 
 
 def _reject_hidden_modifiers(key: Any, value: Any, file: str | None, line: int | None) -> None:
