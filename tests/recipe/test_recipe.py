@@ -176,6 +176,7 @@ def test_unknown_modifier_is_located(tmp_path):
     err = info.value
     assert err.file == str(path) and err.line == 3
     assert "unknown modifier !EpochRangeModifer" in str(err) and "did you mean EpochRangeModifier" in str(err)
+    assert str(err).count("EpochRangeModifier") == 1  # each suggestion once (it was listed twice)
 
 
 def test_unimplemented_sparseml_modifier_says_so():
