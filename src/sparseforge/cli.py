@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sparseforge.demo:cli_main", "offline end-to-end demo: MiniLM sparse transfer on BBC News"),
 }
 
+# `recipe check` simulates every optimizer step for its table; a recipe's 1e300 epochs would never end.
+MAX_TABULATED_STEPS = 1_000_000
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -98,16 +101,13 @@ def recipe_main(argv: Sequence[str]) -> int:
                 print(f"    {mod.name}({fields})")
     print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
     steps = _schedule_steps(recipe, args.steps_per_epoch)
-    if steps > MAX_TABULATED_STEPS:  # the table simulates every step: a recipe's 1e300 epochs would never end
+    if steps > MAX_TABULATED_STEPS:
         print(f"not tabulated: the schedule runs {steps:.3g} steps, more than the {MAX_TABULATED_STEPS:,} `recipe check` simulates")
     else:
         print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
     if args.yaml:
         print("\n" + recipe.to_yaml())
     return 0
-
-
-MAX_TABULATED_STEPS = 1_000_000
 
 
 def _schedule_steps(recipe: object, steps_per_epoch: int) -> float:

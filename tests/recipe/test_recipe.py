@@ -418,3 +418,14 @@ def test_keys_that_are_not_names_are_located_errors():
     with pytest.raises(RecipeError, match="the key 2 is not a name") as info:
         Recipe.load(staged)
     assert info.value.line == 2
+
+
+def test_cosine_restarts_t_mult_is_checked_at_load():
+    text = (
+        "m_modifiers:\n  - !LearningRateModifier {{start_epoch: 0.0, end_epoch: 4.0, init_lr: 0.1, "
+        "lr_class: CosineAnnealingWarmRestarts, lr_kwargs: {{lr_min: 0.0, cycle_epochs: 1.0, T_mult: {}}}}}\n"
+    )
+    assert Recipe.load(text.format(2)).modifiers[0].lr_kwargs["T_mult"] == 2
+    for bad in ("0.5", "0", "'2'"):
+        with pytest.raises(RecipeError, match="T_mult must be|T_mult must be a number"):
+            Recipe.load(text.format(bad))

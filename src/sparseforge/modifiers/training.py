@@ -178,6 +178,8 @@ class LearningRateModifier(Modifier):
                 raise ValueError(f"lr_kwargs {key} must be a number, got {value!r}")
             elif key in ("step_size", "cycle_epochs") and not value > 0:
                 raise ValueError(f"lr_kwargs {key} must be > 0 epochs, got {value!r}")
+            elif key == "T_mult" and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"lr_kwargs T_mult must be an integer >= 1 (as torch's), got {value!r}")
 
     def _scheduler_steps(self, step: int, steps_per_epoch: int) -> int:
         """How many times SparseML would have stepped its torch scheduler by global step `step`."""
