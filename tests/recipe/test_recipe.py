@@ -1,5 +1,6 @@
 """Recipe loading: SparseML's formats and quirks, stages, overrides, round-trips, and errors."""
 
+import math
 import time
 from pathlib import Path
 
@@ -429,3 +430,24 @@ def test_cosine_restarts_t_mult_is_checked_at_load():
     for bad in ("0.5", "0", "'2'"):
         with pytest.raises(RecipeError, match="T_mult must be|T_mult must be a number"):
             Recipe.load(text.format(bad))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        '{"num_epochs": NaN}', '{"num_epochs": Infinity}', '{"num_epochs": 1e999}', "num_epochs=.nan",
+        "num_epochs=!!bool maybe", "num_epochs=&x [*x]", "num_epochs=" + "[" * 1000, "num_epochs=" + "1" * 5000,
+        '{"num_epochs": ' + "1" * 5000 + "}", "num_epochs=1,b", "=1", "{", "[1]", '{"num_epochs": "eval(10**10**10)"}',
+        "num_epochs=eval(" + "+".join(["1"] * 3000) + ")", '{"num_epochs": {"a": [1, {"b": null}]}}',
+        "num_epochs=3", '{"num_epochs": 2.5}',
+    ],
+)
+def test_hostile_recipe_args_load_or_raise_recipe_error(args):
+    start = time.process_time()
+    try:
+        recipe = Recipe.load(TRANSFER_ARGS_RECIPE, args=args)
+    except RecipeError as err:
+        assert "a sparseforge bug" not in str(err) and "\n" not in str(err), str(err)
+    else:
+        assert all(math.isfinite(b) for b in recipe.modifiers[0].epoch_bounds())
+    assert time.process_time() - start < 1.0
