@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sparseforge.cli import main
@@ -58,3 +59,42 @@ def test_recipe_check_names_a_fractional_end(tmp_path, capsys):
     assert "valid recipe, 1 modifier(s), max_epochs 2 (ends at epoch 1.5)" in out
     rows = [line.split()[0] for line in out.split("schedule (")[1].splitlines()[2:] if line.strip()]
     assert rows == ["0", "1", "1.5"]  # no row past the recipe's end
+
+
+def test_recipe_check_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: [0\n    end_epoch: 2\n")
+    assert main(["recipe", "check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"sparseforge recipe: error: {bad}:") and "invalid YAML at column" in err
+
+
+def test_recipe_check_refuses_hostile_recipes_and_recipe_args_in_one_line(tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a: &a [" + ",".join(['"lol"'] * 9) + "]"]
+    levels += [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    bomb.write_text("\n".join(levels) + "\ntraining_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n")
+    nan = tmp_path / "nan.yaml"
+    nan.write_text("training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .nan}\n")
+    deep_args = '{"num_epochs": ' + "[" * 5000 + "]" * 5000 + "}"
+    cases = [
+        ([str(bomb)], "alias"),
+        ([str(nan)], "field 'end_epoch': must be a finite number, got nan"),
+        ([str(RECIPES / "transfer_style.yaml"), "--recipe_args", deep_args], "nests more than 64 levels deep"),
+    ]
+    for argv, expected in cases:
+        assert main(["recipe", "check", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_recipe_check_does_not_simulate_an_absurd_schedule(tmp_path, capsys):
+    for end in ("end_epoch: 1e300", "end_step: 99999999999999999999"):
+        recipe = tmp_path / "long.yaml"
+        recipe.write_text(f"training_modifiers:\n  - !EpochRangeModifier {{start_epoch: 0, {end}}}\n")
+        start = time.perf_counter()
+        assert main(["recipe", "check", str(recipe)]) == 0
+        assert time.perf_counter() - start < 5.0
+        out = capsys.readouterr().out
+        assert "valid recipe, 1 modifier(s)" in out and "more than the 1,000,000 `recipe check` simulates" in out

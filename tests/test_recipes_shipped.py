@@ -82,32 +82,88 @@ def test_sparse_transfer_recipe_shape(key):
     assert by_name["SetWeightDecayModifier"].weight_decay == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("key", sorted(GUIDE_TASKS))
-def test_sparse_transfer_recipe_fits_a_bert_of_its_task(key):
+def one_training_step(manager, model, teacher, task):
+    """modify() then one step of real training through the manager; returns (optimizer, task loss, recipe loss)."""
     import torch
 
+    optimizer = manager.modify(
+        model, torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0), steps_per_epoch=2, distillation_teacher=teacher
+    )
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(5, 100, (2, 8), generator=generator), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    if task == "question-answering":
+        inputs |= {"start_positions": torch.tensor([1, 2]), "end_positions": torch.tensor([3, 4])}
+    elif task == "token-classification":
+        inputs["labels"] = torch.randint(0, 2, (2, 8), generator=generator)
+    else:
+        inputs["labels"] = torch.tensor([0, 1])
+    outputs = model(**inputs)
+    loss = manager.loss_update(outputs.loss, student_outputs=outputs, student_inputs=inputs)
+    loss.backward()
+    optimizer.step()
+    return optimizer, outputs.loss.detach(), loss.detach()
+
+
+def prune_a_quarter(model):
+    """Zero the first quarter of rows of every prunable weight; returns {name: mask of zeros}."""
+    import torch
+
+    from sparseforge.modifiers.selection import prunable_parameter_names
+
+    params = dict(model.named_parameters())
+    zeros = {}
+    with torch.no_grad():
+        for name in prunable_parameter_names(model):
+            if params[name].shape[0] < 4:  # e.g. a 2-label classifier
+                continue
+            params[name][: params[name].shape[0] // 4] = 0
+            zeros[name] = params[name] == 0
+    return zeros
+
+
+@pytest.mark.parametrize("key", sorted(GUIDE_TASKS))
+def test_sparse_transfer_recipe_fits_a_bert_of_its_task(key):
+    """modify() accepts a BERT of the recipe's task, and one step does what the recipe says:
+    pruned weights stay zero, weight decay and the learning rate are set, distillation replaces the loss."""
     from sparseforge import Manager
 
     task = GUIDE_TASKS[key]
     model = make_tiny_model(task).train()
     teacher = make_tiny_model(task, seed=1)
-    manager = Manager.from_recipe(zoo.resolve_recipe(f"zoo:nlp/{key}/pruned90_quant-none"))
-    optimizer = manager.modify(model, torch.optim.AdamW(model.parameters()), steps_per_epoch=2, distillation_teacher=teacher)
-    assert optimizer is not None
+    zeros = prune_a_quarter(model)
+    recipe = Recipe.load(zoo.resolve_recipe(f"zoo:nlp/{key}/pruned90_quant-none"))
+    optimizer, task_loss, loss = one_training_step(Manager(recipe), model, teacher, task)
+    params = dict(model.named_parameters())
+    for name, was_zero in zeros.items():  # lr 1.0 would have moved every weight that trains
+        assert params[name][was_zero].abs().max() == 0, name
+        assert (params[name][~was_zero] != 0).all(), name
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [pytest.approx(recipe.variables["weight_decay"])] * len(optimizer.param_groups)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(recipe.variables["init_lr"])
+    assert recipe.variables["distill_hardness"] == 1.0 and loss != pytest.approx(task_loss.item())  # teacher-only loss
 
 
 def test_demo_recipe_prunes_to_80_with_qat_and_distillation():
-    import torch
-
-    from sparseforge import Manager
-
     recipe = Recipe.load(zoo.resolve_recipe(DEMO))
     by_name = {mod.name: mod for mod in recipe.modifiers}
     assert set(by_name) >= {"GMPruningModifier", "QuantizationModifier", "DistillationModifier"}
     gmp = by_name["GMPruningModifier"]
     assert gmp.final_sparsity == pytest.approx(0.8)
     assert gmp.end_epoch <= by_name["QuantizationModifier"].start_epoch < recipe.max_epochs
-    # its parameter patterns match a BERT-architecture classifier (all-MiniLM-L6-v2 is one)
+    # its parameter patterns match a BERT-architecture classifier (all-MiniLM-L6-v2 is one), and its first
+    # step prunes those weights to init_sparsity and leaves the others dense
+    from sparseforge import Manager
+
     model = make_tiny_model("text-classification").train()
-    manager = Manager.from_recipe(recipe)
-    manager.modify(model, torch.optim.AdamW(model.parameters()), steps_per_epoch=2, distillation_teacher=make_tiny_model())
+    one_training_step(Manager(recipe), model, make_tiny_model(seed=1), "text-classification")
+    pruned = [
+        name
+        for name, _ in model.named_parameters()
+        if "encoder.layer" in name and (name.endswith("dense.weight") or ("attention.self" in name and name.endswith(".weight")))
+    ]
+    assert len(pruned) == 2 * 6  # 2 layers x (query, key, value, attention output, intermediate, output)
+    for name, param in model.named_parameters():
+        sparsity = float((param == 0).float().mean())
+        if name in pruned:
+            assert sparsity == pytest.approx(recipe.variables["init_sparsity"], abs=0.02), name
+        elif param.dim() == 2:  # other weight matrices stay dense (biases start at zero in BERT)
+            assert sparsity < 0.01, name

@@ -9,6 +9,7 @@ import pytest
 
 from sparseforge import zoo
 from sparseforge.cli import main as sparseforge_main
+from sparseforge.errors import RecipeError
 from sparseforge.zoo import ZooError
 
 SST2_SPARSE = "zoo:nlp/sentiment_analysis/obert-base/pytorch/huggingface/sst2/pruned90_quant-none"
@@ -99,8 +100,9 @@ def test_add_refuses_overwrite_bad_input_and_leaves_nothing(tmp_path, recipe_fil
     broken = tmp_path / "broken.yaml"
     broken.write_text("training_modifiers:\n  - !NoSuchModifier\n      start_epoch: 0\n")
     stub = "zoo:nlp/x/y/pytorch/huggingface/z/broken"
-    with pytest.raises(Exception, match="NoSuchModifier"):
+    with pytest.raises(RecipeError, match=r"broken.yaml:2: modifier NoSuchModifier: unknown modifier !NoSuchModifier") as info:
         zoo.add(stub, broken)
+    assert (info.value.file, info.value.line) == (str(broken), 2)
     assert not list((registry / "nlp" / "x").rglob("recipe*"))
 
     not_a_model = tmp_path / "empty_dir"

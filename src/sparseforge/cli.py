@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sparseforge.demo:cli_main", "offline end-to-end demo: MiniLM sparse transfer on BBC News"),
 }
 
+# `recipe check` simulates every optimizer step for its table; a recipe's 1e300 epochs would never end.
+MAX_TABULATED_STEPS = 1_000_000
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SparseforgeError as err:
         if os.environ.get("SPARSEFORGE_DEBUG"):
             raise
-        print(f"sparseforge {command}: error: {err}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, always
+        print(f"sparseforge {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sparseforge {command}: interrupted", file=sys.stderr)
@@ -96,10 +100,26 @@ def recipe_main(argv: Sequence[str]) -> int:
                 fields = ", ".join(f"{k}={v!r}" for k, v in mod.recipe_fields().items())
                 print(f"    {mod.name}({fields})")
     print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
-    print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
+    steps = _schedule_steps(recipe, args.steps_per_epoch)
+    if steps > MAX_TABULATED_STEPS:
+        print(f"not tabulated: the schedule runs {steps:.3g} steps, more than the {MAX_TABULATED_STEPS:,} `recipe check` simulates")
+    else:
+        print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
     if args.yaml:
         print("\n" + recipe.to_yaml())
     return 0
+
+
+def _schedule_steps(recipe: object, steps_per_epoch: int) -> float:
+    """The last optimizer step any modifier names (epochs or steps, stage offsets included)."""
+    latest = max(getattr(recipe, "end_epoch", 0.0), 0.0) * steps_per_epoch
+    for mod in getattr(recipe, "modifiers", []):
+        offset = getattr(mod, "_epoch_offset", 0.0) * steps_per_epoch
+        for name in ("start_step", "end_step"):
+            step = getattr(mod, name, None)
+            if isinstance(step, int) and step > 0:
+                latest = max(latest, step + offset)
+    return latest
 
 
 if __name__ == "__main__":

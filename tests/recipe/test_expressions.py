@@ -1,9 +1,13 @@
 """The safe eval() grammar: what it computes, and that nothing outside it runs."""
 
+import re
+import time
+
 import pytest
 
 from sparseforge.errors import RecipeError
 from sparseforge.recipe.expressions import eval_expression_text, resolve_variables, safe_eval
+from sparseforge.recipe.limits import MAX_EXPRESSION_CHARS, MAX_VARIABLE_CHAIN
 
 
 def lookup_from(values):
@@ -80,3 +84,75 @@ def test_cycle_names_the_variables():
 def test_undefined_variable_names_it():
     with pytest.raises(RecipeError, match=r"undefined variable 'missing'.*in variable 'a'"):
         resolve_variables({"a": "eval(missing * 2)"})
+
+
+# ----- bounded work: every operation's result is checked, before a power is computed ----------
+
+
+def timed(expr, values=None):
+    """The RecipeError `safe_eval(expr)` raises and the seconds it took."""
+    start = time.perf_counter()
+    with pytest.raises(RecipeError) as info:
+        safe_eval(expr, lookup_from(values or {}))
+    return str(info.value), time.perf_counter() - start
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("(10**10000)**1000", r"eval\(\(10\*\*10000\)\*\*1000\): 10 \*\* 10000 would exceed 256 bits"),
+        ("10.0**400", r"eval\(10.0\*\*400\): the result is too large to represent \(overflow\)"),
+        ("2**256", r"the result: the integer is too large \(257 bits"),
+        ("1e999", r"a constant: must be a finite number, got inf"),
+        ("1e308 * 10", r"the result: must be a finite number, got inf"),
+        ("int(1e300)", r"the result of int\(\): the integer is too large"),
+        ("float(2**255) ** 5", r"overflow"),
+        ("round(5, -10**70)", r"round\(\) to -10{70} digits; at most 400"),
+        ("(-8) ** 0.5", r"the result is \(.*j\), not a real number"),
+        ("x * 1", r"variable 'x': must be a finite number, got nan"),
+        ("min()", r"eval\(min\(\)\): min expected at least 1 argument"),
+    ],
+)
+def test_number_limits_name_the_expression(expr, expected):
+    message, seconds = timed(expr, {"x": float("nan")})
+    assert re.search(expected, message), message
+    assert seconds < 1.0
+
+
+def test_largest_allowed_numbers_still_compute():
+    assert safe_eval("2**255", lookup_from({})) == 2**255
+    assert safe_eval("1e308 * 1.5", lookup_from({})) == pytest.approx(1.5e308)
+    assert safe_eval("round(2.5, 400) + round(1234, -3)", lookup_from({})) == 1002.5
+
+
+def test_a_chain_of_squares_stops_at_the_limit():
+    raw = {"v0": 10, **{f"v{i}": f"eval(v{i - 1} ** 2)" for i in range(1, 40)}}
+    start = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"would exceed 256 bits|the integer is too large"):
+        resolve_variables(raw)
+    assert time.perf_counter() - start < 1.0
+    assert resolve_variables({k: raw[k] for k in ("v0", "v1", "v2", "v3", "v4", "v5", "v6")})["v6"] == 10**64
+
+
+def test_long_and_deep_expressions_are_refused_by_their_limits():
+    message, seconds = timed("+".join(["1"] * 3000))
+    assert f"is 5,999 characters long; an expression may have at most {MAX_EXPRESSION_CHARS:,}" in message
+    assert seconds < 1.0
+    assert "nests more than 32 operations deep" in timed("+".join(["1"] * 40))[0]
+    assert "too many nested parentheses" in timed("(" * 300 + "1" + ")" * 300)[0]
+    assert safe_eval("+".join(["1"] * 30), lookup_from({})) == 30
+    assert "5000 digits" in timed("1" * 5000)[0] or "characters long" in timed("1" * 5000)[0]
+
+
+def test_a_1000_variable_chain_is_refused_by_the_chain_limit():
+    raw = {f"v{i}": f"eval(v{i + 1} + 1)" for i in range(1000)} | {"v1000": 1}
+    with pytest.raises(RecipeError, match=rf"more than {MAX_VARIABLE_CHAIN} deep \(v0 -> v1 -> v2 -> \.\.\."):
+        resolve_variables(raw)
+    short = {f"v{i}": f"eval(v{i + 1} + 1)" for i in range(20)} | {"v20": 1}
+    assert resolve_variables(short)["v0"] == 21
+
+
+def test_messages_are_one_line_and_short():
+    expr = "1 +\n" + " +\n".join(["x"] * 40)
+    message, _ = timed(expr, {"x": 1})
+    assert "\n" not in message and len(message) < 300

@@ -1,5 +1,7 @@
 """Recipe loading: SparseML's formats and quirks, stages, overrides, round-trips, and errors."""
 
+import math
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +177,7 @@ def test_unknown_modifier_is_located(tmp_path):
     err = info.value
     assert err.file == str(path) and err.line == 3
     assert "unknown modifier !EpochRangeModifer" in str(err) and "did you mean EpochRangeModifier" in str(err)
+    assert str(err).count("EpochRangeModifier") == 1  # each suggestion once (it was listed twice)
 
 
 def test_unimplemented_sparseml_modifier_says_so():
@@ -260,3 +263,191 @@ def test_trainable_params_fields_validate():
         Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: [a]}\n")
     recipe = Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: __ALL__, trainable: false}\n")
     assert isinstance(recipe.modifiers[0], TrainableParamsModifier)
+
+
+# ----- the loading contract: a Recipe or a RecipeError, quickly (issue 20, items 5-7) ---------
+
+EPOCHS_AT = "training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0.0\n    end_epoch: {}\n"
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "-.inf", "1e999", "nan", "eval(big * big)"])
+def test_nan_and_inf_in_a_schedule_field_are_located_errors(value):
+    text = "big: 1e200\n" + EPOCHS_AT.format(value)
+    with pytest.raises(RecipeError, match=r"must be a finite number, got (nan|inf|-inf)|overflow") as info:
+        Recipe.load(text)
+    assert (info.value.modifier, info.value.field, info.value.line) == ("EpochRangeModifier", "end_epoch", 5)
+
+
+def test_nan_anywhere_in_any_field_is_refused():
+    with pytest.raises(RecipeError, match="finite") as info:
+        Recipe.load("m_modifiers:\n  - !GMPruningModifier {params: [w], init_sparsity: 0.0, final_sparsity: .nan, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}\n")
+    assert info.value.field == "final_sparsity"
+    with pytest.raises(RecipeError, match="update_frequency.*finite|finite") as info:
+        Recipe.load("m_modifiers:\n  - !GMPruningModifier {params: [w], final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: .inf}\n")
+    assert info.value.field == "update_frequency"
+    lr = "m_modifiers:\n  - !LearningRateModifier {{lr_class: StepLR, lr_kwargs: {{step_size: 1, gamma: {}}}, init_lr: 0.1}}\n"
+    with pytest.raises(RecipeError, match="finite") as info:
+        Recipe.load(lr.format(".nan"))
+    assert info.value.field == "lr_kwargs"
+    quant = "q_modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n    scheme:\n      weights: {{num_bits: 8, kwargs: {{averaging_constant: {}}}}}\n"
+    assert Recipe.load(quant.format("0.01")).modifiers[0].scheme.weights.kwargs == {"averaging_constant": 0.01}
+    with pytest.raises(RecipeError, match="finite") as info:  # inside a nested spec too
+        Recipe.load(quant.format(".nan"))
+    assert info.value.field == "scheme"
+    with pytest.raises(ValueError, match="finite"):  # the Python API validates the same way
+        EpochRangeModifier(start_epoch=0.0, end_epoch=float("nan"))
+
+
+def test_a_nan_recipe_is_never_written():
+    text = EPOCHS_AT.format(".nan")
+    with pytest.raises(RecipeError):
+        Recipe.load(text)
+    # what a checkpoint would have held before the fix is refused on reading back too
+    with pytest.raises(RecipeError, match="finite"):
+        Recipe.load("version: 1.1.0\ntraining_modifiers:\n- !EpochRangeModifier\n  start_epoch: 0.0\n  end_epoch: .nan\n")
+
+
+def test_4300_digit_integers_are_recipe_errors():
+    with pytest.raises(RecipeError, match=r"4300 digits") as info:
+        Recipe.load(EPOCHS_AT.format("1" * 5000))
+    assert info.value.line == 4
+    with pytest.raises(RecipeError, match="integer is too large") as info:
+        Recipe.load("m_modifiers:\n  - !EpochRangeModifier {start_step: " + "9" * 4000 + "}\n")
+    assert info.value.field == "start_step"
+    with pytest.raises(RecipeError, match="4300 digits"):
+        Recipe.load(TRANSFER_ARGS_RECIPE, args='{"num_epochs": ' + "1" * 5000 + "}")
+
+
+TRANSFER_ARGS_RECIPE = "num_epochs: 2\n" + EPOCHS_AT.format("eval(num_epochs)")
+
+
+def test_wrong_types_in_list_fields_are_recipe_errors():
+    text = (
+        "m_modifiers:\n  - !LearningRateModifier\n    start_epoch: 0.0\n    end_epoch: 4.0\n"
+        "    lr_class: MultiStepLR\n    lr_kwargs: {{milestones: {}, gamma: 0.1}}\n    init_lr: 0.1\n"
+    )
+    for milestones in ("['1']", "[1, '2']", "1", "[.nan]"):
+        with pytest.raises(RecipeError, match=r"milestones must be a list of epochs \(numbers\)|finite") as info:
+            Recipe.load(text.format(milestones))
+        assert info.value.modifier == "LearningRateModifier"
+    assert Recipe.load(text.format("[1, 2.5]")).modifiers[0].lr_kwargs["milestones"] == [1, 2.5]
+    with pytest.raises(RecipeError, match="step_size must be a number"):
+        Recipe.load(text.replace("MultiStepLR", "StepLR").format("[1]").replace("gamma: 0.1", "step_size: 'x'"))
+
+
+def test_an_invalid_regex_is_refused_at_load_naming_the_field():
+    prune = "m_modifiers:\n  - !GMPruningModifier\n    params: ['re:bert.*', 're:(']\n    final_sparsity: 0.5\n    start_epoch: 0\n    end_epoch: 1\n    update_frequency: 0.5\n"
+    with pytest.raises(RecipeError, match=r"'re:\(' is not a valid regular expression: missing \)") as info:
+        Recipe.load(prune)
+    assert (info.value.modifier, info.value.field, info.value.line) == ("GMPruningModifier", "params", 3)
+    with pytest.raises(RecipeError, match="not a valid regular expression") as info:
+        Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: 're:[', trainable: false}\n")
+    assert info.value.field == "params"
+
+
+def test_deep_json_in_recipe_args_is_a_recipe_error():
+    for depth in (100, 100_000):
+        with pytest.raises(RecipeError, match="nests more than 64 levels deep"):
+            Recipe.load(TRANSFER_ARGS_RECIPE, args='{"num_epochs": ' + "[" * depth + "]" * depth + "}")
+    deep_kv = "num_epochs=" + "[" * 500 + "]" * 500  # not YAML we accept: kept as text, then refused by the field
+    with pytest.raises(RecipeError, match="end_epoch"):
+        Recipe.load(TRANSFER_ARGS_RECIPE, args=deep_kv)
+    assert Recipe.load(TRANSFER_ARGS_RECIPE, args='{"num_epochs": 3}').modifiers[0].end_epoch == 3.0
+
+
+def test_markdown_front_matter_scan_is_linear():
+    body = "\n---\n" + EPOCHS_AT.format(2) + "---\n"
+    for before in ("<!--" * 30_000, "<!-- x -->" * 12_000, "<!--" * 30_000 + "-->"):
+        start = time.perf_counter()
+        try:
+            recipe = Recipe.from_text(before + body, markdown=True)
+        except RecipeError as err:
+            assert "front matter" in str(err)
+        else:
+            assert recipe.modifiers[0].end_epoch == 2.0 and before.endswith("-->")
+        assert time.perf_counter() - start < 1.0
+    assert Recipe.from_text("<!-- a -->\n <!-- b\n c -->" + body, markdown=True).max_epochs == 2
+
+
+def test_a_recipe_over_the_size_limit_is_refused_before_parsing(tmp_path):
+    with pytest.raises(RecipeError, match="the recipe is longer than 1,000,000 characters"):
+        Recipe.load("# " + "x" * 1_000_000 + "\n" + EPOCHS_AT.format(2))
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * 3_000_000 + "\n" + EPOCHS_AT.format(2))
+    with pytest.raises(RecipeError, match="longer than 1,000,000 characters") as info:
+        Recipe.load(big)
+    assert info.value.file == str(big)
+
+
+def test_no_other_exception_escapes_load(monkeypatch):
+    def broken(*args, **kwargs):
+        raise TypeError("boom")
+
+    monkeypatch.setattr("sparseforge.recipe.recipe.load_yaml", broken)
+    with pytest.raises(RecipeError, match=r"unexpected TypeError: boom \(a sparseforge bug"):
+        Recipe.load(EPOCHS_AT.format(2))
+
+
+def test_100_kb_recipes_load_within_a_second():
+    modifier = (
+        "  - !GMPruningModifier\n    params: ['re:bert.encoder.layer.*.attention.self.query.weight']\n"
+        "    init_sparsity: eval(init)\n    final_sparsity: 0.8\n    start_epoch: eval(start + 1)\n"
+        "    end_epoch: 10.0\n    update_frequency: 0.5\n"
+    )
+    epochs = "m_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
+    texts = [
+        "init: 0.05\nstart: 0\npruning_modifiers:\n" + modifier * (100_000 // len(modifier)),
+        "xs: [" + ",".join(["1.5"] * 24_000) + "]\n" + epochs,
+        "".join(f"v{i}: eval({'+'.join(['1'] * 30)})\n" for i in range(1300)) + epochs,
+        "base: &b {start_epoch: 0, end_epoch: 1}\nm_modifiers:\n" + "  - !EpochRangeModifier {<<: *b}\n" * 3000,
+    ]
+    Recipe.load(epochs)  # the first load imports the modifier modules
+    for text in texts:
+        assert len(text) < 100_000
+        start = time.process_time()
+        assert Recipe.load(text).modifiers
+        assert time.process_time() - start < 1.0
+
+
+def test_keys_that_are_not_names_are_located_errors():
+    for key in ("&uantize_embeddings", "1", "null", "[a]"):
+        text = f"num_epochs: 2\n{key}: 1\n" + EPOCHS_AT.format("eval(num_epochs)")
+        with pytest.raises(RecipeError) as info:
+            Recipe.load(text)
+        assert info.value.line == 2 and ("is not a name" in str(info.value) or "plain value" in str(info.value))
+    staged = "stage_a:\n  2: 1\n  m_modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
+    with pytest.raises(RecipeError, match="the key 2 is not a name") as info:
+        Recipe.load(staged)
+    assert info.value.line == 2
+
+
+def test_cosine_restarts_t_mult_is_checked_at_load():
+    text = (
+        "m_modifiers:\n  - !LearningRateModifier {{start_epoch: 0.0, end_epoch: 4.0, init_lr: 0.1, "
+        "lr_class: CosineAnnealingWarmRestarts, lr_kwargs: {{lr_min: 0.0, cycle_epochs: 1.0, T_mult: {}}}}}\n"
+    )
+    assert Recipe.load(text.format(2)).modifiers[0].lr_kwargs["T_mult"] == 2
+    for bad in ("0.5", "0", "'2'"):
+        with pytest.raises(RecipeError, match="T_mult must be|T_mult must be a number"):
+            Recipe.load(text.format(bad))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        '{"num_epochs": NaN}', '{"num_epochs": Infinity}', '{"num_epochs": 1e999}', "num_epochs=.nan",
+        "num_epochs=!!bool maybe", "num_epochs=&x [*x]", "num_epochs=" + "[" * 1000, "num_epochs=" + "1" * 5000,
+        '{"num_epochs": ' + "1" * 5000 + "}", "num_epochs=1,b", "=1", "{", "[1]", '{"num_epochs": "eval(10**10**10)"}',
+        "num_epochs=eval(" + "+".join(["1"] * 3000) + ")", '{"num_epochs": {"a": [1, {"b": null}]}}',
+        "num_epochs=3", '{"num_epochs": 2.5}',
+    ],
+)
+def test_hostile_recipe_args_load_or_raise_recipe_error(args):
+    start = time.process_time()
+    try:
+        recipe = Recipe.load(TRANSFER_ARGS_RECIPE, args=args)
+    except RecipeError as err:
+        assert "a sparseforge bug" not in str(err) and "\n" not in str(err), str(err)
+    else:
+        assert all(math.isfinite(b) for b in recipe.modifiers[0].epoch_bounds())
+    assert time.process_time() - start < 1.0

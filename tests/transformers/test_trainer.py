@@ -11,19 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
+import transformers
 from conftest import make_tiny_model, save_tiny_model
+from transformers import TrainerCallback, TrainingArguments
 
-transformers = pytest.importorskip("transformers")
-datasets = pytest.importorskip("datasets")
-
-from transformers import TrainerCallback, TrainingArguments  # noqa: E402
-
-from sparseforge.errors import ModelMatchError, SparseforgeError  # noqa: E402
-from sparseforge.manager import ScheduledOptimizer  # noqa: E402
-from sparseforge.recipe import Recipe  # noqa: E402
-from sparseforge.transformers.trainer import (  # noqa: E402
+from sparseforge.errors import ModelMatchError, SparseforgeError
+from sparseforge.manager import ScheduledOptimizer
+from sparseforge.recipe import Recipe
+from sparseforge.transformers.trainer import (
     CHECKPOINT_MARKER,
     MANAGER_STATE_NAME,
     SparseTrainer,

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
 
 from sparseforge.errors import RecipeError  # noqa: F401 - re-exported for modifiers
+from sparseforge.recipe.limits import field_value_problem
 from sparseforge.recipe.registry import register  # noqa: F401 - modifiers register through here
 
 # A callable that, for `num_batches` batches of training data, runs forward and backward on the
@@ -85,6 +86,15 @@ class Modifier(BaseModel):
     # Runtime state lives in one plain object: pydantic's private-attribute access is slow, and
     # update() runs every optimizer step.
     _rt: ScheduleRuntime = PrivateAttr(default_factory=lambda: ScheduleRuntime())
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_values(cls, value: Any) -> Any:
+        """Every field of every modifier: no NaN/inf, no absurd integers, `re:` patterns that compile."""
+        problem = field_value_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _check_schedule(self) -> Modifier:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from sparseforge.errors import ModelMatchError
-from sparseforge.modifiers.base import Modifier, TrainingState, register
+from sparseforge.modifiers.base import Modifier, TrainingState, is_finite_number, register
 from sparseforge.modifiers.selection import select_parameters
 
 
@@ -159,6 +159,7 @@ class LearningRateModifier(Modifier):
         missing = [key for key in required if key not in self.lr_kwargs]
         if missing:
             raise ValueError(f"lr_kwargs for {self.lr_class} needs {', '.join(missing)}")
+        self._check_kwarg_types()
         if self.lr_class == "MultiStepLR":
             for mile in self.lr_kwargs["milestones"]:
                 if mile <= self.start_epoch:
@@ -166,6 +167,19 @@ class LearningRateModifier(Modifier):
                 if self.end_epoch >= 0 and mile >= self.end_epoch:
                     raise ValueError(f"milestones {self.lr_kwargs['milestones']} must all be before end_epoch {self.end_epoch}")
         return self
+
+    def _check_kwarg_types(self) -> None:
+        """Numbers where numbers are needed, so a recipe's `milestones: ['1']` fails at load, not in training."""
+        for key, value in self.lr_kwargs.items():
+            if key == "milestones":
+                if not isinstance(value, list) or not all(is_finite_number(m) for m in value):
+                    raise ValueError(f"lr_kwargs milestones must be a list of epochs (numbers), got {value!r}")
+            elif not isinstance(value, bool) and not is_finite_number(value):
+                raise ValueError(f"lr_kwargs {key} must be a number, got {value!r}")
+            elif key in ("step_size", "cycle_epochs") and not value > 0:
+                raise ValueError(f"lr_kwargs {key} must be > 0 epochs, got {value!r}")
+            elif key == "T_mult" and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"lr_kwargs T_mult must be an integer >= 1 (as torch's), got {value!r}")
 
     def _scheduler_steps(self, step: int, steps_per_epoch: int) -> int:
         """How many times SparseML would have stepped its torch scheduler by global step `step`."""

@@ -20,11 +20,13 @@ import pydantic
 
 from sparseforge.errors import RecipeError
 from sparseforge.recipe.expressions import as_number, resolve_value, resolve_variables
+from sparseforge.recipe.limits import MAX_RECIPE_CHARS, MAX_YAML_DEPTH, one_line, recipe_errors_only
 from sparseforge.recipe.registry import modifier_class
 from sparseforge.recipe.yaml_io import (
     LineDict,
     ModifierSpec,
     dump_yaml,
+    load_plain_yaml,
     load_yaml,
     represent_tagged,
 )
@@ -78,6 +80,7 @@ class Recipe:
 
     # ----- loading ---------------------------------------------------------------------------
     @classmethod
+    @recipe_errors_only
     def load(cls, source: Any, args: str | Mapping[str, Any] | None = None) -> Recipe:
         """Load a recipe from a path (.yaml/.yml/.md), YAML text, a dict, a list of modifiers or a Recipe.
 
@@ -101,7 +104,8 @@ class Recipe:
             if not path.is_file():
                 raise RecipeError(f"recipe file not found: {path}")
             try:
-                text = path.read_text(encoding="utf-8")
+                with path.open(encoding="utf-8") as handle:  # no more than the size limit allows
+                    text = handle.read(MAX_RECIPE_CHARS + 1)
             except (OSError, UnicodeDecodeError) as err:
                 raise RecipeError(f"cannot read recipe file: {err}", file=str(path)) from None
             return cls.from_text(text, args=overrides, file=str(path), markdown=path.suffix.lower() == ".md")
@@ -110,6 +114,7 @@ class Recipe:
         raise RecipeError(f"cannot load a recipe from a {type(source).__name__}")
 
     @classmethod
+    @recipe_errors_only
     def from_text(
         cls,
         text: str,
@@ -118,6 +123,10 @@ class Recipe:
         markdown: bool | None = None,
     ) -> Recipe:
         """Parse recipe text: plain YAML, or Markdown whose first `---` front-matter block is the recipe."""
+        if len(text) > MAX_RECIPE_CHARS:
+            raise RecipeError(
+                f"the recipe is longer than {MAX_RECIPE_CHARS:,} characters, the most a recipe may have", file=file
+            )
         yaml_text = extract_front_matter(text, file=file, required=bool(markdown))
         tree = load_yaml(yaml_text, file=file)
         if tree is None:
@@ -138,6 +147,7 @@ class Recipe:
         top_groups: dict[str, Any] = {}
         version = tree.get("version")
         for key, value in tree.items():
+            _check_name(key, file, line_of(tree, key))
             if key in _RESERVED_KEYS:
                 continue
             if _is_group_key(key):
@@ -181,6 +191,7 @@ class Recipe:
         for stage_name, body in raw_stages:
             stage_raw = {k: v for k, v in body.items() if not _is_group_key(k) and k not in _RESERVED_KEYS}
             for key, value in stage_raw.items():
+                _check_name(key, file, line_of(body, key))
                 _reject_hidden_modifiers(key, value, file, line_of(body, key))
             merged_raw = {**global_raw, **stage_raw}
             merged_raw = {k: overrides.get(k, v) for k, v in merged_raw.items()}
@@ -260,6 +271,14 @@ class Recipe:
     def __repr__(self) -> str:
         names = ", ".join(mod.name for mod in self.modifiers)
         return f"Recipe({len(self.stages)} stage(s): {names})"
+
+
+def _check_name(key: Any, file: str | None, line: int | None) -> None:
+    """Variables, groups and stages are named by text: `&x: 1` (a key lost to an anchor) or `1: 2` is a mistake."""
+    if not isinstance(key, str):
+        raise RecipeError(
+            f"the key {key!r} is not a name; variables, modifier groups and stages need text names", file=file, line=line
+        )
 
 
 def _reject_hidden_modifiers(key: Any, value: Any, file: str | None, line: int | None) -> None:
@@ -342,6 +361,13 @@ def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str |
         return cls.model_validate(fields)
     except pydantic.ValidationError as err:
         raise _validation_error(err, cls, spec, file) from None
+    except (TypeError, ArithmeticError, LookupError) as err:  # a validator met a value of the wrong type
+        raise RecipeError(
+            f"a field has a value of the wrong type ({type(err).__name__}: {one_line(err, 120)})",
+            file=file,
+            line=spec.line,
+            modifier=spec.name,
+        ) from None
 
 
 def _validation_error(err: pydantic.ValidationError, cls: type[Modifier], spec: ModifierSpec, file: str | None) -> RecipeError:
@@ -389,11 +415,12 @@ def extract_front_matter(text: str, file: str | None = None, required: bool = Fa
     Text before the first `---` (e.g. an HTML licence comment) is ignored; a `.md` without a
     closed `---` block is an error.
     """
-    fences = list(_FRONT_MATTER_FENCE.finditer(text))
-    if len(fences) >= 2:
-        before = text[: fences[0].start()]
+    fences = _FRONT_MATTER_FENCE.finditer(text)
+    first, second = next(fences, None), next(fences, None)
+    if first and second:
+        before = text[: first.start()]
         if not before.strip() or _only_html_comments(before):
-            start, end = fences[0].end(), fences[1].start()
+            start, end = first.end(), second.start()
             preceding_lines = text[:start].count("\n")
             return "\n" * preceding_lines + text[start:end]
     if required:
@@ -405,9 +432,23 @@ def extract_front_matter(text: str, file: str | None = None, required: bool = Fa
 
 
 def _only_html_comments(text: str) -> bool:
-    return not re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL).strip()
+    """Whether `text` is only whitespace and `<!-- -->` comments; one pass, so linear time
+    (a regex over many unclosed `<!--` took minutes on 120 KB)."""
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return True
+        if not text.startswith("<!--", pos):
+            return False
+        end = text.find("-->", pos + 4)
+        if end < 0:
+            return False
+        pos = end + 3
 
 
+@recipe_errors_only
 def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """Recipe variable overrides from a dict, JSON text, or `k=v,k2=v2` (values read as YAML scalars)."""
     if args is None or args == "":
@@ -422,10 +463,15 @@ def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
             parsed = json.loads(text)
         except json.JSONDecodeError as err:
             raise RecipeError(f"recipe_args is not valid JSON: {err.msg} at column {err.colno}") from None
+        except ValueError as err:  # e.g. an integer of more than 4,300 digits
+            raise RecipeError(f"recipe_args is not usable JSON: {one_line(err, 120)}") from None
+        except RecursionError:
+            parsed = None  # nested too deeply for the JSON reader: refused just below
+        if parsed is None or _nesting_depth(parsed) > MAX_YAML_DEPTH:
+            raise RecipeError(f"recipe_args JSON nests more than {MAX_YAML_DEPTH} levels deep")
         if not isinstance(parsed, dict):
             raise RecipeError("recipe_args JSON must be an object of variable: value")
         return {str(k): as_number(v) for k, v in parsed.items()}
-    import yaml
 
     result: dict[str, Any] = {}
     for item in _split_top_level(text):
@@ -436,10 +482,22 @@ def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
         if not key.isidentifier():
             raise RecipeError(f"recipe_args name '{key}' is not a valid variable name")
         try:
-            result[key] = as_number(yaml.safe_load(value.strip()))
-        except yaml.YAMLError:
+            result[key] = as_number(load_plain_yaml(value.strip()))
+        except RecipeError:
             result[key] = value.strip()
     return result
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of lists/dicts in `value`, counted without recursion (JSON can nest thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_YAML_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _split_top_level(text: str) -> list[str]:

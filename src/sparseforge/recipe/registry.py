@@ -72,7 +72,8 @@ def modifier_class(name: str) -> type[Any]:
             f"implemented: {', '.join(sorted(_REGISTRY))}",
             modifier=name,
         )
-    near = difflib.get_close_matches(name, list(_REGISTRY) + sorted(SPARSEML_MODIFIER_NAMES), n=3)
+    candidates = list(_REGISTRY) + sorted(SPARSEML_MODIFIER_NAMES - set(_REGISTRY))  # each name once
+    near = difflib.get_close_matches(name, candidates, n=3)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
     raise RecipeError(f"unknown modifier !{name}{hint}", modifier=name)
 

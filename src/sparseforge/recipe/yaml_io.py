@@ -1,7 +1,12 @@
 """YAML reading and writing for recipes: `!Modifier` tags, line numbers, SparseML's number quirks.
 
-PyYAML's SafeLoader is the base, so no YAML tag can construct Python objects; we only add a
+PyYAML's safe constructor is the base, so no YAML tag can construct Python objects; we only add a
 constructor for `!Name` tags (any style: block or flow) that records the tag and its fields.
+Reading is bounded (see `limits`): nesting depth, the size of the document with its aliases
+expanded (a 342-byte "billion laughs" of 9 lists of 9 aliases expands to 387 million) and bad
+scalars (`!!bool maybe`, 5,000-digit integers) all end in a RecipeError naming the line.
+libyaml scans and parses when it is installed (6x faster); composing stays in Python so that
+nesting can be counted.
 """
 
 from __future__ import annotations
@@ -11,8 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from sparseforge.errors import RecipeError
+from sparseforge.recipe.limits import MAX_YAML_DEPTH, MAX_YAML_VALUES, one_line
 
 
 class LineDict(dict):
@@ -39,8 +48,106 @@ class ModifierSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader plus line tracking and `!Modifier` tags."""
+if yaml.__with_libyaml__:  # pragma: no branch - the pure-Python parser is the fallback
+    from yaml.cyaml import CParser
+
+    class _ParsingBase(Composer, CParser, SafeConstructor, Resolver):
+        """libyaml's scanner and parser; PyYAML's composer, safe constructor and resolver."""
+
+        def __init__(self, stream: str):
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+else:  # pragma: no cover
+    _ParsingBase = yaml.SafeLoader  # type: ignore[misc,assignment]
+
+
+class _BoundedLoader(_ParsingBase):  # type: ignore[misc,valid-type]
+    """A safe loader that refuses deep nesting, alias bombs, recursive aliases and bad scalars."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise RecipeError(
+                    f"the YAML nests more than {MAX_YAML_DEPTH} levels deep", line=mark.line + 1 if mark else None
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (RecipeError, yaml.YAMLError):
+            raise
+        except (ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as err:
+            value = one_line(node.value, 60) if isinstance(node, yaml.ScalarNode) else node.id
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            detail = f" ({one_line(err, 120)})" if isinstance(err, ValueError) else ""
+            raise RecipeError(
+                f"invalid YAML: {value!r} is not a valid {tag} value{detail}", line=node.start_mark.line + 1
+            ) from None
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it past MAX_YAML_VALUES values or MAX_YAML_DEPTH
+    levels, or refer to a node inside itself; counted on the node graph, so in linear time."""
+    done: dict[int, tuple[int, int]] = {}  # id(node) -> (values when expanded, levels below)
+    active: set[int] = set()
+
+    def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_YAML_DEPTH:  # before recursing further: aliases can chain deep paths
+            raise RecipeError(
+                f"YAML aliases make the recipe nest more than {MAX_YAML_DEPTH} levels deep",
+                line=node.start_mark.line + 1,
+            )
+        key = id(node)
+        if key in done:
+            size, height = done[key]
+        elif key in active:
+            raise RecipeError("a YAML alias refers to a node that contains it", line=node.start_mark.line + 1)
+        else:
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                children = [item for pair in node.value for item in pair]
+            active.add(key)
+            size, height = 1, 0
+            for child in children:
+                child_size, child_height = visit(child, depth + 1)
+                size += child_size
+                height = max(height, child_height + 1)
+                if size > MAX_YAML_VALUES:
+                    raise RecipeError(
+                        f"YAML aliases expand the recipe to more than {MAX_YAML_VALUES:,} values "
+                        "(an alias bomb?)",
+                        line=node.start_mark.line + 1,
+                    )
+            active.discard(key)
+            done[key] = (size, height)
+        if depth + height > MAX_YAML_DEPTH:
+            raise RecipeError(
+                f"YAML aliases make the recipe nest more than {MAX_YAML_DEPTH} levels deep",
+                line=node.start_mark.line + 1,
+            )
+        return size, height
+
+    visit(root, 0)
+
+
+class _RecipeLoader(_BoundedLoader):
+    """The bounded safe loader plus line tracking and `!Modifier` tags."""
 
 
 # YAML 1.1 reads `8e-5` (no dot) as a string; SparseML users expect a float.
@@ -65,6 +172,8 @@ def _construct_mapping(loader: _RecipeLoader, node: yaml.MappingNode) -> LineDic
 
 def _construct_modifier(loader: _RecipeLoader, tag_suffix: str, node: yaml.Node) -> ModifierSpec:
     line = node.start_mark.line + 1
+    if len(tag_suffix) > 100:
+        raise RecipeError(f"'!{tag_suffix[:40]}...' ({len(tag_suffix):,} characters) is not a modifier name", line=line)
     if isinstance(node, yaml.MappingNode):
         fields = _construct_mapping(loader, node)
     elif isinstance(node, yaml.ScalarNode) and loader.construct_scalar(node) in ("", None):
@@ -80,18 +189,35 @@ _RecipeLoader.add_multi_constructor("!", _construct_modifier)
 
 
 def load_yaml(text: str, file: str | None = None) -> Any:
-    """Parse recipe YAML text; syntax errors become RecipeError with the file and line."""
+    """Parse recipe YAML text; every problem becomes a one-line RecipeError with file, line and column."""
+    return _load(text, _RecipeLoader, file)
+
+
+def load_plain_yaml(text: str) -> Any:
+    """Parse a YAML value (e.g. one `--recipe_args` value) with the same bounds; no `!` tags."""
+    return _load(text, _BoundedLoader, None)
+
+
+def _load(text: str, loader: type, file: str | None) -> Any:
     try:
-        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeConstructor subclass
     except RecipeError as err:
         raise err.located(file=file) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark else None
-        problem = " ".join(p for p in (err.context, err.problem) if p)
-        raise RecipeError(f"invalid YAML: {problem}", file=file, line=line) from None
+        where = f" at column {mark.column + 1}" if mark else ""
+        context = err.context or ""
+        cmark = err.context_mark
+        if context and cmark and mark and (cmark.line, cmark.column) != (mark.line, mark.column):
+            context += f" (line {cmark.line + 1}, column {cmark.column + 1})"
+        problem = "; ".join(p for p in (context, err.problem) if p)
+        raise RecipeError(f"invalid YAML{where}: {one_line(problem)}", file=file, line=line) from None
+    except yaml.reader.ReaderError as err:
+        line = text[: err.position].count("\n") + 1 if isinstance(err.position, int) else None
+        raise RecipeError(f"invalid YAML: {one_line(err.reason)} (character {err.character!r})", file=file, line=line) from None
     except yaml.YAMLError as err:
-        raise RecipeError(f"invalid YAML: {err}", file=file) from None
+        raise RecipeError(f"invalid YAML: {one_line(err)}", file=file) from None
 
 
 class _RecipeDumper(yaml.SafeDumper):

@@ -81,19 +81,38 @@ def _train(argv):
     return sparseforge_main(["train", "masked-language-modeling", *argv, "--report_to", "none", "--save_strategy", "no"])
 
 
+def _always_predicts(model_dir, word):
+    """Make the saved MLM predict `word` at every position (a large output bias), so its masked
+    accuracy on text made of `word` alone is exactly 1."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model = transformers.BertForMaskedLM.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        model.cls.predictions.bias[tokenizer.convert_tokens_to_ids(word)] = 50.0
+    model.save_pretrained(str(model_dir))
+
+
 @pytest.mark.parametrize("line_by_line", [False, True])
 def test_cli_two_corpora_reports_perplexity(tiny_model_dir, tmp_path, line_by_line):
     model = tiny_model_dir("masked-language-modeling")
+    _always_predicts(model, "the")
+    # the held-out first 10% of the lines are "the" only: every masked token is "the", so the
+    # reported accuracy must be exactly 1.0 (special tokens and padding are not counted)
+    corpus_a = tmp_path / "corpus_a.txt"
+    corpus_a.write_text("the the the the the the the the\n" * 8 + CORPUS_A.read_text())
     out = tmp_path / "out"
     argv = [
-        "--model_name_or_path", str(model), "--train_file", str(CORPUS_A), "--train_file_2", str(CORPUS_B),
+        "--model_name_or_path", str(model), "--train_file", str(corpus_a), "--train_file_2", str(CORPUS_B),
         "--validation_split_percentage", "10", "--do_train", "--do_eval", "--max_seq_length", "32",
         "--mlm_probability", "0.2", "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--output_dir", str(out),
     ]
+    assert (len(_lines(corpus_a)) + len(_lines(CORPUS_B))) * 10 // 100 <= 8
     assert _train(argv + (["--line_by_line"] if line_by_line else [])) == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
-    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    assert results["eval_accuracy"] == 1.0
     train = json.loads((out / "trainer_state.json").read_text())
     assert train["global_step"] > 0
 

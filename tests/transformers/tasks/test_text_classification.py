@@ -62,6 +62,23 @@ def _pruned_model(tiny_model_dir) -> Path:
     return model_dir
 
 
+def _recomputed_accuracy(model_dir: Path, csv_file: Path, max_length: int = 16) -> float:
+    """Accuracy of the saved model on a CSV of sentence,label, computed here without the Trainer."""
+    import csv
+
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    with csv_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    batch = tokenizer([row["sentence"] for row in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**batch).logits.argmax(-1).tolist()
+    labels = [model.config.label2id[row["label"]] for row in rows]
+    return sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(rows)
+
+
 def _zeros(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -74,10 +91,15 @@ def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_mod
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(TRANSFER_RECIPE)
     out = tmp_path / "out"
+    # an unbalanced validation file (6 negative, 2 positive), so the reported accuracy tells
+    # the label mapping apart (a one-class model scores 0.75 or 0.25, not 0.5 either way)
+    lines = (DATA / "dev.csv").read_text().splitlines()
+    dev = tmp_path / "dev.csv"
+    dev.write_text("\n".join([lines[0], *[r for r in lines[1:] if r.endswith("negative")][:6], *[r for r in lines[1:] if r.endswith("positive")][:2]]) + "\n")
     code = main(
         _common(model_dir, out)
         + [
-            "--train_file", str(DATA / "train.csv"), "--validation_file", str(DATA / "dev.csv"),
+            "--train_file", str(DATA / "train.csv"), "--validation_file", str(dev),
             "--recipe", str(recipe), "--recipe_args", "num_epochs=3", "--distill_teacher", str(teacher),
             "--do_train", "--do_eval", "--evaluation_strategy", "epoch", "--num_train_epochs", "7", "--fp16",
         ]
@@ -86,7 +108,9 @@ def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_mod
     for name in ("model.safetensors", "config.json", "recipe.yaml", "eval_results.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "eval_results.json").read_text())
-    assert 0.0 <= results["eval_accuracy"] <= 1.0 and results["epoch"] == 3.0  # the recipe's epochs, with recipe_args
+    assert results["epoch"] == 3.0  # the recipe's epochs, with recipe_args
+    assert results["eval_accuracy"] == pytest.approx(_recomputed_accuracy(out, dev))
+    assert results["eval_samples"] == 8
     saved = Recipe.load(str(out / "recipe.yaml"))
     assert [m.name for m in saved.modifiers][-1] == "DistillationModifier" and saved.max_epochs == 3
     before, after = _zeros(model_dir), _zeros(out)
