@@ -30,12 +30,19 @@ def test_recipe_check_applies_recipe_args_and_prints_yaml(capsys):
     assert "max_epochs 20" in out and "end_epoch: 20.0" in out
 
 
-def test_recipe_check_error_is_one_line_with_location(tmp_path, capsys):
+def _check_error(tmp_path, capsys, text):
+    """`recipe check` of a bad recipe: exit 2 and exactly one line on stderr; returns (file, line)."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("training_modifiers:\n  - !SetLearningRateModifier\n    learning_rat: 0.1\n")
+    bad.write_text(text)
     assert main(["recipe", "check", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
+    return bad, err
+
+
+def test_recipe_check_error_is_one_line_with_location(tmp_path, capsys):
+    text = "training_modifiers:\n  - !SetLearningRateModifier\n    learning_rat: 0.1\n"
+    bad, err = _check_error(tmp_path, capsys, text)
     assert f"{bad}:3: modifier SetLearningRateModifier, field 'learning_rat': unknown field" in err
 
 
@@ -62,11 +69,8 @@ def test_recipe_check_names_a_fractional_end(tmp_path, capsys):
 
 
 def test_recipe_check_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: [0\n    end_epoch: 2\n")
-    assert main(["recipe", "check", str(bad)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
+    text = "training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: [0\n    end_epoch: 2\n"
+    bad, err = _check_error(tmp_path, capsys, text)
     assert err.startswith(f"sparseforge recipe: error: {bad}:") and "invalid YAML at column" in err
 
 
