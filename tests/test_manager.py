@@ -212,3 +212,13 @@ def test_recipe_check_shows_the_end_of_a_step_based_recipe(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max_epochs 2 (ends at epoch 1.5) with steps_per_epoch=20" in out
     assert "1.5    0 " in out  # the table runs to the end, where the LR reaches final_lr
+
+
+def test_a_failed_initialize_leaves_a_manager_that_can_bind_again():
+    manager = Manager("m_modifiers:\n  - !TrainableParamsModifier {params: ['2.weight'], trainable: false}\n")
+    with pytest.raises(ModelMatchError):
+        manager.modify(torch.nn.Linear(4, 2), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), 4)
+    assert manager.state is None
+    model, optimizer = make()
+    manager.modify(model, optimizer, 4)  # the right model now
+    assert not model[2].weight.requires_grad

@@ -68,6 +68,7 @@ class Manager:
         else:
             self.recipe = Recipe.load(recipe, args)
             self._modifiers = self.recipe.instantiate()
+        self._owns_modifiers = live is None
         self.metadata = dict(metadata) if metadata else self.recipe.metadata
         self.schedule: RunSchedule | None = None
         self.state: TrainingState | None = None
@@ -194,9 +195,16 @@ class Manager:
             grad_sampler=grad_sampler,
             extras=dict(extras, loggers=loggers) if loggers is not None else dict(extras),
         )
-        for mod in self._modifiers:
-            mod.bind_schedule(self.schedule)
-            mod.initialize(self.state)
+        try:
+            for mod in self._modifiers:
+                mod.bind_schedule(self.schedule)
+                mod.initialize(self.state)
+        except Exception:
+            # Leave no half-bound run: a recipe's manager can be initialized again after a fix.
+            self.state, self.schedule = None, None
+            if self._owns_modifiers:
+                self._modifiers = self.recipe.instantiate()
+            raise
         # Later-starting modifiers update last, so a schedule that starts where another ends wins.
         self._update_order = sorted(self._modifiers, key=lambda mod: mod.scheduled_start)
         self.update()  # SparseML applies what is due at the starting epoch before the first step

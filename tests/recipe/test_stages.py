@@ -135,3 +135,11 @@ def test_metadata_is_kept_and_written_back():
     recipe = Recipe.load(f"{METADATA_KEY}:\n  trained_by: me\n" + BASE)
     assert recipe.metadata == {"trained_by": "me"}
     assert Recipe.load(recipe.to_yaml()).metadata == {"trained_by": "me"}
+
+
+def test_compose_staged_keeps_a_structural_base_modifier_open():
+    """Ending a layer-pruning base at the base's end would bring the layers back on reload."""
+    base = BASE + "  - !LayerPruningModifier {layers: ['0'], start_epoch: 1}\n"
+    composed = Recipe.compose_staged(base, ADDITIONAL)
+    layer = composed.stages[0].modifiers[2]
+    assert layer.end_epoch == -1 and composed.stages[0].modifiers[1].end_epoch == 4.0

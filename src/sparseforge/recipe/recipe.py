@@ -435,11 +435,22 @@ def _map_stage(stage: Stage, change: Any) -> Stage:
 
 
 def _end_at(spec: Modifier, end: float) -> dict[str, Any]:
-    """SparseML: a base modifier that never ends (`end_epoch: -1`) ends where the base ends."""
+    """SparseML: a base modifier that never ends (`end_epoch: -1`) ends where the base ends.
+
+    Not a structural one (it overrides `apply_structure`: QAT, layer pruning): ending it would
+    undo the structure the trained model holds (removed layers would come back on reload).
+    """
     fields = spec.recipe_fields()
-    if spec.end_epoch == -1 and getattr(spec, "end_step", None) is None:
+    structural = type(spec).apply_structure is not _base_apply_structure()
+    if spec.end_epoch == -1 and getattr(spec, "end_step", None) is None and not structural:
         fields["end_epoch"] = float(end)
     return fields
+
+
+def _base_apply_structure() -> Any:
+    from sparseforge.modifiers.base import Modifier as BaseModifier
+
+    return BaseModifier.apply_structure
 
 
 def _reject_hidden_modifiers(key: Any, value: Any, file: str | None, line: int | None) -> None:
