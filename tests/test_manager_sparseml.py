@@ -11,7 +11,7 @@ import torch
 
 from sparseforge import Manager, ScheduledModifierManager, ScheduledOptimizer
 from sparseforge.modifiers.base import Modifier
-from sparseforge.modifiers.pruning import GMPruningModifier
+from sparseforge.modifiers.pruning import ConstantPruningModifier, GMPruningModifier
 from sparseforge.modifiers.training import (
     EpochRangeModifier,
     LearningRateFunctionModifier,
@@ -194,9 +194,10 @@ def test_from_yaml_add_modifiers_runs_the_given_objects():
 # ----- 9: modifiers built in Python --------------------------------------------------------------
 def test_python_built_modifiers_are_the_ones_that_run():
     lr = LearningRateFunctionModifier("linear", 0.1, 0.01, 0.0, 2.0)
-    prune = GMPruningModifier(
-        params=["0.weight"], init_sparsity=0.0, final_sparsity=0.5, start_epoch=0.0, end_epoch=1.0, update_frequency=0.5
-    )
+    prune = GMPruningModifier(0.0, 0.5, 0.0, 1.0, 0.5, ["0.weight"])  # SparseML's positional order
+    assert (prune.final_sparsity, prune.update_frequency, prune.params) == (0.5, 0.5, ["0.weight"])
+    constant = ConstantPruningModifier("__ALL_PRUNABLE__", 0.0, 3.0)
+    assert (constant.params, constant.end_epoch) == ("__ALL_PRUNABLE__", 3.0)
     mods = [EpochRangeModifier(0.0, 2.0), lr, prune, TrainableParamsModifier(["2.bias"], False)]
     manager = ScheduledModifierManager(mods)
     assert manager.modifiers == mods and all(a is b for a, b in zip(manager.modifiers, mods, strict=True))

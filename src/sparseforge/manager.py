@@ -409,6 +409,7 @@ class ScheduledModifierManager(Manager):
             # SparseML runs the very objects it was given: they join this manager's instances.
             manager.recipe = manager.recipe.with_modifiers(extra)
             manager._modifiers = [*manager._modifiers, *(mod.instantiate() if mod.is_spec else mod for mod in extra)]
+            manager._owns_modifiers = False
         return manager
 
 
