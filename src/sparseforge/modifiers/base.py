@@ -173,8 +173,7 @@ class Modifier(BaseModel):
 
     def instantiate(self) -> Modifier:
         """A new, runnable modifier with these fields and no run state (one per Manager)."""
-        mod = type(self).model_validate(self.recipe_fields())
-        return mod
+        return type(self).model_validate(self.recipe_fields())
 
     def shifted(self, epochs: float, steps: int | None) -> dict[str, Any]:
         """Recipe fields moved `epochs` later (step fields by `steps`), for `compose_staged`.
