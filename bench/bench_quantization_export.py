@@ -68,7 +68,7 @@ def quantize_random(model: torch.nn.Module, seq: int) -> None:
     from sparseforge.modifiers.quantization import QuantizationModifier, set_observers
     from sparseforge.recipe import Recipe
 
-    modifier = Recipe.load("modifiers:\n  - !QuantizationModifier" + QAT_FIELDS + "\n").modifiers[0]
+    modifier = Recipe.load("modifiers:\n  - !QuantizationModifier" + QAT_FIELDS + "\n").instantiate()[0]
     assert isinstance(modifier, QuantizationModifier)
     modifier.apply_structure(model)
     set_observers(model, True)

@@ -55,7 +55,8 @@ def test_unknown_command_and_console_script():
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "stage finetune_stage (starts at epoch 2)" in result.stdout
+    # stages hold absolute epochs (issue 18.1): finetune_stage is not moved after dense_stage
+    assert "stage finetune_stage: epochs 0 -> 3" in result.stdout
 
 
 def test_recipe_check_names_a_fractional_end(tmp_path, capsys):

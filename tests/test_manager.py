@@ -130,3 +130,95 @@ def test_sparseml_spelling_and_recipe_variables(tmp_path):
     manager.finalize(model)
     with pytest.raises(SparseforgeError, match="different model"):
         manager.finalize(torch.nn.Linear(1, 1))
+
+
+# ----- issue 17: the recipe is data, each manager runs its own modifiers ------------------------
+PRUNE = """
+pruning_modifiers:
+  - !GMPruningModifier
+    params: ['re:.*weight']
+    init_sparsity: 0.0
+    final_sparsity: 0.5
+    start_epoch: 0
+    end_epoch: 2
+    update_frequency: 0.5
+"""
+
+
+def test_two_managers_of_one_recipe_share_no_state():
+    from sparseforge import Recipe
+
+    recipe = Recipe.load(PRUNE)
+    first, second = Manager(recipe), Manager(recipe)
+    assert first.modifiers[0] is not second.modifiers[0]
+    model_a, optimizer_a = make()
+    wrapped = first.modify(model_a, optimizer_a, 4)
+    train(model_a, wrapped, 9)  # first reaches its final sparsity at step 8 (epoch 2)
+    assert first.modifiers[0].ended and first.modifiers[0].masks
+    assert not second.modifiers[0].started and not second.modifiers[0].masks
+    model_b, optimizer_b = make()
+    second.modify(model_b, optimizer_b, 10)  # its own schedule: 10 steps per epoch, not 4
+    assert second.schedule.steps_per_epoch == 10 and first.schedule.steps_per_epoch == 4
+    # the recipe's specs were never bound or written to (no private-field writes)
+    for spec in recipe.modifiers:
+        assert spec.is_spec and spec._rt.schedule is None and not spec.started and not spec.initialized
+
+
+def test_initializing_a_manager_or_a_modifier_twice_is_an_error():
+    model, optimizer = make()
+    manager = Manager(PRUNE)
+    manager.modify(model, optimizer, 4)
+    with pytest.raises(SparseforgeError, match="already initialized"):
+        manager.initialize(model, optimizer, 4)  # no silent re-binding
+    with pytest.raises(SparseforgeError, match="different model"):
+        manager.modify(torch.nn.Linear(4, 2), optimizer, 4)
+    with pytest.raises(SparseforgeError, match="already initialized"):
+        manager.modifiers[0].initialize(manager.state)
+    manager.finalize(model)
+    manager.finalize(model)  # the manager's second finalize does nothing...
+    with pytest.raises(SparseforgeError, match="already finalized"):
+        manager.modifiers[0].finalize(manager.state)  # ...a modifier's is an error
+
+
+STEP_RECIPE = """
+training_modifiers:
+  - !EpochRangeModifier {start_step: 0, end_step: 30}
+  - !LearningRateFunctionModifier {start_step: 0, end_step: 30, lr_func: linear, init_lr: 0.1, final_lr: 0.0}
+"""
+
+
+def test_a_step_only_recipe_reports_its_end_once_steps_per_epoch_is_known():
+    from sparseforge import Recipe, RecipeError
+
+    recipe = Recipe.load(STEP_RECIPE)
+    assert recipe.uses_steps
+    with pytest.raises(RecipeError, match="steps_per_epoch"):
+        _ = recipe.end_epoch  # not a silent -1
+    assert recipe.end_epoch_at(20) == 1.5 and recipe.max_epochs_at(20) == 2
+    manager = Manager(recipe)
+    model, optimizer = make()
+    manager.modify(model, optimizer, 12)
+    assert manager.end_epoch == 2.5 and manager.max_epochs == 3  # the bound run's steps per epoch
+    with pytest.raises(SparseforgeError, match="counts optimizer steps"):
+        Manager(recipe).initialize(model, 0.0)  # SparseML's form has no steps_per_epoch
+
+
+def test_recipe_check_shows_the_end_of_a_step_based_recipe(tmp_path, capsys):
+    from sparseforge.cli import main
+
+    path = tmp_path / "steps.yaml"
+    path.write_text(STEP_RECIPE)
+    assert main(["recipe", "check", str(path), "--steps_per_epoch", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "max_epochs 2 (ends at epoch 1.5) with steps_per_epoch=20" in out
+    assert "1.5    0 " in out  # the table runs to the end, where the LR reaches final_lr
+
+
+def test_a_failed_initialize_leaves_a_manager_that_can_bind_again():
+    manager = Manager("m_modifiers:\n  - !TrainableParamsModifier {params: ['2.weight'], trainable: false}\n")
+    with pytest.raises(ModelMatchError):
+        manager.modify(torch.nn.Linear(4, 2), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), 4)
+    assert manager.state is None
+    model, optimizer = make()
+    manager.modify(model, optimizer, 4)  # the right model now
+    assert not model[2].weight.requires_grad

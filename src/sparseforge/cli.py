@@ -79,7 +79,7 @@ def recipe_main(argv: Sequence[str]) -> int:
         parser.error("--steps_per_epoch must be >= 1")
 
     from sparseforge.recipe import Recipe
-    from sparseforge.schedule import format_schedule, schedule_table
+    from sparseforge.schedule import describe_recipe, format_schedule, schedule_table
 
     source = args.file
     if source.startswith("zoo:"):
@@ -89,16 +89,7 @@ def recipe_main(argv: Sequence[str]) -> int:
     recipe = Recipe.load(source, args.recipe_args)
     if not recipe.modifiers:
         raise RecipeError("the recipe defines no modifiers (groups are top-level keys whose name contains 'modifiers')", file=args.file)
-    ends = f" (ends at epoch {recipe.end_epoch:g})" if recipe.end_epoch != recipe.max_epochs else ""
-    print(f"{args.file}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {recipe.max_epochs}{ends}")
-    for stage in recipe.stages:
-        if stage.name:
-            print(f"stage {stage.name} (starts at epoch {stage.offset:g})")
-        for group, mods in stage.groups.items():
-            print(f"  {group}:")
-            for mod in mods:
-                fields = ", ".join(f"{k}={v!r}" for k, v in mod.recipe_fields().items())
-                print(f"    {mod.name}({fields})")
+    print(describe_recipe(recipe, args.file, args.steps_per_epoch))
     print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
     steps = _schedule_steps(recipe, args.steps_per_epoch)
     if steps > MAX_TABULATED_STEPS:

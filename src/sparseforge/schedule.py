@@ -12,6 +12,7 @@ import torch
 
 from sparseforge.modifiers.base import TrainingState
 from sparseforge.recipe import Recipe
+from sparseforge.recipe.timeline import RunSchedule
 
 
 @dataclass
@@ -28,12 +29,13 @@ def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | 
     The learning rate is simulated by running the recipe's LR modifiers over every step on a
     stand-in optimizer; other modifiers contribute `schedule_values()` and `schedule_events()`.
     """
-    end_epoch = max(recipe.end_epoch, 0.0)
-    # Copies: describing a schedule must not bind the caller's modifiers to a steps_per_epoch.
-    modifiers = [mod.model_copy(deep=True) for mod in recipe.modifiers]
+    end_epoch = max(recipe.end_epoch_at(steps_per_epoch), 0.0)
+    # The recipe's own instances, bound to one schedule: a recipe is data and is never bound.
+    run = RunSchedule(steps_per_epoch)
+    modifiers = recipe.instantiate()
     events: dict[float, list[str]] = {}
     for mod in modifiers:
-        mod._steps_per_epoch = steps_per_epoch
+        mod.bind_schedule(run)
         for epoch, text in mod.schedule_events():
             events.setdefault(round(max(epoch, 0.0), 4), []).append(text)
     whole_epochs = {float(e) for e in range(math.floor(end_epoch + 1e-9) + 1)}
@@ -63,6 +65,31 @@ def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | 
         lr = lr_at_step.get(math.floor(epoch * steps_per_epoch)) if lr_mods else None
         rows.append(ScheduleRow(epoch, lr, values, events.get(round(epoch, 4), [])))
     return rows
+
+
+def describe_recipe(recipe: Recipe, label: str, steps_per_epoch: int) -> str:
+    """What `sparseforge recipe check` prints above the table: the end, each stage's span in
+    absolute epochs with its resolved variables, and every modifier's fields."""
+    end = recipe.end_epoch_at(steps_per_epoch)
+    max_epochs = recipe.max_epochs_at(steps_per_epoch)
+    ends = f" (ends at epoch {end:g})" if end != max_epochs else ""
+    unit = f" with steps_per_epoch={steps_per_epoch}" if recipe.uses_steps else ""
+    lines = [f"{label}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {max_epochs}{ends}{unit}"]
+    if any(stage.name for stage in recipe.stages):
+        lines.append("stages hold absolute epochs (as in SparseML); compose_staged is what moves a recipe after another")
+    for stage in recipe.stages:
+        if stage.name:
+            start, stop = stage.span(steps_per_epoch)
+            lines.append(f"stage {stage.name}: epochs {max(start, 0.0):g} -> {max(stop, 0.0):g}")
+            if stage.variables:
+                resolved = ", ".join(f"{k}={v!r}" for k, v in stage.variables.items())
+                lines.append(f"  variables: {resolved}")
+        for group, mods in stage.groups.items():
+            lines.append(f"  {group}:")
+            for mod in mods:
+                fields = ", ".join(f"{k}={v!r}" for k, v in mod.recipe_fields().items())
+                lines.append(f"    {mod.name}({fields})")
+    return "\n".join(lines)
 
 
 def format_schedule(rows: list[ScheduleRow]) -> str:

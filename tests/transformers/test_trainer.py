@@ -483,3 +483,14 @@ def test_best_model_after_epoch_forgets_earlier_bests():
     state.epoch = 3.0
     callback.on_evaluate(None, state, None)
     assert state.best_metric == 0.5  # reset once only
+
+
+def test_a_step_based_recipe_sets_the_epochs_to_train(tmp_path):
+    """Issue 17: a recipe written in steps used to report end_epoch -1, so the Trainer kept its own."""
+    recipe = LR_RECIPE.replace("start_epoch: 0.0, end_epoch: 2.0", "start_step: 0, end_step: 9")
+    trainer = SparseTrainer(
+        model=make_tiny_model(), args=make_args(tmp_path / "out", num_train_epochs=5),
+        train_dataset=tiny_dataset(), recipe=recipe,
+    )
+    assert trainer.manager_steps_per_epoch() == 6
+    assert trainer.args.num_train_epochs == 1.5  # 9 steps of 6-step epochs

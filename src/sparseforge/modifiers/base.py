@@ -3,24 +3,31 @@
 Every modifier is a pydantic model with unknown fields forbidden, so a typo in a recipe is an
 error rather than a silent default. The manager drives the lifecycle:
 
-    initialize(state)              at `Manager.modify()`, before training: check the model fits
+    initialize(state)              at `Manager.modify()`, before training: bind the run's
+        on_initialize                  schedule once, then check the model fits
     update(state)                  before each optimizer step: start / scheduled update / end
         on_start, on_update, on_end    what a subclass overrides
     mask_gradients(state)          after each backward pass (the Trainer calls it before clipping)
     optimizer_pre_step / optimizer_post_step(state)
     loss_update(loss, state, **outputs_and_inputs) -> loss
-    finalize(state)                after training
+    finalize(state)                after training, once
+        on_finalize
     apply_structure(model)         rebuild what the modifier leaves in a model (e.g. fake-quant
                                    modules) so a saved checkpoint can be loaded into it
 
 Scheduling follows SparseML: epochs are `optimizer steps / steps_per_epoch`, -1 means
 "immediately" for a start and "never" for an end, `update_frequency` is in epochs (-1 = every
-step). `start_step` / `end_step` / `update_every_steps` are the same in optimizer steps.
+step). `start_step` / `end_step` / `update_every_steps` are the same in optimizer steps; the
+run's one `RunSchedule` turns them into epochs when the manager binds the recipe.
+
+A `Recipe` holds modifiers as immutable *specs* (`is_spec`); each `Manager` runs its own
+`instantiate()`d copies, so two managers of one recipe share nothing. Initializing or finalizing
+a modifier twice is an error. Built in Python as in SparseML: `EpochRangeModifier(0.0, 10.0)`,
+`Modifier.load_list(yaml_text)`, and `str(modifier)` is its recipe YAML.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,9 +35,10 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
 
-from sparseforge.errors import RecipeError  # noqa: F401 - re-exported for modifiers
+from sparseforge.errors import RecipeError, SparseforgeError
 from sparseforge.recipe.limits import field_value_problem
 from sparseforge.recipe.registry import register  # noqa: F401 - modifiers register through here
+from sparseforge.recipe.timeline import RunSchedule
 
 # A callable that, for `num_batches` batches of training data, runs forward and backward on the
 # model and yields after each backward pass with gradients in `param.grad` (OBS pruning uses it).
@@ -60,13 +68,23 @@ class TrainingState:
 
 @dataclass
 class ScheduleRuntime:
-    """Where a modifier is in its schedule (plain attributes: read on every optimizer step)."""
+    """Where a modifier is in its run (plain attributes: read on every optimizer step).
+
+    `start`, `end` and `frequency` are the modifier's bounds in run epochs, resolved once by
+    `bind_schedule` from the run's `RunSchedule` (so step- and epoch-based fields meet there).
+    """
 
     started: bool = False
     ended: bool = False
     last_update_epoch: float = -1.0
-    epoch_offset: float = 0.0
-    steps_per_epoch: int | None = None
+    schedule: RunSchedule | None = None
+    start: float = -1.0
+    end: float = -1.0
+    frequency: float = -1.0
+    # A recipe's modifier is a spec (validated, immutable data); a Manager runs copies of it.
+    is_spec: bool = False
+    initialized: bool = False
+    finalized: bool = False
 
 
 class Modifier(BaseModel):
@@ -77,6 +95,8 @@ class Modifier(BaseModel):
     tag: ClassVar[str | None] = None
     # Whether the optimizer's learning rate is set by this modifier (the Trainer then must not).
     controls_learning_rate: ClassVar[bool] = False
+    # SparseML's positional order, for `EpochRangeModifier(0.0, 10.0)` in Python.
+    positional_fields: ClassVar[tuple[str, ...]] = ()
 
     start_epoch: float = -1.0
     end_epoch: float = -1.0
@@ -96,6 +116,29 @@ class Modifier(BaseModel):
             raise ValueError(problem)
         return value
 
+    def __init__(self, *args: Any, **data: Any) -> None:
+        """Keyword fields as in a recipe; positional ones in SparseML's order (`positional_fields`)."""
+        if args:
+            names = type(self).positional_fields
+            if len(args) > len(names):
+                raise TypeError(
+                    f"{type(self).__name__}() takes {len(names)} positional argument(s) "
+                    f"({', '.join(names) or 'none'}), got {len(args)}: pass the others by name"
+                )
+            for name, value in zip(names, args, strict=False):
+                if name in data:
+                    raise TypeError(f"{type(self).__name__}() got two values for '{name}'")
+                data[name] = value
+        super().__init__(**data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name[0] != "_" and self._rt.is_spec:
+            raise RecipeError(
+                f"{self.name}: a recipe's modifiers are immutable specs; change the recipe text "
+                "(or recipe_args), or set fields on the modifiers a Manager made (manager.modifiers)"
+            )
+        super().__setattr__(name, value)
+
     @model_validator(mode="after")
     def _check_schedule(self) -> Modifier:
         set_fields = self.model_fields_set
@@ -113,75 +156,97 @@ class Modifier(BaseModel):
             value = getattr(self, name)
             if value is not None and value < -1:
                 raise ValueError(f"{name} must be >= 0 or -1, got {value}")
+        if (
+            self.start_step is not None
+            and self.end_step is not None
+            and min(self.start_step, self.end_step) >= 0
+            and self.end_step < self.start_step
+        ):
+            raise ValueError(f"end_step ({self.end_step}) is before start_step ({self.start_step})")
         return self
 
-    # ----- schedule -------------------------------------------------------------------------
+    # ----- specs and instances ----------------------------------------------------------------
     @property
     def name(self) -> str:
         return type(self).tag or type(self).__name__
 
-    def _epoch_of(self, epoch: float, step: int | None, rt: ScheduleRuntime) -> float:
-        if step is not None:
-            if step == -1:
-                return -1.0
-            if rt.steps_per_epoch is None:
-                raise RuntimeError(f"{self.name}: steps_per_epoch is unknown before initialize()")
-            return step / rt.steps_per_epoch + rt.epoch_offset
-        return epoch + rt.epoch_offset if epoch >= 0 else -1.0
+    @property
+    def is_spec(self) -> bool:
+        """Whether this is a recipe's immutable spec (a Manager runs copies, never the spec)."""
+        return self._rt.is_spec
+
+    def as_spec(self) -> Modifier:
+        """A validated, immutable copy of this modifier's fields, as a `Recipe` holds it."""
+        spec = type(self).model_validate(self.recipe_fields())
+        spec._rt.is_spec = True
+        return spec
+
+    def instantiate(self) -> Modifier:
+        """A new, runnable modifier with these fields and no run state (one per Manager)."""
+        return type(self).model_validate(self.recipe_fields())
+
+    def shifted(self, epochs: float, steps: int | None) -> dict[str, Any]:
+        """Recipe fields moved `epochs` later (step fields by `steps`), for `compose_staged`.
+
+        Every field named `*_epoch` is a point in time (SparseML's convention); -1 and None
+        keep their meaning, except a start of -1 ("at once"), which becomes the new start.
+        """
+        fields = self.recipe_fields()
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in ("start_step", "end_step"):
+                if value is not None and value >= 0:
+                    if steps is None:
+                        raise RecipeError(
+                            f"{self.name} {name}: {value} is counted in steps; composing it after "
+                            "another recipe needs steps_per_epoch"
+                        )
+                    fields[name] = value + steps
+            elif name.endswith("_epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if value >= 0:
+                    fields[name] = value + epochs
+                elif name == "start_epoch" and self.start_step is None:
+                    fields[name] = float(epochs)  # "at once" means at the start of its stage
+        return fields
+
+    # ----- schedule -------------------------------------------------------------------------
+    def bind_schedule(self, schedule: RunSchedule) -> None:
+        """Resolve this modifier's bounds (epochs or steps) into run epochs through `schedule`."""
+        rt = self._rt
+        rt.schedule = schedule
+        rt.start = schedule.resolve(self.start_epoch, self.start_step, self.name, "start_step")
+        rt.end = schedule.resolve(self.end_epoch, self.end_step, self.name, "end_step")
+        rt.frequency = self._update_frequency_epochs(rt)
+
+    def _bounds(self) -> tuple[float, float]:
+        rt = self._rt
+        if rt.schedule is not None:
+            return rt.start, rt.end
+        schedule = RunSchedule()
+        return (
+            schedule.resolve(self.start_epoch, self.start_step, self.name, "start_step"),
+            schedule.resolve(self.end_epoch, self.end_step, self.name, "end_step"),
+        )
 
     @property
     def scheduled_start(self) -> float:
-        """Start epoch in the run's time (stage offset applied); -1 = immediately."""
-        return self._epoch_of(self.start_epoch, self.start_step, self._rt)
+        """Start epoch in the run's time; -1 = immediately (step fields need a bound schedule)."""
+        return self._bounds()[0]
 
     @property
     def scheduled_end(self) -> float:
-        """End epoch in the run's time (stage offset applied); -1 = never."""
-        return self._epoch_of(self.end_epoch, self.end_step, self._rt)
-
-    def epoch_bounds(self) -> list[float]:
-        """Epochs this modifier needs the run to reach, for `max_epochs` (stage offset applied)."""
-        rt = self._rt
-        bounds = []
-        for epoch, step in ((self.start_epoch, self.start_step), (self.end_epoch, self.end_step)):
-            if step is None and epoch >= 0:
-                bounds.append(epoch + rt.epoch_offset)
-            elif step is not None and step >= 0 and rt.steps_per_epoch:
-                bounds.append(step / rt.steps_per_epoch + rt.epoch_offset)
-        return bounds
-
-    # Short names for the runtime state, used by subclasses and the recipe loader.
-    @property
-    def _started(self) -> bool:
-        return self._rt.started
-
-    @_started.setter
-    def _started(self, value: bool) -> None:
-        self._rt.started = value
-
-    @property
-    def _ended(self) -> bool:
-        return self._rt.ended
-
-    @_ended.setter
-    def _ended(self, value: bool) -> None:
-        self._rt.ended = value
+        """End epoch in the run's time; -1 = never (step fields need a bound schedule)."""
+        return self._bounds()[1]
 
     @property
     def _epoch_offset(self) -> float:
-        return self._rt.epoch_offset
+        """Kept for modifiers that add it to their own epoch fields: recipe stages hold absolute
+        epochs (SparseML's reading), so the offset is always 0."""
+        return 0.0
 
-    @_epoch_offset.setter
-    def _epoch_offset(self, value: float) -> None:
-        self._rt.epoch_offset = value
-
-    @property
-    def _steps_per_epoch(self) -> int | None:
-        return self._rt.steps_per_epoch
-
-    @_steps_per_epoch.setter
-    def _steps_per_epoch(self, value: int | None) -> None:
-        self._rt.steps_per_epoch = value
+    def epoch_bounds(self) -> list[float]:
+        """Epochs this modifier needs the run to reach, for `max_epochs` (-1 bounds left out)."""
+        return [bound for bound in self._bounds() if bound >= 0]
 
     @property
     def started(self) -> bool:
@@ -190,6 +255,14 @@ class Modifier(BaseModel):
     @property
     def ended(self) -> bool:
         return self._rt.ended
+
+    @property
+    def initialized(self) -> bool:
+        return self._rt.initialized
+
+    @property
+    def finalized(self) -> bool:
+        return self._rt.finalized
 
     @property
     def active(self) -> bool:
@@ -201,31 +274,45 @@ class Modifier(BaseModel):
         return -1.0
 
     def _ready(self, epoch: float, rt: ScheduleRuntime) -> bool:
-        start = self._epoch_of(self.start_epoch, self.start_step, rt)
+        """SparseML's rule: start pending, end pending, or an update due by `update_frequency`."""
+        start = rt.start
         if not rt.started:
             return not rt.ended and (start == -1 or epoch >= start)
         if rt.ended:
             return False
-        end = self._epoch_of(self.end_epoch, self.end_step, rt)
+        end = rt.end
         if end >= 0 and epoch >= end:
             return True
         if epoch <= start:
             return False
-        frequency = self._update_frequency_epochs(rt)
+        frequency = rt.frequency
         return frequency < 0 or (rt.last_update_epoch >= 0 and epoch >= rt.last_update_epoch + frequency - 1e-9)
-
-    def update_ready(self, epoch: float) -> bool:
-        """SparseML's rule: start pending, end pending, or an update due by `update_frequency`."""
-        return self._ready(epoch, self._rt)
 
     # ----- lifecycle, driven by the manager --------------------------------------------------
     def initialize(self, state: TrainingState) -> None:
-        self._rt.steps_per_epoch = state.steps_per_epoch
+        """Bind to the run (once): resolve the schedule, then `on_initialize` checks the model."""
+        rt = self._rt
+        if rt.is_spec:
+            raise SparseforgeError(
+                f"{self.name}: this is a recipe's spec, not a running modifier; "
+                "Manager(recipe) makes the instances that run"
+            )
+        if rt.finalized:
+            raise SparseforgeError(f"{self.name}: cannot initialize a modifier that was finalized")
+        if rt.initialized:
+            raise SparseforgeError(
+                f"{self.name}: already initialized; a modifier runs once (build a new Manager from the recipe)"
+            )
+        if rt.schedule is None or rt.schedule.steps_per_epoch != state.steps_per_epoch:
+            self.bind_schedule(RunSchedule(state.steps_per_epoch))
         self.on_initialize(state)
+        rt.initialized = True
 
     def update(self, state: TrainingState) -> None:
         """Start, update or end this modifier at the current epoch, as SparseML's schedule does."""
         rt = self._rt
+        if not rt.initialized:
+            raise SparseforgeError(f"{self.name}: update() before initialize()")
         epoch = state.epoch
         if not self._ready(epoch, rt):
             return
@@ -234,7 +321,7 @@ class Modifier(BaseModel):
             self.on_start(state)
         rt.last_update_epoch = epoch
         self.on_update(state)
-        end = self._epoch_of(self.end_epoch, self.end_step, rt)
+        end = rt.end
         if end >= 0 and epoch >= end:
             rt.ended = True
             self.on_end(state)
@@ -253,7 +340,14 @@ class Modifier(BaseModel):
         return loss
 
     def finalize(self, state: TrainingState) -> None:
-        """Called once after training: remove training-only machinery, keep what must persist."""
+        """End of the run (once): `on_finalize` removes training-only machinery."""
+        rt = self._rt
+        if not rt.initialized:
+            raise SparseforgeError(f"{self.name}: cannot finalize a modifier that was never initialized")
+        if rt.finalized:
+            raise SparseforgeError(f"{self.name}: already finalized; a modifier is finalized once")
+        self.on_finalize(state)
+        rt.finalized = True
 
     def apply_structure(self, model: torch.nn.Module) -> None:
         """Rebuild the structure this modifier leaves in a trained model (default: none)."""
@@ -274,6 +368,9 @@ class Modifier(BaseModel):
 
     def on_end(self, state: TrainingState) -> None:
         """The schedule reached `end_epoch`."""
+
+    def on_finalize(self, state: TrainingState) -> None:
+        """After training: remove training-only machinery, keep what must persist."""
 
     # ----- describing the schedule (for `sparseforge recipe check`) ---------------------------
     def schedule_events(self) -> list[tuple[float, str]]:
@@ -311,11 +408,45 @@ class Modifier(BaseModel):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state()` saved."""
 
+    def on_load(self, state: TrainingState) -> None:
+        """After `load_state_dict` on a bound run: re-apply the loaded state to the model now
+        (e.g. zero pruned weights), not at the next step."""
+
     # ----- serialization ----------------------------------------------------------------------
     def recipe_fields(self) -> dict[str, Any]:
         """The fields as a recipe states them: those the recipe set, in declaration order."""
         dumped = self.model_dump(mode="python")
         return {name: dumped[name] for name in type(self).model_fields if name in self.model_fields_set}
+
+    def __eq__(self, other: object) -> bool:
+        """Equal modifiers are the same class with the same field values (run state aside), so a
+        recipe's spec equals the modifier it was made from."""
+        if not isinstance(other, Modifier):
+            return NotImplemented
+        return type(self) is type(other) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        """The modifier as recipe YAML (`!Name` and its fields), as SparseML prints it."""
+        from sparseforge.recipe.yaml_io import dump_yaml, represent_tagged
+
+        return dump_yaml([represent_tagged(self.name, self.recipe_fields())])
+
+    @staticmethod
+    def load_list(text: str) -> list[Modifier]:
+        """SparseML's `Modifier.load_list`: runnable modifiers from recipe YAML (a list or a recipe)."""
+        from sparseforge.recipe.recipe import Recipe
+
+        return [spec.instantiate() for spec in Recipe.load(text).modifiers]
+
+    @staticmethod
+    def load_obj(text: str) -> Modifier:
+        """SparseML's `Modifier.load_obj`: the one modifier of `text`."""
+        mods = Modifier.load_list(text)
+        if len(mods) != 1:
+            raise RecipeError(f"load_obj expects one modifier, the YAML holds {len(mods)}")
+        return mods[0]
 
 
 class UpdatingModifier(Modifier):
@@ -336,15 +467,7 @@ class UpdatingModifier(Modifier):
 
     def _update_frequency_epochs(self, rt: ScheduleRuntime) -> float:
         if self.update_every_steps is not None:
-            if rt.steps_per_epoch is None:
-                raise RuntimeError(f"{self.name}: steps_per_epoch is unknown before initialize()")
-            return self.update_every_steps / rt.steps_per_epoch
+            schedule = rt.schedule or RunSchedule()
+            return schedule.epoch_of_step(self.update_every_steps)
         return self.update_frequency
 
-
-def clamp01(value: float) -> float:
-    return min(1.0, max(0.0, value))
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

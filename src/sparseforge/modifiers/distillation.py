@@ -240,7 +240,7 @@ class DistillationModifier(_TeacherMixin, Modifier):
         state.logs["distillation/total_loss"] = float(total.detach())
         return total
 
-    def finalize(self, state: TrainingState) -> None:
+    def on_finalize(self, state: TrainingState) -> None:
         self._teacher, self._enabled = None, False
 
 
@@ -407,7 +407,7 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
     def on_end(self, state: TrainingState) -> None:
         self._remove_hooks()
 
-    def finalize(self, state: TrainingState) -> None:
+    def on_finalize(self, state: TrainingState) -> None:
         self._remove_hooks()
         self._teacher, self._enabled = None, False
 

@@ -37,16 +37,36 @@ def set_learning_rate(state: TrainingState, lr: float, param_groups: list[int] |
             group["lr"] = lr
 
 
+class _LearningRateSetter(Modifier):
+    """What the learning-rate modifiers share: the LR they applied last (SparseML's read-out)."""
+
+    controls_learning_rate = True
+
+    _applied_lr: float | None = PrivateAttr(default=None)
+
+    @property
+    def applied_learning_rate(self) -> float | None:
+        """The learning rate this modifier set last; None before it set one."""
+        return self._applied_lr
+
+    def _apply_lr(self, state: TrainingState, lr: float, param_groups: list[int] | None) -> None:
+        set_learning_rate(state, lr, param_groups)
+        self._applied_lr = lr
+        state.logs["learning_rate"] = lr
+
+
 @register
 class EpochRangeModifier(Modifier):
     """Sets the length of training: the run lasts until the latest `end_epoch` of the recipe."""
 
+    positional_fields = ("start_epoch", "end_epoch")
+
 
 @register
-class SetLearningRateModifier(Modifier):
+class SetLearningRateModifier(_LearningRateSetter):
     """Sets the learning rate once, at `start_epoch`."""
 
-    controls_learning_rate = True
+    positional_fields = ("learning_rate", "param_groups", "start_epoch", "end_epoch")
 
     learning_rate: float | None
     param_groups: list[int] | None = None
@@ -57,15 +77,14 @@ class SetLearningRateModifier(Modifier):
 
     def on_start(self, state: TrainingState) -> None:
         if self.learning_rate is not None:
-            set_learning_rate(state, self.learning_rate, self.param_groups)
-            state.logs["learning_rate"] = self.learning_rate
+            self._apply_lr(state, self.learning_rate, self.param_groups)
 
 
 @register
-class LearningRateFunctionModifier(Modifier):
+class LearningRateFunctionModifier(_LearningRateSetter):
     """Moves the learning rate from `init_lr` to `final_lr` between start and end by `lr_func`."""
 
-    controls_learning_rate = True
+    positional_fields = ("lr_func", "init_lr", "final_lr", "start_epoch", "end_epoch", "cycle_epochs", "param_groups")
 
     lr_func: Literal["linear", "cosine", "cyclic_linear"]
     init_lr: float
@@ -122,20 +141,15 @@ class LearningRateFunctionModifier(Modifier):
         _check_param_groups(self, self.param_groups, state)
 
     def on_update(self, state: TrainingState) -> None:
-        lr = self.learning_rate_at(state.epoch, state.steps_per_epoch)
-        set_learning_rate(state, lr, self.param_groups)
-        state.logs["learning_rate"] = lr
-
-
-_LR_CLASSES = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingWarmRestarts")
+        self._apply_lr(state, self.learning_rate_at(state.epoch, state.steps_per_epoch), self.param_groups)
 
 
 @register
-class LearningRateModifier(Modifier):
+class LearningRateModifier(_LearningRateSetter):
     """torch's StepLR / MultiStepLR / ExponentialLR / CosineAnnealingWarmRestarts, with epochs in
     `lr_kwargs` converted to steps as SparseML does (ExponentialLR decays once per epoch)."""
 
-    controls_learning_rate = True
+    positional_fields = ("lr_class", "lr_kwargs", "init_lr", "start_epoch", "end_epoch", "update_frequency")
 
     lr_class: Literal["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingWarmRestarts"]
     lr_kwargs: dict[str, Any]
@@ -216,14 +230,14 @@ class LearningRateModifier(Modifier):
         _check_param_groups(self, self.param_groups, state)
 
     def on_update(self, state: TrainingState) -> None:
-        lr = self.learning_rate_at(state.step, state.steps_per_epoch)
-        set_learning_rate(state, lr, self.param_groups)
-        state.logs["learning_rate"] = lr
+        self._apply_lr(state, self.learning_rate_at(state.step, state.steps_per_epoch), self.param_groups)
 
 
 @register
 class SetWeightDecayModifier(Modifier):
     """Sets the optimizer's weight decay at `start_epoch` (all param groups, or those listed)."""
+
+    positional_fields = ("weight_decay", "start_epoch", "param_groups", "end_epoch")
 
     weight_decay: float
     param_groups: list[int] | None = None
@@ -243,6 +257,8 @@ class SetWeightDecayModifier(Modifier):
 @register
 class TrainableParamsModifier(Modifier):
     """Freezes (or unfreezes) `params` from start to end; their previous state returns at the end."""
+
+    positional_fields = ("params", "trainable", "params_strict", "start_epoch", "end_epoch")
 
     params: str | list[str]
     trainable: bool
@@ -277,3 +293,9 @@ class TrainableParamsModifier(Modifier):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._previous = dict(state.get("previous", {}))
+
+    def on_load(self, state: TrainingState) -> None:
+        """Resume inside the window: the parameters are frozen (or unfrozen) again at once."""
+        if self.active:
+            for param in self._selected(state).values():
+                param.requires_grad_(self.trainable)

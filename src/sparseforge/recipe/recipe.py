@@ -3,16 +3,20 @@
 Layout of a recipe (SparseML's): top-level keys whose name contains `modifiers` hold lists of
 `!Modifier` entries; a top-level mapping that holds such groups is a *stage* (stages run one
 after another); every other top-level key is a variable, usable as `eval(expr)` anywhere.
+
+A `Recipe` is plain data: stages of validated, immutable modifier specs (`Modifier.is_spec`),
+what `to_yaml()` writes. It runs nothing; `Manager(recipe)` makes its own modifier instances.
+Stages hold absolute epochs, as in SparseML: a file's stage 2 is not moved after stage 1;
+`Recipe.compose_staged(base, additional)` is what moves a recipe after another.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +26,7 @@ from sparseforge.errors import RecipeError
 from sparseforge.recipe.expressions import as_number, resolve_value, resolve_variables
 from sparseforge.recipe.limits import MAX_RECIPE_CHARS, MAX_YAML_DEPTH, one_line, recipe_errors_only
 from sparseforge.recipe.registry import modifier_class
+from sparseforge.recipe.timeline import RunSchedule, max_epochs_of
 from sparseforge.recipe.yaml_io import (
     LineDict,
     ModifierSpec,
@@ -36,31 +41,38 @@ if TYPE_CHECKING:
 
 RECIPE_VERSION = "1.1.0"
 _FRONT_MATTER_FENCE = re.compile(r"^---[ \t]*$", re.MULTILINE)
-_RESERVED_KEYS = {"version"}
+METADATA_KEY = "__metadata__"
+_RESERVED_KEYS = {"version", METADATA_KEY}
 
 
 def _is_group_key(key: Any) -> bool:
     return isinstance(key, str) and "modifiers" in key
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage:
-    """One stage of a recipe: its groups of modifiers, its own variables, and its epoch offset."""
+    """One stage of a recipe: its groups of modifier specs and its own (resolved) variables."""
 
     name: str | None
-    groups: dict[str, list[Modifier]]
+    groups: dict[str, tuple[Modifier, ...]]
     variables: dict[str, Any] = field(default_factory=dict)
-    offset: float = 0.0
 
     @property
     def modifiers(self) -> list[Modifier]:
         return [mod for group in self.groups.values() for mod in group]
 
-    @property
-    def max_epochs(self) -> float:
-        """End of this stage in run time: the latest epoch any of its modifiers names."""
-        bounds = [b for mod in self.modifiers for b in mod.epoch_bounds()]
-        return max(bounds) if bounds else self.offset
+    def span(self, steps_per_epoch: int | None = None) -> tuple[float, float]:
+        """(first start, last bound) of this stage in absolute epochs; (-1, -1) if none."""
+        schedule = RunSchedule(steps_per_epoch)
+        starts, bounds = [], []
+        for spec in self.modifiers:
+            mod = spec.instantiate()
+            mod.bind_schedule(schedule)
+            starts.append(max(mod.scheduled_start, 0.0))
+            bounds.extend(mod.epoch_bounds())
+        if not starts:
+            return -1.0, -1.0
+        return min(starts), max(bounds, default=min(starts))
 
 
 class Recipe:
@@ -72,11 +84,17 @@ class Recipe:
         variables: dict[str, Any] | None = None,
         version: str | None = RECIPE_VERSION,
         source: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ):
-        self.stages = stages
+        self.stages = list(stages)
         self.variables = variables or {}
         self.version = version
         self.source = source
+        self.metadata = metadata
+        names = [stage.name for stage in self.stages if stage.name is not None]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise RecipeError(f"stage names must be unique; repeated: {', '.join(duplicates)}", file=source)
 
     # ----- loading ---------------------------------------------------------------------------
     @classmethod
@@ -96,7 +114,7 @@ class Recipe:
                 raise RecipeError("a list given as a recipe must hold Modifier objects")
             if overrides:
                 raise RecipeError("recipe_args cannot be applied to a list of Modifier objects")
-            return cls([Stage(None, {"modifiers": list(source)})])
+            return cls.from_modifiers(source)
         if isinstance(source, Mapping):
             return cls._from_tree(source, overrides, file=None)
         if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
@@ -187,34 +205,47 @@ class Recipe:
             {k: overrides.get(k, v) for k, v in global_raw.items()}, where=located(tree)
         )
         stages: list[Stage] = []
-        offset = 0.0
         for stage_name, body in raw_stages:
             stage_raw = {k: v for k, v in body.items() if not _is_group_key(k) and k not in _RESERVED_KEYS}
             for key, value in stage_raw.items():
                 _check_name(key, file, line_of(body, key))
                 _reject_hidden_modifiers(key, value, file, line_of(body, key))
-            merged_raw = {**global_raw, **stage_raw}
-            merged_raw = {k: overrides.get(k, v) for k, v in merged_raw.items()}
-            if stage_raw:
-                where = lambda name, body=body: {  # noqa: E731
-                    "file": file,
-                    "line": line_of(body if name in body else tree, name),
-                }
-                variables = resolve_variables(merged_raw, where=where)
-            else:
-                variables = global_vars
-            groups: dict[str, list[Modifier]] = {}
+            stage_raw = {k: overrides.get(k, v) for k, v in stage_raw.items()}
+            own = _resolve_stage_variables(stage_raw, global_vars, located(body))
+            variables = {**global_vars, **own}
+            groups: dict[str, tuple[Modifier, ...]] = {}
             for group_name, entries in body.items():
                 if not _is_group_key(group_name):
                     continue
-                groups[group_name] = _build_group(group_name, entries, variables, file, line_of(body, group_name))
-            stage = Stage(stage_name, groups, {k: variables[k] for k in stage_raw}, offset)
-            for mod in stage.modifiers:
-                mod._epoch_offset = offset
-            stages.append(stage)
-            if stage_name is not None:
-                offset = max(offset, stage.max_epochs)
-        return cls(stages, global_vars, version=str(version) if version is not None else RECIPE_VERSION, source=file)
+                groups[group_name] = tuple(
+                    _build_group(group_name, entries, variables, file, line_of(body, group_name))
+                )
+            stages.append(Stage(stage_name, groups, own))
+        metadata = tree.get(METADATA_KEY)
+        return cls(
+            stages,
+            global_vars,
+            version=str(version) if version is not None else RECIPE_VERSION,
+            source=file,
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+        )
+
+    @classmethod
+    def from_modifiers(cls, modifiers: Sequence[Modifier], metadata: dict[str, Any] | None = None) -> Recipe:
+        """A one-stage recipe of `modifiers` (copied as specs; the objects stay the caller's)."""
+        if not all(hasattr(mod, "as_spec") for mod in modifiers):
+            raise RecipeError("a list given as a recipe must hold Modifier objects")
+        return cls([Stage(None, {"modifiers": tuple(mod.as_spec() for mod in modifiers)})], metadata=metadata)
+
+    def with_modifiers(self, modifiers: Sequence[Modifier]) -> Recipe:
+        """A new recipe: this one plus `modifiers` at the end of the last stage's `modifiers` group."""
+        if not modifiers:
+            return self
+        *head, last = self.stages or [Stage(None, {})]
+        groups = dict(last.groups)
+        groups["modifiers"] = (*groups.get("modifiers", ()), *(mod.as_spec() for mod in modifiers))
+        stage = Stage(last.name, groups, last.variables)
+        return Recipe([*head, stage], self.variables, self.version, self.source, self.metadata)
 
     # ----- views -----------------------------------------------------------------------------
     @property
@@ -223,20 +254,72 @@ class Recipe:
         return [mod for stage in self.stages for mod in stage.modifiers]
 
     @property
+    def uses_steps(self) -> bool:
+        """Whether a bound is counted in optimizer steps (then its end needs steps_per_epoch)."""
+        names = ("start_step", "end_step", "update_every_steps")
+        return any(getattr(mod, name, None) is not None for mod in self.modifiers for name in names)
+
+    def instantiate(self) -> list[Modifier]:
+        """New runnable modifiers, one per spec, in recipe order (what a Manager runs)."""
+        return [spec.instantiate() for spec in self.modifiers]
+
+    def end_epoch_at(self, steps_per_epoch: int | None = None) -> float:
+        """The latest start/end any modifier names, in epochs, not rounded (-1 if none): where
+        training can stop. Step-based bounds need `steps_per_epoch` (a RecipeError without it)."""
+        schedule = RunSchedule(steps_per_epoch)
+        bounds = []
+        for mod in self.instantiate():
+            mod.bind_schedule(schedule)
+            bounds.extend(mod.epoch_bounds())
+        return max(bounds) if bounds else -1.0
+
+    def max_epochs_at(self, steps_per_epoch: int | None = None) -> int:
+        """SparseML's `max_epochs` (the ceiling of `end_epoch_at`), -1 if no modifier names one."""
+        return max_epochs_of(self.end_epoch_at(steps_per_epoch))
+
+    @property
     def max_epochs(self) -> int:
         """SparseML's definition: the ceiling of the latest start/end epoch any modifier names (-1 if none)."""
-        end = self.end_epoch
-        return math.ceil(end - 1e-9) if end >= 0 else -1
+        return self.max_epochs_at(None)
 
     @property
     def end_epoch(self) -> float:
-        """The latest start/end epoch any modifier names, not rounded (-1 if none): where training
-        can stop, e.g. 1.5 for a recipe of one and a half epochs."""
-        bounds = [b for mod in self.modifiers for b in mod.epoch_bounds()]
-        return max(bounds) if bounds else -1.0
+        """`end_epoch_at()` for a recipe counted in epochs (a step-based one needs `end_epoch_at(spe)`)."""
+        return self.end_epoch_at(None)
+
+    def num_stages(self) -> int:
+        """SparseML's `num_stages()`: 1 for a recipe without stages."""
+        return len(self.stages)
 
     def modifiers_of(self, kind: type[Modifier]) -> list[Modifier]:
         return [mod for mod in self.modifiers if isinstance(mod, kind)]
+
+    # ----- composing -------------------------------------------------------------------------
+    @classmethod
+    def compose_staged(
+        cls,
+        base: Any,
+        additional: Any,
+        keep_original_epochs: bool = False,
+        steps_per_epoch: int | None = None,
+    ) -> Recipe:
+        """SparseML's `compose_staged`: `additional`'s stages after `base`'s, in one recipe.
+
+        Unless `keep_original_epochs`, `additional` is moved `base.max_epochs` later and every
+        `end_epoch: -1` of `base` becomes that end, so the stages do not overlap. Stage names
+        follow SparseML (`stage_0`/`stage_1`, `stage_<n+1>`, `pre_<first stage>`) and must not
+        collide. A base or an additional recipe counted in steps needs `steps_per_epoch`.
+        """
+        base, additional = Recipe.load(base), Recipe.load(additional)
+        base_stages, add_stages = _composed_names(base.stages, additional.stages)
+        if not keep_original_epochs:
+            end = base.max_epochs_at(steps_per_epoch)
+            if end > 0:
+                steps = end * steps_per_epoch if steps_per_epoch is not None else None
+                base_stages = [_map_stage(st, lambda mod: _end_at(mod, end)) for st in base_stages]
+                add_stages = [_map_stage(st, lambda mod: mod.shifted(end, steps)) for st in add_stages]
+        metadata = {**(base.metadata or {}), **(additional.metadata or {})} or None
+        return cls([*base_stages, *add_stages], {}, additional.version, None, metadata)
 
     # ----- writing ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -249,6 +332,8 @@ class Recipe:
             }
 
         data: dict[str, Any] = {"version": self.version or RECIPE_VERSION}
+        if self.metadata:
+            data[METADATA_KEY] = dict(self.metadata)
         if len(self.stages) == 1 and self.stages[0].name is None:
             data.update(groups_of(self.stages[0]))
         else:
@@ -271,6 +356,112 @@ class Recipe:
     def __repr__(self) -> str:
         names = ", ".join(mod.name for mod in self.modifiers)
         return f"Recipe({len(self.stages)} stage(s): {names})"
+
+    def __str__(self) -> str:
+        return self.to_yaml()
+
+
+def _resolve_stage_variables(
+    raw: Mapping[str, Any], global_vars: Mapping[str, Any], where: Any
+) -> dict[str, Any]:
+    """A stage's variables in file order, as SparseML reads them.
+
+    In a stage variable's expression a name means, in this order: a stage variable defined on an
+    earlier line, a global variable, a stage variable defined later. So in a stage that says
+    `end_epoch_global: eval(end_epoch)` and then `end_epoch: 75`, under a global `end_epoch: 100`,
+    `end_epoch_global` is 100; the stage's modifiers see `end_epoch` 75.
+    """
+    order = {name: index for index, name in enumerate(raw)}
+    resolved: dict[str, Any] = {}
+    resolving: list[str] = []
+
+    def resolve(name: str) -> Any:
+        if name in resolved:
+            return resolved[name]
+        if name in resolving:
+            cycle = " -> ".join(resolving[resolving.index(name) :] + [name])
+            raise RecipeError(f"variables refer to each other in a cycle: {cycle}", **where(name))
+        position = order[name]
+
+        def lookup(ref: str) -> Any:
+            if ref in order and order[ref] < position:
+                return resolve(ref)
+            if ref in global_vars:
+                return global_vars[ref]
+            if ref in order and ref != name:
+                return resolve(ref)
+            known = sorted(set(global_vars) | (set(order) - {name}))
+            raise RecipeError(
+                f"eval refers to undefined variable '{ref}' (in variable '{name}'); "
+                f"defined variables: {', '.join(known) or 'none'}"
+            )
+
+        resolving.append(name)
+        try:
+            resolved[name] = resolve_value(raw[name], lookup, where(name))
+        finally:
+            resolving.pop()
+        return resolved[name]
+
+    for name in raw:
+        resolve(name)
+    return {name: resolved[name] for name in raw}
+
+
+def _composed_names(base: list[Stage], additional: list[Stage]) -> tuple[list[Stage], list[Stage]]:
+    """Name the stages of a composed recipe as SparseML's compose_staged does; clashes are errors."""
+    base_staged = not (len(base) == 1 and base[0].name is None)
+    add_staged = not (len(additional) == 1 and additional[0].name is None)
+    if not base_staged and not add_staged:
+        base = [replace(base[0], name="stage_0")]
+        additional = [replace(additional[0], name="stage_1")]
+    elif base_staged and not add_staged:
+        additional = [replace(additional[0], name=f"stage_{len(base) + 1}")]
+    elif add_staged and not base_staged:
+        base = [replace(base[0], name=f"pre_{additional[0].name}")]
+    clash = sorted({st.name for st in base} & {st.name for st in additional})
+    if clash:
+        raise RecipeError(
+            f"the recipes to compose share stage names {', '.join(map(str, clash))}; "
+            "rename the stages of one of them"
+        )
+    return base, additional
+
+
+def _map_stage(stage: Stage, change: Any) -> Stage:
+    """`stage` with each spec's recipe fields replaced by `change(spec)` (validated again)."""
+    groups = {}
+    for group, specs in stage.groups.items():
+        rebuilt = []
+        for spec in specs:
+            try:
+                rebuilt.append(type(spec).model_validate(change(spec)).as_spec())
+            except pydantic.ValidationError as err:
+                raise RecipeError(
+                    f"composing the recipes makes {spec.name} invalid: {err.errors()[0]['msg']}",
+                    modifier=spec.name,
+                ) from None
+        groups[group] = tuple(rebuilt)
+    return Stage(stage.name, groups, stage.variables)
+
+
+def _end_at(spec: Modifier, end: float) -> dict[str, Any]:
+    """SparseML: a base modifier that never ends (`end_epoch: -1`) ends where the base ends.
+
+    Not a structural one (it overrides `apply_structure`: QAT, layer pruning): ending it would
+    undo the structure the trained model holds (removed layers would come back on reload).
+    """
+    fields = spec.recipe_fields()
+    structural = type(spec).apply_structure is not _base_apply_structure()
+    if spec.end_epoch == -1 and getattr(spec, "end_step", None) is None and not structural:
+        fields["end_epoch"] = float(end)
+    return fields
+
+
+def _base_apply_structure() -> Any:
+    from sparseforge.modifiers.base import Modifier as BaseModifier
+
+    return BaseModifier.apply_structure
 
 
 def _check_name(key: Any, file: str | None, line: int | None) -> None:
@@ -311,8 +502,8 @@ def _build_group(
         raise RecipeError(f"'{group}' must be a list of !Modifier entries", file=file, line=line)
     built = []
     for entry in entries:
-        if hasattr(entry, "recipe_fields"):  # an already built Modifier (dict sources)
-            built.append(entry.model_copy(deep=True))
+        if hasattr(entry, "as_spec"):  # an already built Modifier (dict sources)
+            built.append(entry.as_spec())
             continue
         entry = _spec_from_plain(entry)
         if not isinstance(entry, ModifierSpec):
@@ -336,7 +527,7 @@ def _spec_from_plain(entry: Any) -> Any:
 
 
 def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str | None = None) -> Modifier:
-    """Resolve a `!Name` entry's eval() values and validate its fields into a Modifier."""
+    """Resolve a `!Name` entry's eval() values and validate its fields into a Modifier spec."""
     try:
         cls = modifier_class(spec.name)
     except RecipeError as err:
@@ -358,7 +549,7 @@ def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str |
                 err.message, file=file, line=spec.fields.line_of(key), modifier=spec.name, field=str(key)
             ) from None
     try:
-        return cls.model_validate(fields)
+        built = cls.model_validate(fields)
     except pydantic.ValidationError as err:
         raise _validation_error(err, cls, spec, file) from None
     except (TypeError, ArithmeticError, LookupError) as err:  # a validator met a value of the wrong type
@@ -368,6 +559,8 @@ def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str |
             line=spec.line,
             modifier=spec.name,
         ) from None
+    built._rt.is_spec = True
+    return built
 
 
 def _validation_error(err: pydantic.ValidationError, cls: type[Modifier], spec: ModifierSpec, file: str | None) -> RecipeError:

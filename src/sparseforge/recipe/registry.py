@@ -76,9 +76,3 @@ def modifier_class(name: str) -> type[Any]:
     near = difflib.get_close_matches(name, candidates, n=3)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
     raise RecipeError(f"unknown modifier !{name}{hint}", modifier=name)
-
-
-def registered_modifiers() -> dict[str, type[Any]]:
-    return dict(_REGISTRY)
-
-

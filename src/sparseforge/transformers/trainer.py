@@ -41,7 +41,7 @@ from transformers import Trainer, TrainerCallback
 
 from sparseforge.errors import ModelMatchError, SparseforgeError
 from sparseforge.manager import Manager, ScheduledOptimizer
-from sparseforge.recipe import Recipe, Stage
+from sparseforge.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -219,17 +219,14 @@ def saved_recipe(path: str | os.PathLike | None) -> Recipe | None:
     return Recipe.load(str(recipe_file)) if recipe_file.is_file() else None
 
 
-def combine_recipes(applied: Recipe | None, current: Recipe | None) -> Recipe | None:
-    """`applied` (what the starting model went through) then `current`, as stages of one recipe."""
+def combine_recipes(
+    applied: Recipe | None, current: Recipe | None, steps_per_epoch: int | None = None
+) -> Recipe | None:
+    """`applied` (what the starting model went through) then `current`: SparseML's
+    `compose_staged`, so the saved recipe holds absolute epochs with `current` after `applied`."""
     if applied is None or current is None:
         return current or applied
-    stages = []
-    for index, stage in enumerate([*applied.stages, *current.stages]):
-        name = stage.name or f"stage_{index}"
-        if any(existing.name == name for existing in stages):
-            name = f"{name}_{index}"
-        stages.append(Stage(name, stage.groups, stage.variables, stage.offset))
-    return Recipe(stages, version=current.version)
+    return Recipe.compose_staged(applied, current, steps_per_epoch=steps_per_epoch)
 
 
 # ----- checkpoints -----------------------------------------------------------------------------
@@ -413,13 +410,14 @@ class SparseTrainer(Trainer):
             # divide by the accumulation steps, and do not pass num_items_in_batch.
             self.loss_is_scaled_for_ga = False
             self._apply_recipe_epochs()
+            self.recipe_to_save()  # a stage-name clash with the applied recipe fails now, not at save
         self.add_callback(_SparseCallback(self))
 
     # ----- setup -----------------------------------------------------------------------------
     def _apply_recipe_epochs(self) -> None:
         # The recipe's own end, not SparseML's ceiling: a 1.5-epoch recipe stops at 1.5 epochs
         # instead of training half an epoch more after every modifier has ended.
-        epochs = self.manager.end_epoch
+        epochs = self.manager.end_epoch_at(self.manager_steps_per_epoch())
         if epochs <= 0:
             return
         if self.args.num_train_epochs != epochs:
@@ -567,7 +565,8 @@ class SparseTrainer(Trainer):
     # ----- saving and resuming ----------------------------------------------------------------
     def recipe_to_save(self) -> Recipe | None:
         """What recipe.yaml holds: the starting model's recipe, then this run's."""
-        return combine_recipes(self.applied_recipe, self.manager.recipe if self.manager else None)
+        current = self.manager.recipe if self.manager else None
+        return combine_recipes(self.applied_recipe, current, self.manager_steps_per_epoch())
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -697,10 +696,7 @@ def one_shot(trainer: SparseTrainer) -> None:
     manager = trainer.manager
     if manager is None:
         raise SparseforgeError("--one_shot needs --recipe")
-    manager.initialize(trainer.model, None, 1, distillation_teacher="disable", grad_sampler=trainer.grad_sampler)
-    manager.state.step = max(manager.max_epochs, 0)
-    manager.update()
-    manager.finalize(trainer.model)
+    manager.apply(trainer.model, distillation_teacher="disable", grad_sampler=trainer.grad_sampler)
 
 
 def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, task: str, sequence_length: int | None = None, num_samples: int = 0) -> Path:

@@ -170,14 +170,29 @@ class PruningModifier(UpdatingModifier):
         # the end step itself is still masked, so training leaves end_epoch at the final sparsity
         self._release_after_step = not self.leaves_masks_enabled
 
-    def finalize(self, state: TrainingState) -> None:
+    def on_finalize(self, state: TrainingState) -> None:
         if self._enforcing:
             self.apply_masks(state)
         self._enforcing = False
         self._masks = {}
         self._keep = {}
 
+    def on_load(self, state: TrainingState) -> None:
+        """Resume: the loaded masks hold on the weights at once, not from the next step."""
+        if self._enforcing:
+            self.refresh_params(state)
+            self.apply_masks(state)
+
     # ----- reporting -------------------------------------------------------------------------
+    @property
+    def applied_sparsity(self) -> float | list[float] | None:
+        """SparseML's read-out: the sparsity last applied (one value, or one per parameter when
+        they differ); None before the first mask."""
+        if not self._targets:
+            return None
+        values = [self._targets[name] for name in self._param_names if name in self._targets]
+        return values[0] if len(set(values)) == 1 else values
+
     def sparsity_status(
         self, model: torch.nn.Module | None = None
     ) -> dict[str, dict[str, float | None]]:
@@ -238,6 +253,8 @@ class GradualPruningModifier(PruningModifier):
 
     # Whether masks rank all parameters together (GlobalMagnitude, OBS) or each apart.
     global_by_default: ClassVar[bool] = False
+    # SparseML's positional order: GMPruningModifier(0.05, 0.8, 0.0, 10.0, 1.0, ["re:.*weight"])
+    positional_fields = ("init_sparsity", "final_sparsity", "start_epoch", "end_epoch", "update_frequency", "params")
 
     init_sparsity: float | Literal["__FROM_PARAM__"]
     final_sparsity: float | dict[float, list[str]]

@@ -21,6 +21,8 @@ from sparseforge.modifiers.selection import as_pattern_list
 class ConstantPruningModifier(PruningModifier):
     """Holds the zeros of `params` (e.g. `__ALL_PRUNABLE__`) fixed from start to end."""
 
+    positional_fields = ("params", "start_epoch", "end_epoch")  # SparseML's order
+
     @model_validator(mode="after")
     def _needs_params(self) -> ConstantPruningModifier:
         if not as_pattern_list(self.params):

@@ -106,7 +106,7 @@ class LayerPruningModifier(Modifier):
         for name in self._names:
             state.logs[f"layer_pruned/{name}"] = 0.0
 
-    def finalize(self, state: TrainingState) -> None:
+    def on_finalize(self, state: TrainingState) -> None:
         # SparseML finalizes as if at epoch infinity: removed unless an end_epoch brings them back.
         if self.scheduled_end >= 0:
             self.restore_layers(state.model)

@@ -320,7 +320,7 @@ class QuantizationModifier(Modifier):
         if not self._observers_frozen:
             self._observed_steps += 1
 
-    def finalize(self, state: TrainingState) -> None:
+    def on_finalize(self, state: TrainingState) -> None:
         # A finished QAT model must not change its scales when it is evaluated or exported.
         if self._qat_enabled:
             self._freeze_observers(state.model)
