@@ -25,6 +25,7 @@ from typing import Any
 
 import onnx
 
+from sparseforge.checkpoint import RECIPE_FILE, load_task_model
 from sparseforge.errors import ExportError, SparseforgeError
 from sparseforge.export import verify
 from sparseforge.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -120,14 +121,12 @@ def to_onnx(
     Raises ExportError when onnxruntime's outputs differ from PyTorch's beyond the tolerance
     (see `sparseforge.export.verify`); the report is then in the error message, no folder is written.
     """
-    from sparseforge.transformers.loading import RECIPE_FILE, load_model
-
     model_path = Path(model_path)
     task = normalize_task(task)
     if sequence_length < 2:
         raise ExportError(f"sequence_length must be >= 2, got {sequence_length}")
     target = resolve_output_dir(model_path, output_dir, overwrite)
-    model = load_model(model_path, task, recipe=recipe)
+    model = load_task_model(model_path, task, recipe=recipe)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and sequence_length > max_positions:
         raise ExportError(

@@ -33,13 +33,14 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from sparseforge.checkpoint import RECIPE_FILE
 from sparseforge.errors import ModelMatchError, SparseforgeError
 from sparseforge.manager import Manager, ScheduledOptimizer
 from sparseforge.recipe import Recipe, Stage
 
 logger = logging.getLogger(__name__)
 
-RECIPE_NAME = "recipe.yaml"
+RECIPE_NAME = RECIPE_FILE  # the one name, from sparseforge.checkpoint
 MANAGER_STATE_NAME = "manager_state.pt"
 
 # Head of each task, by the suffix of the model class name (e.g. BertForSequenceClassification).
@@ -74,7 +75,7 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
     import transformers
 
     from sparseforge.tasks import AUTO_MODEL_CLASSES, normalize_task
-    from sparseforge.transformers.loading import RECIPE_FILE, load_model
+    from sparseforge.transformers.loading import load_model
 
     task = normalize_task(task)
     folder = Path(path)
@@ -493,12 +494,12 @@ class SparseTrainer(Trainer):
     def _reload_checkpoint_weights(self) -> None:
         """After the modifiers restored their state (which may add structure such as fake-quant
         modules), load the checkpoint's weights again so every tensor is the saved one."""
-        from safetensors.torch import load_file
+        from sparseforge.checkpoint import load_state_dict
 
         if self._resume_checkpoint is None:
             return
-        for weights in sorted(Path(self._resume_checkpoint).glob("model*.safetensors")):
-            self.model.load_state_dict(load_file(str(weights), device=str(self.args.device)), strict=False)
+        state = load_state_dict(self._resume_checkpoint, device=str(self.args.device))
+        self.model.load_state_dict(state, strict=False)
 
 
 # ----- the run every task CLI shares -------------------------------------------------------------

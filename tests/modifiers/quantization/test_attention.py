@@ -6,7 +6,8 @@ import torch
 from conftest import make_tiny_model
 
 from sparseforge.modifiers.quantization import ATTN_IMPLEMENTATION, QuantizationModifier
-from sparseforge.modifiers.quantization.attention import is_attention_module, register_attention
+from sparseforge.modifiers.quantization.attention import is_attention_module
+from sparseforge.transformers.attention import register_attention
 
 
 def inputs():

@@ -14,7 +14,7 @@ Both share `start_epoch`, `disable_quantization_observer_epoch`, `freeze_bn_stat
 when asked), Embedding (weights, outputs) and attention matmul (Q, K, probs, V) in scope gets
 fake quantization with running observers; at `disable_quantization_observer_epoch` the observers
 freeze. `apply_structure` rebuilds the same modules with frozen observers so a saved QAT
-checkpoint reloads (`sparseforge.transformers.load_model`) and exports with identical outputs.
+checkpoint reloads (`sparseforge.checkpoint.load_model`) and exports with identical outputs.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from sparseforge.errors import ModelMatchError
 from sparseforge.modifiers.base import Modifier, TrainingState, register
 from sparseforge.modifiers.quantization.attention import (
     AttentionQuantizers,
+    attention_hook,
     is_attention_module,
     use_quantized_attention,
 )
@@ -277,7 +278,10 @@ class QuantizationModifier(Modifier):
     # ----- lifecycle ------------------------------------------------------------------------
     def on_initialize(self, state: TrainingState) -> None:
         self._model = state.model
-        if not self.plan(state.model):
+        planned = self.plan(state.model)
+        if attention_hook() is None and any(kind == ATTENTION for _, kind, _ in planned.values()):
+            use_quantized_attention(state.model, [])  # raises: say so before training starts
+        if not planned:
             raise ModelMatchError(
                 f"{self.name}: no Linear, Embedding or attention module to quantize under "
                 f"submodules={self.submodules} with exclude_module_types={self.exclude_module_types}, ignore={self.ignore}"
