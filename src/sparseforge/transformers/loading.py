@@ -13,10 +13,7 @@ from typing import Any
 
 import torch
 
-from sparseforge.checkpoint import RECIPE_FILE, load_state_dict, load_task_model, weight_files
-
-# Older names, kept for callers of this module.
-checkpoint_files = weight_files
+from sparseforge.checkpoint import RECIPE_FILE, load_state_dict, load_task_model
 
 
 def load_model(
@@ -34,4 +31,4 @@ def load_model(
     return load_task_model(path, task, recipe=recipe, **config_kwargs)
 
 
-__all__ = ["RECIPE_FILE", "checkpoint_files", "load_model", "load_state_dict"]
+__all__ = ["RECIPE_FILE", "load_model", "load_state_dict"]

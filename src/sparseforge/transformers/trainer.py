@@ -40,7 +40,6 @@ from sparseforge.recipe import Recipe, Stage
 
 logger = logging.getLogger(__name__)
 
-RECIPE_NAME = RECIPE_FILE  # the one name, from sparseforge.checkpoint
 MANAGER_STATE_NAME = "manager_state.pt"
 
 # Head of each task, by the suffix of the model class name (e.g. BertForSequenceClassification).
@@ -203,7 +202,7 @@ def saved_recipe(path: str | os.PathLike | None) -> Recipe | None:
     """The `recipe.yaml` a model folder was saved with, if any."""
     if not path:
         return None
-    recipe_file = Path(path) / RECIPE_NAME
+    recipe_file = Path(path) / RECIPE_FILE
     return Recipe.load(str(recipe_file)) if recipe_file.is_file() else None
 
 
@@ -468,7 +467,7 @@ class SparseTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         recipe = self.recipe_to_save()
         if recipe is not None and self.args.should_save:
-            recipe.save(Path(output_dir) / RECIPE_NAME)
+            recipe.save(Path(output_dir) / RECIPE_FILE)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)

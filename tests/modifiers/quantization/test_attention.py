@@ -82,9 +82,9 @@ def test_the_modifier_uses_the_registered_hook_and_refuses_without_one():
         with pytest.raises(ModelMatchError, match="no attention hook is registered"):
             manager.modify(make_tiny_model("text-classification"), optimizer, 1)
         # ignoring the attention matmuls needs no hook
-        Manager(recipe.replace("layer.0]", "layer.0]\n      exclude_module_types: [QATMatMul]")).modify(
-            make_tiny_model("text-classification"), optimizer, 1
-        )
+        Manager(
+            recipe.replace("layer.0]", "layer.0]\n      exclude_module_types: [QATMatMul]")
+        ).modify(make_tiny_model("text-classification"), optimizer, 1)
     finally:
         set_attention_hook(previous)
     assert attention_hook() is previous
