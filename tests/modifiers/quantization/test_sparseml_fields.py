@@ -178,3 +178,18 @@ def test_entries_naming_classes_kinds_and_modules_are_accepted():
 def test_bad_recipe_field_is_a_recipe_error():
     with pytest.raises(RecipeError, match="strict"):
         Recipe.load("modifiers:\n  - !QuantizationModifier\n      strict: maybe\n")
+
+
+def test_model_trained_with_the_sparseml_recipe_reloads_exactly(train, tmp_path):
+    from sparseforge.checkpoint import RECIPE_FILE, load_task_model
+
+    model = make_tiny_model("text-classification")
+    train(model, SPARSEML_SAVED.read_text(), steps=4, steps_per_epoch=2)
+    model.eval()
+    model.save_pretrained(str(tmp_path))
+    (tmp_path / RECIPE_FILE).write_text(SPARSEML_SAVED.read_text())  # the file as SparseML wrote it
+    reloaded = load_task_model(tmp_path, "text-classification")
+    assert fake_quantizers(reloaded).keys() == fake_quantizers(model).keys()
+    ids = torch.randint(5, 100, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
