@@ -61,17 +61,19 @@ def _prunable_layers(model: torch.nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and isinstance(module, _LAYER_TYPES)]
 
 
+def _io_sizes(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(input, output) features of a Linear / Conv; None for other modules."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, _LAYER_TYPES):
+        return module.in_channels, module.out_channels
+    return None
+
+
 def _check_identity_fits(owner: str, model: torch.nn.Module, names: list[str]) -> None:
     """An identity can stand in for a Linear / Conv only when it keeps the feature count."""
     for name in names:
-        module = model.get_submodule(name)
-        sizes = (
-            (module.in_features, module.out_features)
-            if isinstance(module, torch.nn.Linear)
-            else (module.in_channels, module.out_channels)
-            if isinstance(module, _LAYER_TYPES)
-            else None
-        )
+        sizes = _io_sizes(model.get_submodule(name))
         if sizes is not None and sizes[0] != sizes[1]:
             raise ModelMatchError(
                 f"{owner}: layer {name} maps {sizes[0]} features to {sizes[1]}: an identity cannot "
