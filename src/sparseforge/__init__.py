@@ -2,6 +2,7 @@
 transformer encoders, with a verified ONNX export. Runs SparseML recipes unmodified."""
 
 from sparseforge import modifiers  # noqa: F401 - registers every modifier tag
+from sparseforge import transformers as _hf  # noqa: F401 - registers the HF attention hook (lazy)
 from sparseforge.errors import (
     DataError,
     ExportError,

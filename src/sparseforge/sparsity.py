@@ -15,16 +15,15 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from sparseforge.checkpoint import weight_files
 from sparseforge.errors import SparseforgeError
 
 # Below this fraction of zeros a tensor counts as dense (random init has a few exact zeros).
 SPARSE_THRESHOLD = 0.05
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def tensor_sparsity(tensor: torch.Tensor) -> float:
@@ -184,28 +183,6 @@ def analyze_tensors(items: Iterable[tuple[str, torch.Tensor]]) -> SparsityReport
 
 def analyze_model(model: torch.nn.Module) -> SparsityReport:
     return analyze_tensors(model.named_parameters())
-
-
-def weight_files(path: str | os.PathLike) -> list[Path]:
-    """The weight files of a checkpoint: the file itself, or a folder's safetensors (else .bin)."""
-    path = Path(path)
-    if path.is_file():
-        if path.suffix not in _WEIGHT_SUFFIXES:
-            raise SparseforgeError(
-                f"{path}: not a weights file (expected {', '.join(_WEIGHT_SUFFIXES)})"
-            )
-        return [path]
-    if not path.is_dir():
-        raise SparseforgeError(f"{path}: no such model folder or checkpoint file")
-    for pattern in ("*.safetensors", "pytorch_model*.bin", "*.bin", "*.pt", "*.pth"):
-        files = sorted(
-            p for p in path.glob(pattern) if p.is_file() and not p.name.startswith("training_args")
-        )
-        if files:
-            return files
-    raise SparseforgeError(
-        f"{path}: no weights found (looked for *.safetensors, pytorch_model*.bin)"
-    )
 
 
 def load_tensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:

@@ -3,7 +3,8 @@
     from sparseforge.export import to_onnx
     to_onnx("out/model", task="text-classification", sequence_length=128)
 
-Command line: `sparseforge export onnx --model_path DIR --task TASK [...]`.
+Command line: `sparseforge export onnx --model_path DIR --task TASK [...]`. The model folder is
+loaded through `sparseforge.checkpoint`; this package never imports `sparseforge.transformers`.
 """
 
 from sparseforge.export.deployment import to_onnx

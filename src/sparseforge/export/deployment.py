@@ -25,6 +25,7 @@ from typing import Any
 
 import onnx
 
+from sparseforge.checkpoint import RECIPE_FILE, load_task_model
 from sparseforge.errors import ExportError, SparseforgeError
 from sparseforge.export import verify
 from sparseforge.export.onnx_export import DEFAULT_OPSET, export_onnx
@@ -150,15 +151,13 @@ def to_onnx(
     Raises ExportError when onnxruntime's outputs differ from PyTorch's beyond the tolerance
     (see `sparseforge.export.verify`); the report is then in the error message, no folder is written.
     """
-    from sparseforge.transformers.loading import RECIPE_FILE, load_model, require_tokenizer_files
-
     model_path = Path(model_path)
     task = normalize_task(task)
     check_export_args(opset, sequence_length, num_samples)
     target = resolve_output_dir(model_path, output_dir, overwrite)
     if (model_path / "config.json").is_file():
         require_tokenizer_files(model_path, "--model_path")
-    model = load_model(model_path, task, recipe=recipe)
+    model = load_task_model(model_path, task, recipe=recipe)
     max_positions = getattr(model.config, "max_position_embeddings", None)
     if max_positions and sequence_length > max_positions:
         raise ExportError(

@@ -2,6 +2,7 @@
 
 from sparseforge.modifiers import (
     distillation,  # noqa: F401
+    params,  # noqa: F401 - SetParam, GradualParam, SparsificationLogging
     pruning,  # noqa: F401
     quantization,  # noqa: F401
     training,  # noqa: F401 - registers the training modifiers

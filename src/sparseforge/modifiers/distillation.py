@@ -11,7 +11,9 @@ after the student's forward pass and before backward. The keyword arguments, sha
 modifiers:
 
     student_outputs   the student's outputs: a Hugging Face ModelOutput / dict, a tuple or a tensor
-    student_inputs    the dict of inputs the student was called with
+    student_inputs    what the student was called with: a dict of keyword inputs (Hugging Face),
+                      a tensor (`model(x)`, a torchvision-style model) or a tuple / list of
+                      positional inputs (`model(*inputs)`), as in SparseML
     teacher_inputs    optional: what to feed the teacher instead (default: `student_inputs` filtered
                       by `teacher_input_keys`, else by the teacher's forward signature; label keys
                       are dropped because the teacher's own loss is not used)
@@ -79,8 +81,9 @@ def output_items(outputs: Any, keys: list[str | int] | None) -> list[tuple[str |
             chosen = [(key, value) for key, value in outputs.items() if key != "loss" and isinstance(value, torch.Tensor)]
         return chosen
     if isinstance(outputs, (tuple, list)):
-        indices = keys if keys else range(len(outputs))
-        return [(index, outputs[int(index)]) for index in indices]
+        if keys:
+            return [(index, outputs[int(index)]) for index in keys]
+        return [(index, value) for index, value in enumerate(outputs) if isinstance(value, torch.Tensor)]
     raise ModelMatchError(f"DistillationModifier: cannot distill outputs of type {type(outputs).__name__}")
 
 
@@ -151,24 +154,57 @@ class _TeacherMixin:
         recipe) gets the first run's outputs, and forward hooks on the teacher have fired then."""
         teacher = self._teacher
         assert teacher is not None
-        teacher_inputs = filter_teacher_inputs(teacher, inputs, keys)
+        args, kwargs = teacher_call(teacher, inputs, keys, owner=type(self).__name__)
         earlier = state.loss_update_cache.get("teacher_run")
-        if earlier is not None and earlier[0] is teacher and _same_objects(earlier[1], teacher_inputs):
+        if earlier is not None and earlier[0] is teacher and _same_objects(earlier[1], (args, kwargs)):
             return earlier[2]
-        device = next((v.device for v in teacher_inputs.values() if isinstance(v, torch.Tensor)), None)
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
         first_param = next(teacher.parameters(), None)
-        if device is not None and first_param is not None and first_param.device != device:
-            teacher.to(device)
+        if tensors and first_param is not None and first_param.device != tensors[0].device:
+            teacher.to(tensors[0].device)
         teacher.eval()
         with torch.no_grad():
-            outputs = teacher(**teacher_inputs)
-        state.loss_update_cache["teacher_run"] = (teacher, teacher_inputs, outputs)
+            outputs = teacher(*args, **kwargs)
+        state.loss_update_cache["teacher_run"] = (teacher, (args, kwargs), outputs)
         return outputs
 
 
-def _same_objects(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
-    """The same keys bound to the very same objects (tensors are compared by identity, not value)."""
-    return first.keys() == second.keys() and all(first[key] is second[key] for key in first)
+def teacher_call(
+    teacher: torch.nn.Module, inputs: Any, keys: list[str] | None, owner: str = "distillation"
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) to call the teacher with: a dict is filtered to what the teacher takes, a
+    tensor is the one positional input, a tuple / list the positional inputs (SparseML's rule)."""
+    if isinstance(inputs, Mapping):
+        return (), filter_teacher_inputs(teacher, inputs, keys)
+    if keys:
+        raise ModelMatchError(
+            f"{owner}: teacher_input_keys {keys} need the inputs as a dict of named inputs, "
+            f"got {type(inputs).__name__}"
+        )
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    raise ModelMatchError(
+        f"{owner}: student_inputs must be a dict, a tensor or a tuple / list of inputs, "
+        f"got {type(inputs).__name__}"
+    )
+
+
+def _same_objects(first: tuple[tuple, dict], second: tuple[tuple, dict]) -> bool:
+    """The same positional and keyword inputs, as the very same objects (tensors by identity)."""
+    (args_a, kwargs_a), (args_b, kwargs_b) = first, second
+    return (
+        len(args_a) == len(args_b)
+        and all(a is b for a, b in zip(args_a, args_b, strict=True))
+        and kwargs_a.keys() == kwargs_b.keys()
+        and all(kwargs_a[key] is kwargs_b[key] for key in kwargs_a)
+    )
+
+
+def _given(kwargs: Mapping[str, Any], *names: str) -> Any:
+    """The first of `names` passed and not None (tensors cannot be tested with `or`)."""
+    return next((kwargs[name] for name in names if kwargs.get(name) is not None), None)
 
 
 @register
@@ -228,10 +264,10 @@ class DistillationModifier(_TeacherMixin, Modifier):
         if student_outputs is None:
             raise ModelMatchError("DistillationModifier: loss_update needs student_outputs=... (and student_inputs=...)")
         if teacher_outputs is None:
-            inputs = kwargs.get("teacher_inputs") or kwargs.get("student_inputs")
+            inputs = _given(kwargs, "teacher_inputs", "student_inputs")
             if inputs is None:
                 raise ModelMatchError("DistillationModifier: loss_update needs student_inputs=... to run the teacher")
-            keys = None if kwargs.get("teacher_inputs") else self.teacher_input_keys
+            keys = None if kwargs.get("teacher_inputs") is not None else self.teacher_input_keys
             teacher_outputs = self._run_teacher(state, inputs, keys)
         teacher_loss = self.distillation_loss(student_outputs, teacher_outputs)
         total = (1.0 - self.hardness) * loss + self.hardness * teacher_loss
@@ -362,7 +398,7 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
     def loss_update(self, loss: torch.Tensor, state: TrainingState, **kwargs: Any) -> torch.Tensor:
         if not self._enabled:
             return loss
-        inputs = kwargs.get("teacher_inputs") or kwargs.get("student_inputs")
+        inputs = _given(kwargs, "teacher_inputs", "student_inputs")
         if inputs is None:
             raise ModelMatchError(f"{self.name}: loss_update needs student_inputs=... to run the teacher")
         self._run_teacher(state, inputs, None)  # fills _teacher_cache through the hooks, now or in an earlier modifier's run

@@ -91,6 +91,7 @@ class LearningRateFunctionModifier(_LearningRateSetter):
     final_lr: float
     cycle_epochs: float = 1.0
     param_groups: list[int] | None = None
+    # Accepted and ignored, as SparseML does: the learning rate is set at every step.
     update_frequency: float = -1.0
     constant_logging: bool = False
 
@@ -103,8 +104,6 @@ class LearningRateFunctionModifier(_LearningRateSetter):
 
     @model_validator(mode="after")
     def _check(self) -> LearningRateFunctionModifier:
-        if self.update_frequency != -1.0:
-            raise ValueError("update_frequency must be kept at -1 (the learning rate is set every step)")
         if self.end_epoch == -1 and self.end_step is None:
             raise ValueError("end_epoch (or end_step) is required: the function needs an end to interpolate to")
         if self.end_step is None and self.start_step is None and self.end_epoch <= self.start_epoch:

@@ -1,12 +1,16 @@
 """The Hugging Face layer: SparseTrainer, argument dataclasses, task CLIs, model loading.
 
-Names are imported lazily so `import sparseforge.transformers` stays cheap.
+Names are imported lazily so `import sparseforge.transformers` stays cheap. Importing the
+package registers the Hugging Face attention hook QAT uses (`attention.install`); `import
+sparseforge` does that, so a Hugging Face model quantizes through the plain `Manager` too.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from sparseforge.transformers.attention import install as _install_attention_hook
 
 _EXPORTS = {
     "SparseTrainer": "sparseforge.transformers.trainer",
@@ -15,6 +19,8 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
+
+_install_attention_hook()
 
 
 def __getattr__(name: str) -> Any:

@@ -1,65 +1,24 @@
-"""`load_model`: a trained sparseforge checkpoint back into a model with identical outputs.
+"""`load_model`: a trained sparseforge checkpoint back into a Hugging Face model, outputs identical.
 
-A QAT checkpoint holds fake-quant scales that a plain `from_pretrained` has no modules for, and
-a layer-dropped one has fewer layers than its config builds: SparseML issue #437. The cure is
-the order: build the task's model from `config.json`, rebuild what the saved `recipe.yaml` left
-in the model (`modifier.apply_structure`), then load the weights strictly from safetensors.
-The export command uses this loader, so what is exported is what was trained.
+The Hugging Face part only: the task's Auto class built from `config.json`. Rebuilding the
+recipe's structure (QAT modules, removed layers) and the strict weight load are
+`sparseforge.checkpoint`'s, which the export command uses directly, so what is exported is what
+was trained.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from sparseforge.errors import ModelMatchError, SparseforgeError
-from sparseforge.tasks import AUTO_MODEL_CLASSES, normalize_task
-
-logger = logging.getLogger(__name__)
-
-RECIPE_FILE = "recipe.yaml"
-_QUANT_KEY = "_fake_quant."
-
-
-def checkpoint_files(path: Path) -> list[Path]:
-    """The weight files of a Hugging Face folder: safetensors (single or sharded), else a torch .bin."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = path / index_name
-        if index.is_file():
-            shards = sorted(
-                set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-            )
-            return [path / shard for shard in shards]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            return [path / name]
-    raise SparseforgeError(
-        f"{path}: no model.safetensors (or pytorch_model.bin) found; is this a saved model folder?"
-    )
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All weights of the folder at `path` (safetensors, or torch.load with weights_only=True)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for file in checkpoint_files(path):
-        if file.suffix == ".safetensors":
-            try:
-                state.update(load_file(str(file)))
-            except (SafetensorError, OSError) as err:
-                raise SparseforgeError(
-                    f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})"
-                ) from None
-        else:
-            state.update(torch.load(str(file), map_location="cpu", weights_only=True))
-    return state
+from sparseforge.checkpoint import (
+    RECIPE_FILE,
+    load_state_dict,
+    load_task_model,
+    require_tokenizer_files,
+)
 
 
 def load_model(
@@ -74,95 +33,7 @@ def load_model(
     `recipe` defaults to `recipe.yaml` beside the weights; `config_kwargs` override config
     fields (e.g. `num_labels`). The model is returned in eval mode, on the CPU, in float32.
     """
-    import transformers
-
-    from sparseforge.manager import Manager
-    from sparseforge.modifiers.quantization import QuantizationModifier
-
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise SparseforgeError(
-            f"{folder}: no config.json; --model_path must be a saved Hugging Face model folder"
-        )
-    task = normalize_task(task)
-    config = transformers.AutoConfig.from_pretrained(str(folder), **config_kwargs)
-    auto_class = getattr(transformers, AUTO_MODEL_CLASSES[task])
-    model = auto_class.from_config(config)
-    state = load_state_dict(folder)
-
-    recipe_path = Path(recipe) if recipe is not None else folder / RECIPE_FILE
-    if recipe is not None and not recipe_path.is_file():
-        raise SparseforgeError(f"recipe not found: {recipe_path}")
-    if recipe_path.is_file():
-        manager = Manager(recipe_path)
-        has_quant_state = any(_QUANT_KEY in key for key in state)
-        for mod in manager.modifiers:
-            if isinstance(mod, QuantizationModifier) and not has_quant_state:
-                # Saved before the recipe's QAT started: the weights are still plain float.
-                logger.info(
-                    "%s: checkpoint has no quantization state; QAT structure not applied", folder
-                )
-                continue
-            mod.apply_structure(model)
-    elif any(_QUANT_KEY in key for key in state):
-        raise ModelMatchError(
-            f"{folder}: the checkpoint holds quantization scales (e.g. "
-            f"{next(k for k in state if _QUANT_KEY in k)}) but there is no {RECIPE_FILE} beside it "
-            "to rebuild the QAT modules; pass recipe=... (--recipe) with the training recipe"
-        )
-
-    _load_strict(model, state, folder)
-    return model.eval()
+    return load_task_model(path, task, recipe=recipe, **config_kwargs)
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """load_state_dict that tolerates only keys of weights tied to a loaded one (e.g. MLM decoder)."""
-    result = model.load_state_dict(state, strict=False)
-    loaded_ids = {
-        id(p) for name, p in model.named_parameters(remove_duplicate=False) if name in state
-    }
-    all_tensors = dict(model.named_parameters(remove_duplicate=False))
-    missing = [
-        key
-        for key in result.missing_keys
-        if not (key in all_tensors and id(all_tensors[key]) in loaded_ids)
-    ]
-    problems = []
-    if missing:
-        problems.append(
-            f"missing from the checkpoint: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
-        )
-    if result.unexpected_keys:
-        keys = result.unexpected_keys
-        problems.append(f"not in the model: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}")
-    if problems:
-        raise ModelMatchError(
-            f"{folder}: the weights do not fit the model built from config.json + {RECIPE_FILE} ("
-            + "; ".join(problems)
-            + "); was the model saved with a different recipe?"
-        )
-
-
-# A folder holds a tokenizer only with one of these: without them transformers 5 builds a tokenizer
-# of the 5 special tokens alone (every word [UNK]) and nothing fails.
-TOKENIZER_VOCAB_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-
-
-def require_tokenizer_files(
-    folder: str | os.PathLike,
-    what: str,
-    hint: str = "save the tokenizer with the model (tokenizer.save_pretrained)",
-) -> None:
-    """Refuse a model folder without tokenizer vocabulary files (`what` names the flag or role)."""
-    if not any((Path(folder) / name).is_file() for name in TOKENIZER_VOCAB_FILES):
-        raise SparseforgeError(
-            f"{what} {folder} has no tokenizer: none of {', '.join(TOKENIZER_VOCAB_FILES)} is there (a tokenizer "
-            f"without them knows only its special tokens); {hint}"
-        )
+__all__ = ["RECIPE_FILE", "load_model", "load_state_dict", "require_tokenizer_files"]

@@ -39,13 +39,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from sparseforge.checkpoint import RECIPE_FILE
 from sparseforge.errors import ModelMatchError, SparseforgeError
 from sparseforge.manager import Manager, ScheduledOptimizer
 from sparseforge.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
-RECIPE_NAME = "recipe.yaml"
 MANAGER_STATE_NAME = "manager_state.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
 # A checkpoint-N folder sparseforge wrote holds this marker listing its files; others are the user's.
@@ -86,7 +86,7 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
     import transformers
 
     from sparseforge.tasks import AUTO_MODEL_CLASSES, normalize_task
-    from sparseforge.transformers.loading import RECIPE_FILE, load_model
+    from sparseforge.transformers.loading import load_model
 
     task = normalize_task(task)
     folder = Path(path)
@@ -215,7 +215,7 @@ def saved_recipe(path: str | os.PathLike | None) -> Recipe | None:
     """The `recipe.yaml` a model folder was saved with, if any."""
     if not path:
         return None
-    recipe_file = Path(path) / RECIPE_NAME
+    recipe_file = Path(path) / RECIPE_FILE
     return Recipe.load(str(recipe_file)) if recipe_file.is_file() else None
 
 
@@ -252,9 +252,9 @@ def is_sparseforge_checkpoint(folder: str | os.PathLike) -> bool:
 def _check_weights(folder: Path) -> None:
     from safetensors import SafetensorError, safe_open
 
-    from sparseforge.transformers.loading import checkpoint_files
+    from sparseforge.checkpoint import weight_files
 
-    for file in checkpoint_files(folder):
+    for file in weight_files(folder):
         if not file.is_file():
             raise SparseforgeError(f"{file} is missing: the checkpoint is incomplete")
         if file.suffix == ".safetensors":
@@ -573,7 +573,7 @@ class SparseTrainer(Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         recipe = self.recipe_to_save()
         if recipe is not None and self.args.should_save:
-            recipe.save(Path(output_dir) / RECIPE_NAME)
+            recipe.save(Path(output_dir) / RECIPE_FILE)
 
     def _get_output_dir(self, trial: Any) -> str:
         """While a checkpoint is being written, the Trainer's run folder is the staging folder;
@@ -682,12 +682,12 @@ class SparseTrainer(Trainer):
     def _reload_checkpoint_weights(self) -> None:
         """After the modifiers restored their state (which may add structure such as fake-quant
         modules), load the checkpoint's weights again so every tensor is the saved one."""
-        from safetensors.torch import load_file
+        from sparseforge.checkpoint import load_state_dict
 
         if self._resume_checkpoint is None:
             return
-        for weights in sorted(Path(self._resume_checkpoint).glob("model*.safetensors")):
-            self.model.load_state_dict(load_file(str(weights), device=str(self.args.device)), strict=False)
+        state = load_state_dict(self._resume_checkpoint, device=str(self.args.device))
+        self.model.load_state_dict(state, strict=False)
 
 
 # ----- the run every task CLI shares -------------------------------------------------------------

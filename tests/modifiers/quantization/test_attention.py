@@ -6,7 +6,8 @@ import torch
 from conftest import make_tiny_model
 
 from sparseforge.modifiers.quantization import ATTN_IMPLEMENTATION, QuantizationModifier
-from sparseforge.modifiers.quantization.attention import is_attention_module, register_attention
+from sparseforge.modifiers.quantization.attention import is_attention_module
+from sparseforge.transformers.attention import register_attention
 
 
 def inputs():
@@ -60,3 +61,30 @@ def test_matmul_inputs_pass_through_quantizers():
     assert all(q.observed for q in quantizers.children())
     assert 0.0 <= float(quantizers.probs.min_val) and float(quantizers.probs.max_val) <= 1.0
     assert type(model.bert.encoder.layer[1].attention.self.query) is torch.nn.Linear
+
+
+def test_the_modifier_uses_the_registered_hook_and_refuses_without_one():
+    import pytest
+
+    from sparseforge import Manager, ModelMatchError
+    from sparseforge.modifiers.quantization import attention_hook, set_attention_hook
+
+    recipe = "modifiers:\n  - !QuantizationModifier\n      submodules: [bert.encoder.layer.0]\n"
+    calls = []
+    previous = set_attention_hook(lambda model, modules: calls.append(len(modules)))
+    try:
+        model = make_tiny_model("text-classification")
+        QuantizationModifier(submodules=["bert.encoder.layer.0"]).apply_structure(model)
+        assert calls == [1]  # one attention module handed to the hook
+        set_attention_hook(None)
+        manager = Manager(recipe)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with pytest.raises(ModelMatchError, match="no attention hook is registered"):
+            manager.modify(make_tiny_model("text-classification"), optimizer, 1)
+        # ignoring the attention matmuls needs no hook
+        Manager(
+            recipe.replace("layer.0]", "layer.0]\n      exclude_module_types: [QATMatMul]")
+        ).modify(make_tiny_model("text-classification"), optimizer, 1)
+    finally:
+        set_attention_hook(previous)
+    assert attention_hook() is previous

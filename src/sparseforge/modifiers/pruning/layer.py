@@ -1,5 +1,9 @@
 """`LayerPruningModifier`: remove whole layers (e.g. `bert.encoder.layer.11`) by identities.
 
+`layers: __ALL_PRUNABLE__` selects every Linear and Conv layer, as SparseML does; a Linear or
+Conv whose input and output sizes differ cannot be replaced by an identity and is an error at
+`modify()` (SparseML failed at the first forward pass).
+
 A removed layer is replaced by `LayerIdentity`, which returns its input hidden states in the form
 the surrounding code expects: in transformers 5.x an encoder layer (BertLayer, RobertaLayer,
 DistilBERT's TransformerBlock...) returns a tensor, so the identity returns the first input; a
@@ -19,8 +23,11 @@ from typing import Any
 import torch
 from pydantic import PrivateAttr
 
+from sparseforge.errors import ModelMatchError
 from sparseforge.modifiers.base import Modifier, TrainingState, register
-from sparseforge.modifiers.selection import as_pattern_list, select_modules
+from sparseforge.modifiers.selection import ALL_PRUNABLE, as_pattern_list, select_modules
+
+_LAYER_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
 class LayerIdentity(torch.nn.Module):
@@ -49,6 +56,32 @@ def _returns_tuple(module: torch.nn.Module) -> bool:
         return False
 
 
+def _prunable_layers(model: torch.nn.Module) -> list[str]:
+    """SparseML's `__ALL_PRUNABLE__` for layers: every Linear and ConvNd module."""
+    return [name for name, module in model.named_modules() if name and isinstance(module, _LAYER_TYPES)]
+
+
+def _io_sizes(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(input, output) features of a Linear / Conv; None for other modules."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, _LAYER_TYPES):
+        return module.in_channels, module.out_channels
+    return None
+
+
+def _check_identity_fits(owner: str, model: torch.nn.Module, names: list[str]) -> None:
+    """An identity can stand in for a Linear / Conv only when it keeps the feature count."""
+    for name in names:
+        sizes = _io_sizes(model.get_submodule(name))
+        if sizes is not None and sizes[0] != sizes[1]:
+            raise ModelMatchError(
+                f"{owner}: layer {name} maps {sizes[0]} features to {sizes[1]}: an identity cannot "
+                "replace it (the next layer would get the wrong size); list layers whose input "
+                "and output sizes match, e.g. whole encoder layers"
+            )
+
+
 def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> torch.nn.Module:
     """Put `new` at dotted `name` in `model`; returns the module it replaced."""
     parent_name, _, child = name.rpartition(".")
@@ -70,9 +103,16 @@ class LayerPruningModifier(Modifier):
     _state_model: torch.nn.Module | None = PrivateAttr(default=None)
 
     def _select(self, model: torch.nn.Module) -> list[str]:
-        names = list(
-            select_modules(model, as_pattern_list(self.layers), owner=self.name, field="layers")
-        )
+        patterns = as_pattern_list(self.layers)
+        names = [] if patterns != [ALL_PRUNABLE] else _prunable_layers(model)
+        if ALL_PRUNABLE in patterns and not names:
+            raise ModelMatchError(
+                f"{self.name}: layers {ALL_PRUNABLE} stands alone (no other entries) and needs "
+                "Linear or Conv layers in the model"
+            )
+        if not names:
+            names = list(select_modules(model, patterns, owner=self.name, field="layers"))
+        _check_identity_fits(self.name, model, names)
         # a selected module inside another selected one goes with its parent
         return [
             n for n in names if not any(n.startswith(other + ".") for other in names if other != n)

@@ -8,6 +8,10 @@ A mask is a bool tensor shaped like its parameter: True = keep, False = pruned. 
   columns, scored by the mean of their element scores (mean |w| for magnitude); exactly
   `round(s * num_blocks)` blocks pruned. Edge blocks that do not fill a whole block are scored by
   the mean of the elements they have (SparseML pads `block4` with that mean: the same ranking).
+- `filter` / `channel`: whole output rows (dim 0: a Linear's output feature, a Conv's filter) or
+  whole input columns (dim 1), scored by the mean of their element scores, as SparseML's
+  `DimensionSparsityMaskCreator`; exactly `round(s * rows)` (or columns) pruned. A 1-D
+  parameter (a bias) has no such dimension: its elements are the groups.
 - `N:M` (e.g. `2:4`): at most N of every M consecutive input weights kept. Below the N:M sparsity
   (1 - N/M) the lowest-scored of each group's M-N candidates are pruned first, so a gradual
   schedule ends exactly on the N:M pattern.
@@ -26,7 +30,11 @@ from typing import Any
 
 import torch
 
-MASK_TYPE_HELP = "'unstructured', 'block4', a block shape like [1, 4], or 'N:M' like '2:4'"
+MASK_TYPE_HELP = (
+    "'unstructured', 'filter', 'channel', 'block4', a block shape like [1, 4], or 'N:M' like '2:4'"
+)
+# The dimension whose slices are the groups of a dimension structure.
+_GROUP_DIM = {"filter": 0, "channel": 1}
 # SparseML's N:M tolerance: a target within this of 1 - N/M means "the full N:M pattern".
 NM_TOLERANCE = 1e-2
 
@@ -35,7 +43,7 @@ NM_TOLERANCE = 1e-2
 class MaskStructure:
     """A parsed `mask_type`: unstructured, rectangular blocks, or N:M."""
 
-    kind: str  # "unstructured" | "block" | "nm"
+    kind: str  # "unstructured" | "block" | "nm" | "filter" | "channel"
     block: tuple[int, int] = (1, 1)
     n: int = 0
     m: int = 0
@@ -49,7 +57,7 @@ class MaskStructure:
             return f"[{self.block[0]},{self.block[1]}] blocks"
         if self.kind == "nm":
             return f"{self.n}:{self.m}"
-        return "unstructured"
+        return self.kind
 
 
 UNSTRUCTURED = MaskStructure("unstructured")
@@ -63,6 +71,8 @@ def parse_mask_type(value: Any) -> MaskStructure:
         text = value.strip().lower()
         if text == "unstructured":
             return UNSTRUCTURED
+        if text in _GROUP_DIM:
+            return MaskStructure(text)
         if text in ("block4", "block"):  # "block" is SparseML's older spelling of block4
             return MaskStructure("block", (1, 4))
         if text == "tensorrt":
@@ -114,6 +124,9 @@ def _from_matrix(matrix: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def group_scores(scores: torch.Tensor, structure: MaskStructure) -> torch.Tensor:
     """One score per group (a 1-D tensor in a fixed group order): element, block mean."""
     scores = scores.detach().float()
+    if structure.kind in _GROUP_DIM and scores.dim() >= 2:
+        dim = _GROUP_DIM[structure.kind]
+        return scores.movedim(dim, 0).reshape(scores.shape[dim], -1).mean(dim=1)
     if structure.kind != "block":
         return scores.reshape(-1)
     a, b = structure.block
@@ -143,6 +156,10 @@ def expand_groups(
     group_values: torch.Tensor, shape: torch.Size, structure: MaskStructure
 ) -> torch.Tensor:
     """Inverse of `group_scores` for a per-group tensor (e.g. a keep mask)."""
+    if structure.kind in _GROUP_DIM and len(shape) >= 2:
+        view = [1] * len(shape)
+        view[_GROUP_DIM[structure.kind]] = -1
+        return group_values.reshape(view).expand(shape).contiguous()
     if structure.kind != "block":
         return group_values.reshape(shape)
     a, b = structure.block
@@ -154,6 +171,8 @@ def expand_groups(
 
 
 def group_count(shape: torch.Size, structure: MaskStructure) -> int:
+    if structure.kind in _GROUP_DIM and len(shape) >= 2:
+        return shape[_GROUP_DIM[structure.kind]]
     if structure.kind != "block":
         return math.prod(shape)
     out, k, inp = _as_matrix(torch.empty(shape, device="meta")).shape

@@ -1,6 +1,10 @@
 """Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier."""
 
-from sparseforge.modifiers.quantization.attention import ATTN_IMPLEMENTATION, register_attention
+from sparseforge.modifiers.quantization.attention import (
+    ATTN_IMPLEMENTATION,
+    attention_hook,
+    set_attention_hook,
+)
 from sparseforge.modifiers.quantization.modifier import QuantizationModifier, quantization_summary
 from sparseforge.modifiers.quantization.modules import QuantizedEmbedding, QuantizedLinear
 from sparseforge.modifiers.quantization.observers import (
@@ -19,7 +23,8 @@ __all__ = [
     "QuantizedEmbedding",
     "QuantizedLinear",
     "fake_quantizers",
+    "attention_hook",
     "quantization_summary",
-    "register_attention",
+    "set_attention_hook",
     "set_observers",
 ]

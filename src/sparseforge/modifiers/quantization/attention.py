@@ -1,31 +1,40 @@
-"""Quantized attention matmuls through transformers' public attention extension point.
+"""Quantized attention matmuls: the quantizers and the attention function, no Hugging Face import.
 
 SparseML forked BERT's self-attention to put `QATMatMul` modules around Q.K^T and probs.V. Here
-the same inputs are fake-quantized by an attention function registered with
-`transformers.AttentionInterface` under the name `sparseforge_qat` (plus the eager mask
-function under the same name in `AttentionMaskInterface`), and the model is switched to it with
-`set_attn_implementation`. The four quantizers live in a child module `matmul_fake_quant` of
-each quantized attention module, so they are saved with the model. Attention modules without
-that child (outside `submodules`, or ignored) run the plain eager computation.
+the same inputs are fake-quantized by `quantized_attention_forward`, an eager attention function
+in the signature of transformers' attention interface. The four quantizers live in a child
+module `matmul_fake_quant` of each quantized attention module, so they are saved with the model.
+Attention modules without that child (outside `submodules`, or ignored) run the plain eager
+computation.
 
-transformers is imported only when a model actually has such attention modules, so the
-modifiers package keeps no hard dependency on it.
+Switching a model's attention to that function is the model library's business: its layer
+registers an *attention hook* here with `set_attention_hook` (sparseforge's Hugging Face layer
+registers one that uses `transformers.AttentionInterface` and `set_attn_implementation`), and
+the QuantizationModifier calls whatever hook is registered. This package imports no Hugging Face
+code.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from sparseforge.errors import ModelMatchError
 from sparseforge.modifiers.quantization.scheme import QuantizationArgs
 
 logger = logging.getLogger(__name__)
 
+# The name the attention function is registered under by the model library's hook.
 ATTN_IMPLEMENTATION = "sparseforge_qat"
-_registered = False
+
+# (model, attention modules that now hold `matmul_fake_quant`) -> None: route those modules'
+# attention through `quantized_attention_forward`.
+AttentionHook = Callable[[nn.Module, Sequence[nn.Module]], None]
+_attention_hook: AttentionHook | None = None
 
 
 class AttentionQuantizers(nn.Module):
@@ -79,30 +88,27 @@ def quantized_attention_forward(
     return output, probs
 
 
-def register_attention() -> None:
-    """Register `sparseforge_qat` with transformers' attention and mask interfaces (idempotent)."""
-    global _registered
-    if _registered:
-        return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    AttentionInterface.register(ATTN_IMPLEMENTATION, quantized_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
-    _registered = True
+def set_attention_hook(hook: AttentionHook | None) -> AttentionHook | None:
+    """Register the hook that switches a model's attention to the quantized function; returns
+    the previous one (None unregisters)."""
+    global _attention_hook
+    previous, _attention_hook = _attention_hook, hook
+    return previous
 
 
-def use_quantized_attention(model: nn.Module, attention_modules: list[nn.Module]) -> None:
-    """Switch `model` (and the configs of `attention_modules`) to the quantized attention function."""
-    register_attention()
-    setter = getattr(model, "set_attn_implementation", None)
-    if callable(setter):
-        setter(ATTN_IMPLEMENTATION)
-    for module in attention_modules:
-        if module.config._attn_implementation != ATTN_IMPLEMENTATION:
-            module.config._attn_implementation = ATTN_IMPLEMENTATION
-    logger.debug(
-        "attention implementation set to %s for %d module(s)",
-        ATTN_IMPLEMENTATION,
-        len(attention_modules),
-    )
+def attention_hook() -> AttentionHook | None:
+    """The registered attention hook, if any."""
+    return _attention_hook
+
+
+def use_quantized_attention(model: nn.Module, attention_modules: Sequence[nn.Module]) -> None:
+    """Route `attention_modules` of `model` through the quantized attention (the registered hook)."""
+    if _attention_hook is None:
+        raise ModelMatchError(
+            f"{len(attention_modules)} attention module(s) to quantize (QATMatMul) but no attention "
+            "hook is registered: `import sparseforge` registers the Hugging Face one; for another "
+            "model library call sparseforge.modifiers.quantization.set_attention_hook, or add "
+            "QATMatMul to the modifier's ignore / exclude_module_types"
+        )
+    _attention_hook(model, attention_modules)
+    logger.debug("quantized attention switched on for %d module(s)", len(attention_modules))

@@ -10,11 +10,17 @@ Two recipe forms, as in SparseML:
   or by module name / `re:` pattern) and `ignore` (class names or module names).
 
 Both share `start_epoch`, `disable_quantization_observer_epoch`, `freeze_bn_stats_epoch`,
-`num_calibration_steps`. At `start_epoch` every Linear (inputs always, weights, and outputs
+`num_calibration_steps`, `strict` (an `ignore` / `scheme_overrides` entry naming no module or
+class of the model is an error; `strict: false` logs it). SparseML's torch.ao-only fields are
+accepted so that the recipe.yaml SparseML saved loads: `activation_qconfig_kwargs` /
+`weight_qconfig_kwargs` are honoured for `averaging_constant` and `reduce_range`,
+`custom_quantizable_module_types` for Linear / Embedding subclasses; `model_fuse_fn_name`,
+`model_fuse_fn_kwargs`, `quantize_conv_activations` and other qconfig keys have no meaning here
+(no Conv/BatchNorm fusion or Conv QAT) and are accepted with one warning per process. At `start_epoch` every Linear (inputs always, weights, and outputs
 when asked), Embedding (weights, outputs) and attention matmul (Q, K, probs, V) in scope gets
 fake quantization with running observers; at `disable_quantization_observer_epoch` the observers
 freeze. `apply_structure` rebuilds the same modules with frozen observers so a saved QAT
-checkpoint reloads (`sparseforge.transformers.load_model`) and exports with identical outputs.
+checkpoint reloads (`sparseforge.checkpoint.load_model`) and exports with identical outputs.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from sparseforge.errors import ModelMatchError
 from sparseforge.modifiers.base import Modifier, TrainingState, register
 from sparseforge.modifiers.quantization.attention import (
     AttentionQuantizers,
+    attention_hook,
     is_attention_module,
     use_quantized_attention,
 )
@@ -37,6 +44,7 @@ from sparseforge.modifiers.quantization.modules import (
     QuantizedLinear,
     is_quantized,
     quantize_module_,
+    quantized_class,
 )
 from sparseforge.modifiers.quantization.observers import fake_quantizers, set_observers
 from sparseforge.modifiers.quantization.scheme import (
@@ -61,17 +69,39 @@ _LEGACY_FIELDS = (
     "reduce_range",
     "tensorrt",
     "exclude_batchnorm",
+    "quantize_conv_activations",
+    "activation_qconfig_kwargs",
+    "weight_qconfig_kwargs",
+    "custom_quantizable_module_types",
 )
+# What a SparseML qconfig kwarg can mean without torch.ao: the observer's averaging constant and
+# the reduced range. Others (observer classes, dtypes, qschemes) are warned about and ignored.
+_QCONFIG_KWARGS = ("averaging_constant", "reduce_range")
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message)
 _SCHEME_FIELDS = ("scheme", "scheme_overrides", "ignore")
 # Names by which a recipe may refer to the attention matmuls (SparseML's module was QATMatMul).
 _ATTENTION_TYPE_NAMES = {ATTENTION, "MatMul"}
 
 
-def _kind_of(module: nn.Module) -> str | None:
-    if type(module) in (nn.Linear, QuantizedLinear):
+def is_quantized_class(cls: type) -> bool:
+    return issubclass(cls, (QuantizedLinear, QuantizedEmbedding))
+
+
+def _kind_of(module: nn.Module, custom_types: frozenset[str] = frozenset()) -> str | None:
+    cls = type(module)
+    if cls in (nn.Linear, QuantizedLinear):
         return LINEAR
-    if type(module) in (nn.Embedding, QuantizedEmbedding):
+    if cls in (nn.Embedding, QuantizedEmbedding):
         return EMBEDDING
+    if isinstance(module, (QuantizedLinear, QuantizedEmbedding)) or cls.__name__ in custom_types:
+        if quantized_class(cls) is not None or is_quantized(module):
+            return LINEAR if isinstance(module, nn.Linear) else EMBEDDING
     if is_attention_module(module):
         return ATTENTION
     return None
@@ -102,12 +132,29 @@ class QuantizationModifier(Modifier):
     freeze_bn_stats_epoch: float | None = None
     num_calibration_steps: int | None = None
 
+    # SparseML's fields (see the module docstring for which are honoured).
+    model_fuse_fn_name: str | None = None
+    model_fuse_fn_kwargs: dict[str, Any] | None = None
+    quantize_conv_activations: bool = True
+    activation_qconfig_kwargs: dict[str, Any] | None = None
+    weight_qconfig_kwargs: dict[str, Any] | None = None
+    custom_quantizable_module_types: list[str] | None = None
+    strict: bool = True
+
     _model: nn.Module | None = PrivateAttr(default=None)
     _qat_enabled: bool = PrivateAttr(default=False)
     _observers_frozen: bool = PrivateAttr(default=False)
     _bn_frozen: bool = PrivateAttr(default=False)
     _observed_steps: int = PrivateAttr(default=0)
     _bn_hooks: list[Any] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _python_none(cls, data: Any) -> Any:
+        # SparseML writes Python's repr into the recipe.yaml it saves: `model_fuse_fn_name: None`.
+        if isinstance(data, dict):
+            return {key: None if value == "None" else value for key, value in data.items()}
+        return data
 
     @field_validator("scheme", mode="before")
     @classmethod
@@ -162,7 +209,33 @@ class QuantizationModifier(Modifier):
             raise ValueError(
                 f"use either the legacy fields ({', '.join(legacy)}) or the scheme fields ({', '.join(newer)}), not both"
             )
+        for name in ("activation_qconfig_kwargs", "weight_qconfig_kwargs"):
+            _check_qconfig_kwargs(name, getattr(self, name))
+        self._warn_unsupported()
         return self
+
+    def _warn_unsupported(self) -> None:
+        """SparseML's torch.ao-only fields: accepted, with one warning per process."""
+        if self.model_fuse_fn_name not in (None, "no_fuse") or self.model_fuse_fn_kwargs:
+            _warn_once(
+                "model_fuse_fn",
+                f"{self.name}: model_fuse_fn_name / model_fuse_fn_kwargs are ignored: sparseforge "
+                "fuses no modules (it quantizes Linear, Embedding and attention, no Conv/BatchNorm)",
+            )
+        if "quantize_conv_activations" in self.model_fields_set:
+            _warn_once(
+                "quantize_conv_activations",
+                f"{self.name}: quantize_conv_activations is ignored: sparseforge does not quantize "
+                "Conv layers",
+            )
+        for name in ("activation_qconfig_kwargs", "weight_qconfig_kwargs"):
+            ignored = sorted(set(getattr(self, name) or {}) - set(_QCONFIG_KWARGS))
+            if ignored:
+                _warn_once(
+                    f"{name}:{','.join(ignored)}",
+                    f"{self.name}: {name} {ignored} ignored (torch.ao observer settings); honoured: "
+                    f"{', '.join(_QCONFIG_KWARGS)}",
+                )
 
     # ----- planning -------------------------------------------------------------------------
     @property
@@ -178,6 +251,8 @@ class QuantizationModifier(Modifier):
                 tensorrt=self.tensorrt,
                 quantize_linear_activations=self.quantize_linear_activations,
                 quantize_embedding_activations=self.quantize_embedding_activations,
+                activation_kwargs=_honoured(self.activation_qconfig_kwargs),
+                weight_kwargs=_honoured(self.weight_qconfig_kwargs),
             )
         base = self.scheme or QuantizationScheme()
         return {
@@ -220,24 +295,19 @@ class QuantizationModifier(Modifier):
         )
         excluded_types = self._excluded_types()
         excluded_attention = bool(excluded_types & _ATTENTION_TYPE_NAMES)
+        module_names = dict(model.named_modules())
         ignored_names = [
             entry
             for entry in (self.ignore or [])
-            if entry.startswith("re:") or "." in entry or entry in dict(model.named_modules())
+            if entry.startswith("re:") or "." in entry or entry in module_names
         ]
-        if ignored_names:
-            names = dict(model.named_modules())
-            for pattern in ignored_names:
-                if not any(name_matches(name, pattern) for name in names):
-                    raise ModelMatchError(
-                        f"{self.name}: ignore entry '{pattern}' matches no module of the model"
-                    )
+        custom = frozenset(self.custom_quantizable_module_types or ())
         kinds = self._kind_schemes()
         planned: dict[str, tuple[nn.Module, str, QuantizationScheme]] = {}
         for root_name, root in roots.items():
             for sub_name, module in root.named_modules():
                 name = f"{root_name}.{sub_name}".strip(".") if sub_name else root_name
-                kind = _kind_of(module)
+                kind = _kind_of(module, custom)
                 if kind is None or name in planned:
                     continue
                 if kind == EMBEDDING and not self.uses_schemes and not self.quantize_embeddings:
@@ -275,9 +345,48 @@ class QuantizationModifier(Modifier):
         return count
 
     # ----- lifecycle ------------------------------------------------------------------------
+    def _check_targets(self, model: nn.Module) -> None:
+        """Every ignore / scheme_overrides entry names a module or a module class of `model`
+        (SparseML's `strict`), and every custom_quantizable_module_types entry a quantizable class."""
+        modules = dict(model.named_modules())
+        classes = {type(module).__name__: type(module) for module in modules.values()}
+        kinds = {_kind_of(module) for module in modules.values()} - {None}
+        if ATTENTION in kinds:
+            kinds |= _ATTENTION_TYPE_NAMES
+        entries = [("ignore", entry) for entry in self.ignore or []]
+        entries += [("scheme_overrides", key) for key in self.scheme_overrides or {}]
+        for field, entry in entries:
+            if entry in classes or entry in kinds:
+                continue
+            if any(name and name_matches(name, entry) for name in modules):
+                continue
+            message = (
+                f"{self.name}: {field} entry '{entry}' matches no module name or module class of "
+                f"the model (classes include: {', '.join(sorted(classes)[:12])})"
+            )
+            if self.strict:
+                raise ModelMatchError(message + "; set strict: false to only log this")
+            logger.warning(message)
+        for entry in self.custom_quantizable_module_types or []:
+            if entry not in classes:
+                raise ModelMatchError(
+                    f"{self.name}: custom_quantizable_module_types entry '{entry}' is no module "
+                    f"class of the model (classes include: {', '.join(sorted(classes)[:12])})"
+                )
+            if quantized_class(classes[entry]) is None and not is_quantized_class(classes[entry]):
+                raise ModelMatchError(
+                    f"{self.name}: custom_quantizable_module_types entry '{entry}' cannot be "
+                    "quantized by sparseforge: only subclasses of nn.Linear / nn.Embedding that "
+                    "keep their parent's forward are (no torch.ao QuantWrapper here)"
+                )
+
     def on_initialize(self, state: TrainingState) -> None:
         self._model = state.model
-        if not self.plan(state.model):
+        self._check_targets(state.model)
+        planned = self.plan(state.model)
+        if attention_hook() is None and any(kind == ATTENTION for _, kind, _ in planned.values()):
+            use_quantized_attention(state.model, [])  # raises: say so before training starts
+        if not planned:
             raise ModelMatchError(
                 f"{self.name}: no Linear, Embedding or attention module to quantize under "
                 f"submodules={self.submodules} with exclude_module_types={self.exclude_module_types}, ignore={self.ignore}"
@@ -402,6 +511,19 @@ class QuantizationModifier(Modifier):
         set_observers(self._model, not self._observers_frozen)
         if state.get("bn_frozen") and not self._bn_frozen:
             self._freeze_bn(self._model)
+
+
+def _honoured(kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    return {key: value for key, value in (kwargs or {}).items() if key in _QCONFIG_KWARGS}
+
+
+def _check_qconfig_kwargs(name: str, kwargs: dict[str, Any] | None) -> None:
+    value = (kwargs or {}).get("averaging_constant")
+    if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+        raise ValueError(f"{name}.averaging_constant must be within (0, 1], got {value!r}")
+    reduce = (kwargs or {}).get("reduce_range")
+    if reduce is not None and not isinstance(reduce, bool):
+        raise ValueError(f"{name}.reduce_range must be true or false, got {reduce!r}")
 
 
 def _for_kind(scheme: QuantizationScheme, kind: str) -> QuantizationScheme:

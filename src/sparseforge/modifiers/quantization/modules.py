@@ -62,17 +62,33 @@ class QuantizedEmbedding(nn.Embedding):
         return output_quant(y) if output_quant is not None else y
 
 
-QUANTIZED_CLASSES = {nn.Linear: QuantizedLinear, nn.Embedding: QuantizedEmbedding}
+QUANTIZED_CLASSES: dict[type, type] = {nn.Linear: QuantizedLinear, nn.Embedding: QuantizedEmbedding}
+
+
+def quantized_class(cls: type) -> type | None:
+    """The quantized class for `cls`: QuantizedLinear / QuantizedEmbedding for the exact torch
+    classes; for a subclass that keeps the parent's `forward` (`custom_quantizable_module_types`),
+    a subclass of both, made once. None when `cls` cannot be quantized."""
+    if cls in QUANTIZED_CLASSES:
+        return QUANTIZED_CLASSES[cls]
+    for base, quantized in ((nn.Linear, QuantizedLinear), (nn.Embedding, QuantizedEmbedding)):
+        if issubclass(cls, base) and cls.forward is base.forward:
+            QUANTIZED_CLASSES[cls] = type(f"Quantized{cls.__name__}", (quantized, cls), {})
+            return QUANTIZED_CLASSES[cls]
+    return None
 
 
 def quantize_module_(module: nn.Module, scheme: QuantizationScheme) -> bool:
-    """Turn an exact nn.Linear / nn.Embedding into its quantized subclass in place; False if not one."""
-    target = QUANTIZED_CLASSES.get(type(module))
+    """Turn an nn.Linear / nn.Embedding (or a subclass `quantized_class` takes) into its quantized
+    subclass in place; False if it is not one."""
+    if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
+        return False
+    target = quantized_class(type(module))
     if target is None:
         return False
     device = module.weight.device
     module.__class__ = target
-    if scheme.input_activations is not None and target is QuantizedLinear:
+    if scheme.input_activations is not None and issubclass(target, QuantizedLinear):
         module.add_module("input_fake_quant", scheme.input_activations.fake_quantize().to(device))
     if scheme.weights is not None:
         # Output channels are dim 0 of a Linear weight and, for an embedding, its rows.

@@ -116,16 +116,24 @@ def legacy_schemes(
     tensorrt: bool,
     quantize_linear_activations: bool,
     quantize_embedding_activations: bool,
+    activation_kwargs: dict[str, Any] | None = None,
+    weight_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, QuantizationScheme]:
     """SparseML's legacy fields as one scheme per module kind.
 
     Linear inputs are always quantized (SparseML wrapped each Linear in a QuantWrapper);
     `quantize_linear_activations` adds the Linear's output; embeddings have no float input.
     `tensorrt` makes activations symmetric and drops output quantization, as SparseML did.
+    `activation_kwargs` / `weight_kwargs` are SparseML's `*_qconfig_kwargs` already reduced to
+    what a QuantizationArgs takes (`reduce_range`, `averaging_constant`).
     """
     kwargs = {"reduce_range": True} if reduce_range else {}
-    activation = QuantizationArgs(num_bits=activation_bits, symmetric=tensorrt, kwargs=kwargs)
-    weight = QuantizationArgs(num_bits=weight_bits, symmetric=True, kwargs=kwargs)
+    activation = QuantizationArgs(
+        num_bits=activation_bits, symmetric=tensorrt, kwargs={**kwargs, **(activation_kwargs or {})}
+    )
+    weight = QuantizationArgs(
+        num_bits=weight_bits, symmetric=True, kwargs={**kwargs, **(weight_kwargs or {})}
+    )
     return {
         LINEAR: QuantizationScheme(
             input_activations=activation,
