@@ -13,8 +13,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from sparseforge.errors import RecipeError, SparseforgeError
+
+if TYPE_CHECKING:
+    from sparseforge.recipe import Recipe
 
 # subcommand -> (module:function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -101,16 +105,9 @@ def recipe_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _schedule_steps(recipe: object, steps_per_epoch: int) -> float:
-    """The last optimizer step any modifier names (epochs or steps, stage offsets included)."""
-    latest = max(getattr(recipe, "end_epoch", 0.0), 0.0) * steps_per_epoch
-    for mod in getattr(recipe, "modifiers", []):
-        offset = getattr(mod, "_epoch_offset", 0.0) * steps_per_epoch
-        for name in ("start_step", "end_step"):
-            step = getattr(mod, name, None)
-            if isinstance(step, int) and step > 0:
-                latest = max(latest, step + offset)
-    return latest
+def _schedule_steps(recipe: Recipe, steps_per_epoch: int) -> float:
+    """The last optimizer step any modifier names (epochs or steps; stages hold absolute epochs)."""
+    return max(recipe.end_epoch_at(steps_per_epoch), 0.0) * steps_per_epoch
 
 
 if __name__ == "__main__":

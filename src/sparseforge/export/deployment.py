@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx
 
-from sparseforge.checkpoint import RECIPE_FILE, load_task_model
+from sparseforge.checkpoint import RECIPE_FILE, load_task_model, require_tokenizer_files
 from sparseforge.errors import ExportError, SparseforgeError
 from sparseforge.export import verify
 from sparseforge.export.onnx_export import DEFAULT_OPSET, export_onnx

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import PrivateAttr, field_validator, model_validator
 
 from sparseforge.errors import ModelMatchError
-from sparseforge.modifiers.base import Modifier, TrainingState, is_finite_number, register
+from sparseforge.modifiers.base import Modifier, TrainingState, register
 from sparseforge.modifiers.selection import select_parameters
 
 
@@ -185,9 +185,9 @@ class LearningRateModifier(_LearningRateSetter):
         """Numbers where numbers are needed, so a recipe's `milestones: ['1']` fails at load, not in training."""
         for key, value in self.lr_kwargs.items():
             if key == "milestones":
-                if not isinstance(value, list) or not all(is_finite_number(m) for m in value):
+                if not isinstance(value, list) or not all(_is_finite_number(m) for m in value):
                     raise ValueError(f"lr_kwargs milestones must be a list of epochs (numbers), got {value!r}")
-            elif not isinstance(value, bool) and not is_finite_number(value):
+            elif not isinstance(value, bool) and not _is_finite_number(value):
                 raise ValueError(f"lr_kwargs {key} must be a number, got {value!r}")
             elif key in ("step_size", "cycle_epochs") and not value > 0:
                 raise ValueError(f"lr_kwargs {key} must be > 0 epochs, got {value!r}")
@@ -298,3 +298,7 @@ class TrainableParamsModifier(Modifier):
         if self.active:
             for param in self._selected(state).values():
                 param.requires_grad_(self.trainable)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
