@@ -83,6 +83,7 @@ def load_model(
     auto_class = getattr(transformers, AUTO_MODEL_CLASSES[task])
     model = auto_class.from_config(config)
     state = load_state_dict(folder)
+    _apply_compaction(model)
 
     recipe_path = Path(recipe) if recipe is not None else folder / RECIPE_FILE
     if recipe is not None and not recipe_path.is_file():
@@ -107,6 +108,16 @@ def load_model(
 
     _load_strict(model, state, folder)
     return model.eval()
+
+
+def _apply_compaction(model: torch.nn.Module) -> None:
+    """Shrink a structurally pruned model's layers to the shapes its config.json records
+    (`sparseforge_structure`), before any recipe structure (QAT wraps the smaller Linears)."""
+    from sparseforge.modifiers.pruning.compaction import apply_compaction_plan, plan_of
+
+    plan = plan_of(model)
+    if plan is not None:
+        apply_compaction_plan(model, plan)
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:

@@ -53,7 +53,7 @@ def train(model, optimizer, manager, steps: int, seed: int = 0, teacher_loss: bo
         out = model(**inputs)
         loss = out.loss
         if teacher_loss:
-            loss = manager.loss_update(loss, logits=out.logits, **inputs)
+            loss = manager.loss_update(loss, student_outputs=out, student_inputs=inputs)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
