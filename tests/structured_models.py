@@ -8,10 +8,10 @@ import transformers
 FAMILIES = ("bert", "roberta", "distilbert", "mpnet")
 
 
-def make_model(family: str = "bert", seed: int = 0, layers: int = 3, heads: int = 4, ffn: int = 64, labels: int = 2):
+def make_model(family: str = "bert", seed: int = 0, layers: int = 3, heads: int = 4, ffn: int = 64, labels: int = 2, vocab: int = 100):
     """A freshly initialised sequence classifier of `family` (hidden 32), deterministic per seed."""
     torch.manual_seed(seed)
-    common = dict(vocab_size=100, num_labels=labels)
+    common = dict(vocab_size=vocab, num_labels=labels)
     if family == "distilbert":
         config = transformers.DistilBertConfig(
             dim=32, n_layers=layers, n_heads=heads, hidden_dim=ffn, dropout=0.0, attention_dropout=0.0,
