@@ -16,6 +16,10 @@ from sparseforge.modifiers.pruning.magnitude import (
 from sparseforge.modifiers.pruning.masks import MaskStructure, create_masks, parse_mask_type
 from sparseforge.modifiers.pruning.movement import MovementPruningModifier
 from sparseforge.modifiers.pruning.obs import OBSPruningModifier
+from sparseforge.modifiers.pruning.sparseml_structured import (
+    LayerThinningModifier,
+    StructuredPruningModifier,
+)
 from sparseforge.modifiers.pruning.structured import GroupPruningModifier
 
 __all__ = [
@@ -26,11 +30,13 @@ __all__ = [
     "GroupPruningModifier",
     "LayerIdentity",
     "LayerPruningModifier",
+    "LayerThinningModifier",
     "MagnitudePruningModifier",
     "MaskStructure",
     "MovementPruningModifier",
     "OBSPruningModifier",
     "PruningModifier",
+    "StructuredPruningModifier",
     "create_masks",
     "parse_mask_type",
 ]

@@ -21,7 +21,7 @@ left) runs on the smaller model; pruned layers leave the encoder at `finalize`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -48,6 +48,8 @@ from sparseforge.modifiers.pruning.schedule import INTERPOLATIONS, interpolate
 logger = logging.getLogger(__name__)
 
 Targets = dict[str, float]
+# state.extras key: the structured pruning modifiers of the run (LayerThinningModifier compacts them)
+STRUCTURED_MODIFIERS = "pruning/structured_modifiers"
 
 
 def _as_targets(value: float | dict[str, float], field: str) -> Targets:
@@ -72,6 +74,11 @@ class GroupPruningModifier(PruningModifier):
     """Gradual structured pruning of attention heads, FFN neurons and encoder layers with
     physical removal (see the module docstring)."""
 
+    # SparseML's StructuredPruningModifier names parameters; ours finds every group itself
+    params_define_groups: ClassVar[bool] = False
+    # one ranking over all layers (True) or each layer pruned to the target apart (SparseML)
+    ranks_globally: ClassVar[bool] = True
+
     init_sparsity: float | dict[str, float] = 0.0
     final_sparsity: float | dict[str, float]
     inter_func: Literal["linear", "cubic", "inverse_cubic"] = "cubic"
@@ -88,6 +95,8 @@ class GroupPruningModifier(PruningModifier):
     _start_pending: bool = PrivateAttr(default=False)
     _compacted_groups: bool = PrivateAttr(default=False)
     _layers_removed: bool = PrivateAttr(default=False)
+    # structure -> layer indices it may prune (None: every layer)
+    _layer_filter: dict[str, set[int]] | None = PrivateAttr(default=None)
 
     @field_validator("score", mode="before")
     @classmethod
@@ -105,7 +114,7 @@ class GroupPruningModifier(PruningModifier):
 
     @model_validator(mode="after")
     def _check_targets(self) -> GroupPruningModifier:
-        if self.params:
+        if self.params and not type(self).params_define_groups:
             raise ValueError(
                 f"{type(self).__name__} finds its groups (heads, neurons, layers) from the model: "
                 "leave params out and set final_sparsity per structure"
@@ -122,7 +131,10 @@ class GroupPruningModifier(PruningModifier):
     # ----- targets -----------------------------------------------------------------------------
     @property
     def final_targets(self) -> Targets:
-        return _as_targets(self.final_sparsity, "final_sparsity")
+        targets = _as_targets(self.final_sparsity, "final_sparsity")
+        if self._layer_filter is not None:
+            targets = {k: v for k, v in targets.items() if k in self._layer_filter}
+        return targets
 
     def targets_at(self, epoch: float, starting: bool = False) -> Targets:
         """Sparsity per structure at `epoch`: init at the start update, final from `end_epoch` on."""
@@ -148,7 +160,8 @@ class GroupPruningModifier(PruningModifier):
         if structure == "layers":
             return [len(groups.layers)]
         count = groups.heads if structure == "heads" else groups.neurons
-        return [count(model, layer) for layer in groups.layers]
+        allowed = self._layer_filter.get(structure) if self._layer_filter else None
+        return [count(model, layer) for layer in groups.layers if allowed is None or layer.index in allowed]
 
     # ----- lifecycle -------------------------------------------------------------------------
     def on_initialize(self, state: TrainingState) -> None:
@@ -160,6 +173,7 @@ class GroupPruningModifier(PruningModifier):
                 f"{groups.shared_head_table} holds a bias per head shared by every layer (MPNet's "
                 "relative attention), so heads cannot be removed layer by layer; prune neurons and layers"
             )
+        self.select_groups_from_params(state.model, groups)
         for structure, final in self.final_targets.items():
             sizes = self._sizes(structure)
             min_keep = self._min_keep(structure)
@@ -179,6 +193,10 @@ class GroupPruningModifier(PruningModifier):
         self.refresh_params(state)
         if self.score != "magnitude":
             self._accumulator = GradientScoreAccumulator(self.score)
+        state.extras.setdefault(STRUCTURED_MODIFIERS, []).append(self)
+
+    def select_groups_from_params(self, model: torch.nn.Module, groups: EncoderGroups) -> None:
+        """Restrict the structures and layers pruned (SparseML's `params`); here: all of them."""
 
     def on_start(self, state: TrainingState) -> None:
         self._start_pending = True
@@ -210,27 +228,31 @@ class GroupPruningModifier(PruningModifier):
             keeps["layers"] = select_groups(scores["layers"], count, self.min_layers, self._group_keep.get("layers"))
         live = keeps["layers"][0] if "layers" in keeps else torch.ones(len(scores["heads"]), dtype=torch.bool)
         for structure in ("heads", "neurons"):
-            if structure not in targets:
-                continue
-            index = [i for i, alive in enumerate(live.tolist()) if alive]
-            previous = self._group_keep.get(structure)
-            count = target_count(targets[structure], [scores[structure][i].numel() for i in index], self._min_keep(structure))
-            chosen = select_groups(
-                [scores[structure][i] for i in index],
-                count,
-                self._min_keep(structure),
-                [previous[i] for i in index] if previous else None,
-            )
-            full = [torch.ones(v.numel(), dtype=torch.bool) for v in scores[structure]]
-            for i, keep in zip(index, chosen, strict=True):
-                full[i] = keep
-            keeps[structure] = full
+            if structure in targets:
+                keeps[structure] = self._select(structure, targets[structure], scores[structure], live)
         self._group_keep = keeps
         self._targets = dict(targets)
         self.set_masks(state, self._param_masks(state))
         self._set_layer_bypass(state.model)
         self._log(state)
         return keeps
+
+    def _select(self, structure: str, target: float, scores: list[torch.Tensor], live: torch.Tensor) -> list[torch.Tensor]:
+        """Keep masks of one structure: over the live (and selected) layers, globally or per layer."""
+        allowed = self._layer_filter.get(structure) if self._layer_filter else None
+        index = [i for i, alive in enumerate(live.tolist()) if alive and (allowed is None or i in allowed)]
+        previous = self._group_keep.get(structure)
+        min_keep = self._min_keep(structure)
+        batches = [index] if type(self).ranks_globally else [[i] for i in index]
+        full = [torch.ones(v.numel(), dtype=torch.bool) for v in scores]
+        for part in batches:
+            count = target_count(target, [scores[i].numel() for i in part], min_keep)
+            chosen = select_groups(
+                [scores[i] for i in part], count, min_keep, [previous[i] for i in part] if previous else None
+            )
+            for i, keep in zip(part, chosen, strict=True):
+                full[i] = keep
+        return full
 
     def _param_masks(self, state: TrainingState) -> dict[str, torch.Tensor]:
         """Expand the group keeps into one keep mask per parameter (True = keep)."""
@@ -307,6 +329,10 @@ class GroupPruningModifier(PruningModifier):
         self.refresh_params(state)
         self._compacted_groups = True
         self._layers_removed = remove_layers
+
+    @property
+    def leaves_masks_enabled(self) -> bool:
+        return bool(getattr(self, "leave_enabled", True))
 
     def on_end(self, state: TrainingState) -> None:
         if self.compact:
