@@ -271,3 +271,22 @@ def test_unstructured_pruning_of_what_is_left():
         assert weight.shape[0] < 64  # neurons removed for real ...
         zeros = float((weight == 0).float().mean())
         assert abs(zeros - 0.7) < 0.02  # ... and 70% of what is left pruned
+
+
+def test_resume_mid_schedule_continues_exactly():
+    import copy
+
+    model = make_model("bert")
+    manager, optimizer = run(model, recipe(score="first_order"), 3)
+    state = manager.state_dict()
+    twin = copy.deepcopy(model)
+    twin_manager = Manager(recipe(score="first_order"))
+    twin_optimizer = twin_manager.modify(twin, torch.optim.AdamW(twin.parameters(), lr=1e-3), steps_per_epoch=4)
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    twin_manager.load_state_dict(state)
+    train(model, optimizer, manager, 4, seed=60)
+    train(twin, twin_optimizer, twin_manager, 4, seed=60)
+    for a, b in zip(manager.modifiers[0].group_keep()["heads"], twin_manager.modifiers[0].group_keep()["heads"], strict=True):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
