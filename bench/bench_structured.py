@@ -47,7 +47,10 @@ SHAPES = {
 TINY = {"tiny (2x64)": dict(layers=2, hidden=64, heads=4, intermediate=128)}
 # variant -> (fraction of heads kept, of FFN neurons kept, of layers kept), per shape family
 VARIANTS = {
-    "BERT-base": {"heads/2 + ffn/4": (0.5, 0.25, 1.0), "heads/2 + ffn/4 + layers/2": (0.5, 0.25, 0.5)},
+    "BERT-base": {
+        "heads/2 + ffn/4": (0.5, 0.25, 1.0),
+        "heads/2 + ffn/4 + layers/2": (0.5, 0.25, 0.5),
+    },
     "MiniLM": {"third of MACs (heads/2, ffn 24%)": (0.5, 0.24, 1.0)},
     "tiny": {"heads/2 + ffn/4 + layers/2": (0.5, 0.25, 0.5)},
 }
@@ -62,8 +65,14 @@ def compacted(shape: dict, heads: float, neurons: float, layers: float) -> torch
     generator = torch.Generator().manual_seed(3)
     n_heads = max(1, round(shape["heads"] * heads))
     n_neurons = max(1, round(shape["intermediate"] * neurons))
-    keep_heads = [torch.randperm(shape["heads"], generator=generator)[:n_heads].tolist() for _ in range(shape["layers"])]
-    keep_neurons = [torch.randperm(shape["intermediate"], generator=generator)[:n_neurons] for _ in range(shape["layers"])]
+    keep_heads = [
+        torch.randperm(shape["heads"], generator=generator)[:n_heads].tolist()
+        for _ in range(shape["layers"])
+    ]
+    keep_neurons = [
+        torch.randperm(shape["intermediate"], generator=generator)[:n_neurons]
+        for _ in range(shape["layers"])
+    ]
     keep_layers = list(range(max(1, round(shape["layers"] * layers))))
     compact_model(model, keep_layers, keep_heads, keep_neurons)
     return model.eval()
@@ -99,17 +108,28 @@ def run(shapes: dict[str, dict], workdir: Path, quick: bool) -> list[dict]:
             log(f"{label}: timing batch {batch} x {seq} tokens, {iterations} round(s)")
             speeds = time_round_robin(paths, batch, seq, iterations)
             for name, speed in speeds.items():
-                rows.append({
-                    "model": label, "batch": batch, "sequence_length": seq, "variant": name,
-                    "seq_per_s": speed, "speedup_vs_dense_fp32": speed / speeds["dense fp32"],
-                    "size_mb": sizes[name] / 1e6, "size_ratio_vs_dense_fp32": sizes[name] / sizes["dense fp32"],
-                })
-                log(f"  {name:<40} {speed:9.2f} seq/s  x{speed / speeds['dense fp32']:.2f}  {sizes[name] / 1e6:7.1f} MB")
+                rows.append(
+                    {
+                        "model": label,
+                        "batch": batch,
+                        "sequence_length": seq,
+                        "variant": name,
+                        "seq_per_s": speed,
+                        "speedup_vs_dense_fp32": speed / speeds["dense fp32"],
+                        "size_mb": sizes[name] / 1e6,
+                        "size_ratio_vs_dense_fp32": sizes[name] / sizes["dense fp32"],
+                    }
+                )
+                log(
+                    f"  {name:<40} {speed:9.2f} seq/s  x{speed / speeds['dense fp32']:.2f}  {sizes[name] / 1e6:7.1f} MB"
+                )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
     parser.add_argument("--tiny", action="store_true", help="smoke test on a tiny shape only")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")

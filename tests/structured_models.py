@@ -8,14 +8,29 @@ import transformers
 FAMILIES = ("bert", "roberta", "distilbert", "mpnet")
 
 
-def make_model(family: str = "bert", seed: int = 0, layers: int = 3, heads: int = 4, ffn: int = 64, labels: int = 2, vocab: int = 100):
+def make_model(
+    family: str = "bert",
+    seed: int = 0,
+    layers: int = 3,
+    heads: int = 4,
+    ffn: int = 64,
+    labels: int = 2,
+    vocab: int = 100,
+):
     """A freshly initialised sequence classifier of `family` (hidden 32), deterministic per seed."""
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, num_labels=labels)
     if family == "distilbert":
         config = transformers.DistilBertConfig(
-            dim=32, n_layers=layers, n_heads=heads, hidden_dim=ffn, dropout=0.0, attention_dropout=0.0,
-            max_position_embeddings=64, seq_classif_dropout=0.0, **common,
+            dim=32,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=ffn,
+            dropout=0.0,
+            attention_dropout=0.0,
+            max_position_embeddings=64,
+            seq_classif_dropout=0.0,
+            **common,
         )
         return transformers.DistilBertForSequenceClassification(config).eval()
     config_cls, model_cls = {
@@ -24,8 +39,14 @@ def make_model(family: str = "bert", seed: int = 0, layers: int = 3, heads: int 
         "mpnet": (transformers.MPNetConfig, transformers.MPNetForSequenceClassification),
     }[family]
     config = config_cls(
-        hidden_size=32, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64, **common,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=64,
+        **common,
     )
     return model_cls(config).eval()
 

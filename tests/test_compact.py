@@ -28,7 +28,9 @@ def masked_dir(tmp_path):
     """A BERT trained with masks only (compact: false): its pruned groups are zero, dense shapes."""
     model = make_model("bert")
     manager = Manager(RECIPE)
-    optimizer = manager.modify(model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4)
+    optimizer = manager.modify(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4
+    )
     train(model, optimizer, manager, 5)
     trained = logits(model, batch(21))  # the bypassed layer is still hooked: what training saw
     manager.finalize(model)
@@ -48,7 +50,9 @@ def test_compact_cli_removes_zeroed_groups_and_reloads(masked_dir, tmp_path, cap
     assert (small / "tokenizer_config.json").is_file() and (small / "recipe.yaml").is_file()
     model = load_model(small, "text-classification")
     torch.testing.assert_close(logits(model, batch(21)), trained, atol=1e-5, rtol=0)
-    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in make_model("bert").parameters())
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in make_model("bert").parameters()
+    )
     # the source is never modified, and an existing non-empty output is refused
     assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 3
     assert main(["compact", str(folder), "--output_dir", str(small)]) == 2
@@ -60,8 +64,14 @@ def test_analyze_reports_heads_neurons_layers_and_macs(masked_dir, tmp_path, cap
     capsys.readouterr()
     assert main(["analyze", str(tmp_path / "small"), "--json", "--sequence_length", "64"]) == 0
     report = json.loads(capsys.readouterr().out)["structure"]
-    assert len(report["kept_layers"]) == 2 and sum(report["heads"]) == 4 and sum(report["neurons"]) == 64
-    expected = sum(layer_macs(32, h, 8, n, 64) for h, n in zip(report["heads"], report["neurons"], strict=True))
+    assert (
+        len(report["kept_layers"]) == 2
+        and sum(report["heads"]) == 4
+        and sum(report["neurons"]) == 64
+    )
+    expected = sum(
+        layer_macs(32, h, 8, n, 64) for h, n in zip(report["heads"], report["neurons"], strict=True)
+    )
     assert report["encoder_macs_per_token"] == expected
     assert report["dense_encoder_macs_per_token"] == 3 * layer_macs(32, 4, 8, 64, 64)
     assert main(["analyze", str(tmp_path / "small")]) == 0
@@ -70,6 +80,13 @@ def test_analyze_reports_heads_neurons_layers_and_macs(masked_dir, tmp_path, cap
 
 
 def test_macs_of_a_plain_config():
-    structure = encoder_structure({"hidden_size": 384, "num_attention_heads": 12, "num_hidden_layers": 6, "intermediate_size": 1536})
+    structure = encoder_structure(
+        {
+            "hidden_size": 384,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 6,
+            "intermediate_size": 1536,
+        }
+    )
     now, full = encoder_macs(structure, 128)
     assert now == full == 6 * (4 * 384 * 384 + 2 * 384 * 128 + 2 * 384 * 1536)

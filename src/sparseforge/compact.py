@@ -31,7 +31,13 @@ _ARCHITECTURE_TASKS = {
     "ForQuestionAnswering": "question-answering",
     "ForMaskedLM": "masked-language-modeling",
 }
-_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "config.json")
+_WEIGHT_NAMES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "config.json",
+)
 
 
 def task_of(folder: Path) -> str:
@@ -47,7 +53,9 @@ def task_of(folder: Path) -> str:
     )
 
 
-def compact_folder(model_dir: str | os.PathLike, output_dir: str | os.PathLike, task: str | None = None) -> Path:
+def compact_folder(
+    model_dir: str | os.PathLike, output_dir: str | os.PathLike, task: str | None = None
+) -> Path:
     """Write a compacted copy of the model folder `model_dir` to `output_dir` (which must not exist
     or be empty); returns the output folder."""
     from sparseforge.modifiers.pruning.compaction import compact_zeroed
@@ -57,9 +65,13 @@ def compact_folder(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     if not (source / "config.json").is_file():
         raise SparseforgeError(f"{source}: no config.json; MODEL_DIR must be a saved model folder")
     if target.resolve() == source.resolve():
-        raise SparseforgeError("--output_dir must differ from MODEL_DIR: the source folder is never modified")
+        raise SparseforgeError(
+            "--output_dir must differ from MODEL_DIR: the source folder is never modified"
+        )
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise SparseforgeError(f"--output_dir {target} exists and is not empty; choose another folder")
+        raise SparseforgeError(
+            f"--output_dir {target} exists and is not empty; choose another folder"
+        )
     task = normalize_task(task) if task else task_of(source)
     model = load_model(source, task)
     plan = compact_zeroed(model)
@@ -68,7 +80,11 @@ def compact_folder(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     try:
         model.save_pretrained(str(staging))
         for item in source.iterdir():
-            if item.is_file() and item.name not in _WEIGHT_NAMES and not item.name.endswith(".safetensors"):
+            if (
+                item.is_file()
+                and item.name not in _WEIGHT_NAMES
+                and not item.name.endswith(".safetensors")
+            ):
                 shutil.copy2(item, staging / item.name)
         if target.exists():
             target.rmdir()  # empty, checked above
@@ -76,7 +92,13 @@ def compact_folder(model_dir: str | os.PathLike, output_dir: str | os.PathLike, 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("compacted %s -> %s: %d of %d layers", source, target, len(plan["kept_layers"]), plan["dense"]["num_layers"])
+    logger.info(
+        "compacted %s -> %s: %d of %d layers",
+        source,
+        target,
+        len(plan["kept_layers"]),
+        plan["dense"]["num_layers"],
+    )
     return target
 
 
@@ -86,10 +108,24 @@ def cli_main(argv: Sequence[str]) -> int:
         description="Remove pruned (all-zero) attention heads, FFN neurons and layers from a saved "
         "model, writing a smaller model folder that load_model and export read.",
     )
-    parser.add_argument("model_dir", help="saved model folder (config.json, weights, tokenizer, recipe.yaml)")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="new folder for the compacted model")
-    parser.add_argument("--task", default=None, help=f"task or alias (default: from config.json): {', '.join(sorted(TASK_ALIASES))}")
-    parser.add_argument("--sequence_length", "--sequence-length", type=int, default=128, help="for the MAC count printed (default 128)")
+    parser.add_argument(
+        "model_dir", help="saved model folder (config.json, weights, tokenizer, recipe.yaml)"
+    )
+    parser.add_argument(
+        "--output_dir", "--output-dir", required=True, help="new folder for the compacted model"
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help=f"task or alias (default: from config.json): {', '.join(sorted(TASK_ALIASES))}",
+    )
+    parser.add_argument(
+        "--sequence_length",
+        "--sequence-length",
+        type=int,
+        default=128,
+        help="for the MAC count printed (default 128)",
+    )
     args = parser.parse_args(list(argv))
     target = compact_folder(args.model_dir, args.output_dir, args.task)
     from sparseforge.sparsity import format_structure, structure_of_path

@@ -277,8 +277,19 @@ def encoder_structure(config: dict[str, Any]) -> dict[str, Any] | None:
     ffn = _first_int(config, "intermediate_size", "hidden_dim")
     if not (hidden and heads and layers and ffn) or hidden % heads:
         return None
-    dense = {"num_layers": layers, "num_heads": heads, "head_size": hidden // heads, "hidden_size": hidden, "intermediate_size": ffn}
-    return {"dense": dense, "kept_layers": list(range(layers)), "heads": [heads] * layers, "neurons": [ffn] * layers}
+    dense = {
+        "num_layers": layers,
+        "num_heads": heads,
+        "head_size": hidden // heads,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+    }
+    return {
+        "dense": dense,
+        "kept_layers": list(range(layers)),
+        "heads": [heads] * layers,
+        "neurons": [ffn] * layers,
+    }
 
 
 def layer_macs(hidden: int, heads: int, head_size: int, neurons: int, sequence_length: int) -> int:
@@ -296,15 +307,21 @@ def encoder_macs(structure: dict[str, Any], sequence_length: int = 128) -> tuple
         layer_macs(hidden, h, head_size, n, sequence_length)
         for h, n in zip(structure["heads"], structure["neurons"], strict=True)
     )
-    full = dense["num_layers"] * layer_macs(hidden, dense["num_heads"], head_size, dense["intermediate_size"], sequence_length)
+    full = dense["num_layers"] * layer_macs(
+        hidden, dense["num_heads"], head_size, dense["intermediate_size"], sequence_length
+    )
     return now, full
 
 
 def format_structure(structure: dict[str, Any], sequence_length: int = 128) -> str:
     """Per kept layer: heads and neurons kept of the dense counts; then the MAC ratio."""
     dense = structure["dense"]
-    lines = [f"encoder structure: {len(structure['kept_layers'])} of {dense['num_layers']} layers kept"]
-    for origin, heads, neurons in zip(structure["kept_layers"], structure["heads"], structure["neurons"], strict=True):
+    lines = [
+        f"encoder structure: {len(structure['kept_layers'])} of {dense['num_layers']} layers kept"
+    ]
+    for origin, heads, neurons in zip(
+        structure["kept_layers"], structure["heads"], structure["neurons"], strict=True
+    ):
         lines.append(
             f"  layer {origin:>2}: heads {heads}/{dense['num_heads']}, FFN neurons {neurons}/{dense['intermediate_size']}"
         )
@@ -349,7 +366,10 @@ def cli_main(argv: Sequence[str]) -> int:
         "--all", action="store_true", help="also list 1-D tensors (biases, LayerNorm)"
     )
     parser.add_argument(
-        "--sequence_length", "--sequence-length", type=int, default=128,
+        "--sequence_length",
+        "--sequence-length",
+        type=int,
+        default=128,
         help="tokens per sequence for the attention part of the MAC count (default 128)",
     )
     args = parser.parse_args(list(argv))
@@ -359,7 +379,12 @@ def cli_main(argv: Sequence[str]) -> int:
         data = report.to_dict()
         if structure is not None:
             now, full = encoder_macs(structure, args.sequence_length)
-            data["structure"] = {**structure, "sequence_length": args.sequence_length, "encoder_macs_per_token": now, "dense_encoder_macs_per_token": full}
+            data["structure"] = {
+                **structure,
+                "sequence_length": args.sequence_length,
+                "encoder_macs_per_token": now,
+                "dense_encoder_macs_per_token": full,
+            }
         print(json.dumps(data, indent=2))
     else:
         print(f"{args.path}:")

@@ -35,10 +35,15 @@ def test_compacted_model_exports_and_verifies(tmp_path, family, qat):
     model = make_model(family, vocab=len(VOCAB))
     recipe = STRUCTURED + (QAT.replace("FAMILY", family) if qat else "")
     manager = Manager(recipe)
-    optimizer = manager.modify(model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4)
+    optimizer = manager.modify(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4
+    )
     train(model, optimizer, manager, 12 if qat else 5)
     manager.finalize(model)
-    heads = [layer.attention.self.query.out_features // 8 for layer in getattr(model, family).encoder.layer]
+    heads = [
+        layer.attention.self.query.out_features // 8
+        for layer in getattr(model, family).encoder.layer
+    ]
     assert len(heads) == 2 and sum(heads) == 4
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -50,5 +55,6 @@ def test_compacted_model_exports_and_verifies(tmp_path, family, qat):
     assert report["verification"]["argmax_agreement"] == 1.0
     dense = make_model(family, vocab=len(VOCAB))
     dense.save_pretrained(tmp_path / "dense")
-    assert (folder / "model.safetensors").stat().st_size < (tmp_path / "dense" / "model.safetensors").stat().st_size
-
+    assert (folder / "model.safetensors").stat().st_size < (
+        tmp_path / "dense" / "model.safetensors"
+    ).stat().st_size

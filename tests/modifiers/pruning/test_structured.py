@@ -32,7 +32,12 @@ def recipe(final="{heads: 0.5, neurons: 0.5}", score="first_order", **extra):
 
 def run(model, text, steps, optimizer=None, **kwargs):
     manager = Manager(text)
-    optimizer = manager.modify(model, optimizer or torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4, **kwargs)
+    optimizer = manager.modify(
+        model,
+        optimizer or torch.optim.AdamW(model.parameters(), lr=1e-3),
+        steps_per_epoch=4,
+        **kwargs,
+    )
     train(model, optimizer, manager, steps, teacher_loss="distillation_teacher" in kwargs)
     return manager, optimizer
 
@@ -41,10 +46,30 @@ def run(model, text, steps, optimizer=None, **kwargs):
 @pytest.mark.parametrize(
     "family, q, o, ffn_in",
     [
-        ("bert", "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.output.dense", "bert.encoder.layer.1.intermediate.dense"),
-        ("roberta", "roberta.encoder.layer.1.attention.self.query", "roberta.encoder.layer.1.attention.output.dense", "roberta.encoder.layer.1.intermediate.dense"),
-        ("distilbert", "distilbert.transformer.layer.1.attention.q_lin", "distilbert.transformer.layer.1.attention.out_lin", "distilbert.transformer.layer.1.ffn.lin1"),
-        ("mpnet", "mpnet.encoder.layer.1.attention.attn.q", "mpnet.encoder.layer.1.attention.attn.o", "mpnet.encoder.layer.1.intermediate.dense"),
+        (
+            "bert",
+            "bert.encoder.layer.1.attention.self.query",
+            "bert.encoder.layer.1.attention.output.dense",
+            "bert.encoder.layer.1.intermediate.dense",
+        ),
+        (
+            "roberta",
+            "roberta.encoder.layer.1.attention.self.query",
+            "roberta.encoder.layer.1.attention.output.dense",
+            "roberta.encoder.layer.1.intermediate.dense",
+        ),
+        (
+            "distilbert",
+            "distilbert.transformer.layer.1.attention.q_lin",
+            "distilbert.transformer.layer.1.attention.out_lin",
+            "distilbert.transformer.layer.1.ffn.lin1",
+        ),
+        (
+            "mpnet",
+            "mpnet.encoder.layer.1.attention.attn.q",
+            "mpnet.encoder.layer.1.attention.attn.o",
+            "mpnet.encoder.layer.1.intermediate.dense",
+        ),
     ],
 )
 def test_groups_found_from_the_model_whatever_its_names(family, q, o, ffn_in):
@@ -125,12 +150,17 @@ def test_compacted_model_equals_masked_model(family):
 
 def test_compaction_at_end_epoch_moves_the_optimizer_and_training_continues():
     model = make_model("bert")
-    manager, optimizer = run(model, recipe(), 9)  # end_epoch 2.0 = step 8: compacted, then one more step
+    manager, optimizer = run(
+        model, recipe(), 9
+    )  # end_epoch 2.0 = step 8: compacted, then one more step
     ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert all(id(p) in ids for p in model.parameters())
     q = model.bert.encoder.layer[0].attention.self.query.weight
     assert optimizer.state[q]["exp_avg"].shape == q.shape
-    assert model.bert.encoder.layer[0].attention.self.query.out_features < 32 or model.bert.encoder.layer[1].attention.self.query.out_features < 32
+    assert (
+        model.bert.encoder.layer[0].attention.self.query.out_features < 32
+        or model.bert.encoder.layer[1].attention.self.query.out_features < 32
+    )
     before = q.detach().clone()
     train(model, optimizer, manager, 1, seed=77)
     assert not torch.equal(before, q.detach())
@@ -218,7 +248,11 @@ def test_neurons_and_layers_evenly_removed_load_in_plain_transformers(tmp_path, 
     compact_model(model, [1], [[0, 1, 2, 3]] * 2, keep_neurons, groups=groups)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    width, depth = ("hidden_dim", "n_layers") if family == "distilbert" else ("intermediate_size", "num_hidden_layers")
+    width, depth = (
+        ("hidden_dim", "n_layers")
+        if family == "distilbert"
+        else ("intermediate_size", "num_hidden_layers")
+    )
     assert (config[width], config[depth]) == (32, 1)
     plain = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     inputs = batch(12)
@@ -240,22 +274,36 @@ def test_apply_structure_rebuilds_a_fresh_model(tmp_path):
 def test_distillation_trains_with_structured_pruning():
     model = make_model("bert")
     teacher = make_model("bert", seed=1)
-    text = recipe() + """
+    text = (
+        recipe()
+        + """
 distillation_modifiers:
   - !DistillationModifier
     hardness: 0.5
     temperature: 2.0
     distill_output_keys: [logits]
 """
+    )
     manager, _ = run(model, text, 9, distillation_teacher=teacher)
-    assert "distillation/loss" in manager.logs() or any(k.startswith("distillation") for k in manager.logs())
+    assert "distillation/loss" in manager.logs() or any(
+        k.startswith("distillation") for k in manager.logs()
+    )
     manager.finalize(model)
-    assert sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features < 32) > 0
+    assert (
+        sum(
+            m.out_features
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features < 32
+        )
+        > 0
+    )
 
 
 def test_unstructured_pruning_of_what_is_left():
     model = make_model("bert")
-    text = recipe("{neurons: 0.3}") + """
+    text = (
+        recipe("{neurons: 0.3}")
+        + """
   - !GMPruningModifier
     params: ['re:bert.encoder.layer.*.intermediate.dense.weight']
     start_epoch: 2.0
@@ -264,6 +312,7 @@ def test_unstructured_pruning_of_what_is_left():
     init_sparsity: 0.3
     final_sparsity: 0.7
 """
+    )
     manager, _ = run(model, text, 13)
     manager.finalize(model)
     for layer in model.bert.encoder.layer:
@@ -281,12 +330,18 @@ def test_resume_mid_schedule_continues_exactly():
     state = manager.state_dict()
     twin = copy.deepcopy(model)
     twin_manager = Manager(recipe(score="first_order"))
-    twin_optimizer = twin_manager.modify(twin, torch.optim.AdamW(twin.parameters(), lr=1e-3), steps_per_epoch=4)
+    twin_optimizer = twin_manager.modify(
+        twin, torch.optim.AdamW(twin.parameters(), lr=1e-3), steps_per_epoch=4
+    )
     twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     twin_manager.load_state_dict(state)
     train(model, optimizer, manager, 4, seed=60)
     train(twin, twin_optimizer, twin_manager, 4, seed=60)
-    for a, b in zip(manager.modifiers[0].group_keep()["heads"], twin_manager.modifiers[0].group_keep()["heads"], strict=True):
+    for a, b in zip(
+        manager.modifiers[0].group_keep()["heads"],
+        twin_manager.modifiers[0].group_keep()["heads"],
+        strict=True,
+    ):
         assert torch.equal(a, b)
     for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)

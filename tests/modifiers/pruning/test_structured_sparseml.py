@@ -43,7 +43,9 @@ pruning_modifiers:
 def _run(text, steps):
     model = make_model("bert")
     manager = Manager(text)
-    optimizer = manager.modify(model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4)
+    optimizer = manager.modify(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4
+    )
     train(model, optimizer, manager, steps)
     return model, manager, optimizer
 
@@ -56,8 +58,16 @@ def test_filter_pruning_of_ffn_then_thinning_removes_neurons_evenly_per_layer():
         assert not layer.output.dense.weight[:, ~rows].any()  # coupled: the output columns too
     masked = logits(model, batch(30))
     train(model, optimizer, manager, 1, seed=40)  # epoch 2.0: LayerThinningModifier
-    assert [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer] == [32, 32, 32]
-    assert [layer.attention.self.query.out_features for layer in model.bert.encoder.layer] == [32, 32, 32]
+    assert [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer] == [
+        32,
+        32,
+        32,
+    ]
+    assert [layer.attention.self.query.out_features for layer in model.bert.encoder.layer] == [
+        32,
+        32,
+        32,
+    ]
     manager.finalize(model)
     assert model.config.intermediate_size == 32
     assert not torch.equal(logits(model, batch(30)), masked)  # one more training step happened
@@ -72,7 +82,10 @@ def test_filter_pruning_of_ffn_then_thinning_removes_neurons_evenly_per_layer():
 def test_channel_pruning_of_attention_output_prunes_whole_heads_of_selected_layers():
     model, manager, _ = _run(HEADS + "  - !LayerThinningModifier {start_epoch: 1.0}\n", 5)
     manager.finalize(model)
-    heads = [find_encoder_groups(model).heads(model, layer) for layer in find_encoder_groups(model).layers]
+    heads = [
+        find_encoder_groups(model).heads(model, layer)
+        for layer in find_encoder_groups(model).layers
+    ]
     assert heads == [2, 2, 4]  # layer 2 was not selected
 
 
@@ -82,9 +95,16 @@ def test_bad_sparseml_fields_and_params():
     with pytest.raises(RecipeError, match="update_epochs must be sorted"):
         Manager("modifiers:\n  - !LayerThinningModifier {update_epochs: [2.0, 1.0]}\n")
     model = make_model("bert")
-    text = HEADS.replace("re:bert.encoder.layer.[01].attention.output.dense.weight", "bert.embeddings.word_embeddings.weight")
+    text = HEADS.replace(
+        "re:bert.encoder.layer.[01].attention.output.dense.weight",
+        "bert.embeddings.word_embeddings.weight",
+    )
     with pytest.raises(ModelMatchError, match="not part of a structure"):
         Manager(text).modify(model, torch.optim.SGD(model.parameters(), lr=0.1), 4)
-    text = NEURONS.replace("bert.encoder.layer.0.output.dense.weight]", "bert.encoder.layer.1.output.dense.weight]")
+    text = NEURONS.replace(
+        "bert.encoder.layer.0.output.dense.weight]", "bert.encoder.layer.1.output.dense.weight]"
+    )
     with pytest.raises(ModelMatchError, match="do not share one structure"):
-        Manager(text.replace("THIN", "2.0")).modify(model, torch.optim.SGD(model.parameters(), lr=0.1), 4)
+        Manager(text.replace("THIN", "2.0")).modify(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), 4
+        )

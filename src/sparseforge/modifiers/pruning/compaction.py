@@ -52,12 +52,18 @@ def _set_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> None
 
 @torch.no_grad()
 def slice_linear(
-    model: torch.nn.Module, name: str, index: torch.Tensor, dim: int, moves: ParamMoves | None = None
+    model: torch.nn.Module,
+    name: str,
+    index: torch.Tensor,
+    dim: int,
+    moves: ParamMoves | None = None,
 ) -> torch.nn.Linear:
     """Replace Linear `name` by one keeping `index` along `dim` (0 = outputs, 1 = inputs)."""
     old = model.get_submodule(name)
     if not isinstance(old, torch.nn.Linear):
-        raise ModelMatchError(f"compaction: {name} is a {type(old).__name__}, not a torch.nn.Linear")
+        raise ModelMatchError(
+            f"compaction: {name} is a {type(old).__name__}, not a torch.nn.Linear"
+        )
     index = index.to(device=old.weight.device, dtype=torch.long)
     weight = old.weight.index_select(dim, index)
     bias = old.bias
@@ -109,7 +115,9 @@ def prune_neurons(
     slice_linear(model, layer.ffn_out, keep, 1, moves)
 
 
-def remove_layers(model: torch.nn.Module, groups: EncoderGroups, keep: Sequence[int]) -> EncoderGroups:
+def remove_layers(
+    model: torch.nn.Module, groups: EncoderGroups, keep: Sequence[int]
+) -> EncoderGroups:
     """Drop every encoder block not in `keep` (current indices); returns the renumbered groups."""
     container = model.get_submodule(groups.layers_path)
     keep = sorted(set(keep))
@@ -148,7 +156,13 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer | None, moves: ParamMo
         optimizer.state[new] = moved
 
 
-def current_plan(model: torch.nn.Module, groups: EncoderGroups, dense: Mapping[str, int], kept_layers: Sequence[int], heads: Sequence[Sequence[int]]) -> dict[str, Any]:
+def current_plan(
+    model: torch.nn.Module,
+    groups: EncoderGroups,
+    dense: Mapping[str, int],
+    kept_layers: Sequence[int],
+    heads: Sequence[Sequence[int]],
+) -> dict[str, Any]:
     """The plan describing `model` as it is now: kept layers, heads per layer, neurons per layer."""
     return {
         "version": PLAN_VERSION,
@@ -224,13 +238,18 @@ def apply_compaction_plan(model: torch.nn.Module, plan: Mapping[str, Any]) -> No
 
 
 @torch.no_grad()
-def zeroed_groups(model: torch.nn.Module, groups: EncoderGroups) -> tuple[list[int], list[list[int]], list[torch.Tensor]]:
+def zeroed_groups(
+    model: torch.nn.Module, groups: EncoderGroups
+) -> tuple[list[int], list[list[int]], list[torch.Tensor]]:
     """Groups whose weights are all zero (a masked, uncompacted model): kept layers, and per
     layer the kept heads and kept neuron indices. A layer is removed when every one of its
     q/k/v/o/FFN weights is zero (how the structured pruning modifier leaves a masked layer)."""
     kept_layers, heads, neurons = [], [], []
     for layer in groups.layers:
-        mods = {role: model.get_submodule(getattr(layer, role)) for role in ("q", "k", "v", "o", "ffn_in", "ffn_out")}
+        mods = {
+            role: model.get_submodule(getattr(layer, role))
+            for role in ("q", "k", "v", "o", "ffn_in", "ffn_out")
+        }
         if all(not bool(m.weight.any()) for m in mods.values()):
             heads.append([])
             neurons.append(torch.empty(0, dtype=torch.long))
@@ -272,7 +291,9 @@ def compact_model(
     previous = plan_of(model)
     dense = previous["dense"] if previous else dense_shape(model, groups)
     origin = previous["kept_layers"] if previous else list(range(len(groups.layers)))
-    head_origin = previous["heads"] if previous else [list(range(layer.num_heads)) for layer in groups.layers]
+    head_origin = (
+        previous["heads"] if previous else [list(range(layer.num_heads)) for layer in groups.layers]
+    )
     moves: ParamMoves = {}
     for layer in groups.layers:
         if layer.index not in keep_layers:
@@ -288,11 +309,16 @@ def compact_model(
     move_optimizer_state(optimizer, moves)
     kept = sorted(set(int(i) for i in keep_layers))
     groups = remove_layers(model, groups, kept)
-    plan = current_plan(model, groups, dense, [origin[i] for i in kept], [head_origin[i] for i in kept])
+    plan = current_plan(
+        model, groups, dense, [origin[i] for i in kept], [head_origin[i] for i in kept]
+    )
     record_plan(model, plan)
     logger.info(
         "compacted encoder: %d/%d layers, heads per layer %s, FFN neurons per layer %s",
-        len(kept), dense["num_layers"], [len(h) for h in plan["heads"]], plan["neurons"],
+        len(kept),
+        dense["num_layers"],
+        [len(h) for h in plan["heads"]],
+        plan["neurons"],
     )
     return plan
 
@@ -312,7 +338,11 @@ def compact_zeroed(model: torch.nn.Module) -> dict[str, Any]:
     kept_layers, heads, neurons = zeroed_groups(model, groups)
     for layer in groups.layers:
         if layer.index in kept_layers and not heads[layer.index]:
-            raise ModelMatchError(f"compaction: every head of {layer.name} is zero but the layer is not")
+            raise ModelMatchError(
+                f"compaction: every head of {layer.name} is zero but the layer is not"
+            )
         if layer.index in kept_layers and neurons[layer.index].numel() == 0:
-            raise ModelMatchError(f"compaction: every FFN neuron of {layer.name} is zero but the layer is not")
+            raise ModelMatchError(
+                f"compaction: every FFN neuron of {layer.name} is zero but the layer is not"
+            )
     return compact_model(model, kept_layers, heads, neurons, groups=groups)

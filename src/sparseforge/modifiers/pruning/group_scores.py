@@ -32,7 +32,9 @@ def _linear(model: torch.nn.Module, name: str) -> torch.nn.Linear:
     return model.get_submodule(name)  # type: ignore[return-value]
 
 
-def layer_group_sums(model: torch.nn.Module, layer: LayerGroups, fn: Elementwise) -> tuple[torch.Tensor, torch.Tensor]:
+def layer_group_sums(
+    model: torch.nn.Module, layer: LayerGroups, fn: Elementwise
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per head and per neuron of `layer`: the sum of `fn(param)` over the group's elements."""
     d = layer.head_size
     heads = None
@@ -121,11 +123,17 @@ class GradientScoreAccumulator:
         return {key: [v.clone() for v in values] for key, values in self.totals.items()}
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "steps": self.steps, "totals": {k: [v.clone() for v in vs] for k, vs in self.totals.items()}}
+        return {
+            "kind": self.kind,
+            "steps": self.steps,
+            "totals": {k: [v.clone() for v in vs] for k, vs in self.totals.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state.get("steps", 0))
-        self.totals = {k: [torch.as_tensor(v) for v in vs] for k, vs in state.get("totals", {}).items()}
+        self.totals = {
+            k: [torch.as_tensor(v) for v in vs] for k, vs in state.get("totals", {}).items()
+        }
 
 
 def _shapes(scores: GroupScores) -> list[tuple[int, ...]]:

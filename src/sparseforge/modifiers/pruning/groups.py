@@ -67,7 +67,9 @@ class EncoderGroups:
         return model.get_submodule(layer.ffn_in).out_features
 
     def weight_names(self, layer: LayerGroups) -> list[str]:
-        return [f"{n}.weight" for n in (layer.q, layer.k, layer.v, layer.o, layer.ffn_in, layer.ffn_out)]
+        return [
+            f"{n}.weight" for n in (layer.q, layer.k, layer.v, layer.o, layer.ffn_in, layer.ffn_out)
+        ]
 
 
 def model_config(model: torch.nn.Module) -> Any:
@@ -105,7 +107,11 @@ def _parse_block(
         return f"the first three Linear layers are not q, k, v of input size {hidden} and one output size"
     if om.in_features != width or om.out_features != hidden:
         return f"the fourth Linear layer is not the attention output ({width} -> {hidden})"
-    if fim.in_features != hidden or fom.out_features != hidden or fim.out_features != fom.in_features:
+    if (
+        fim.in_features != hidden
+        or fom.out_features != hidden
+        or fim.out_features != fom.in_features
+    ):
         return f"the last two Linear layers are not an FFN pair ({hidden} -> I -> {hidden})"
     for role, name in (("q", q), ("k", k), ("v", v)):
         last = name.rsplit(".", 1)[-1].lower()
@@ -121,7 +127,7 @@ def _parse_block(
         head_size = hidden // num_heads
     if not head_size or width % head_size:
         return f"cannot tell the head size (attention width {width}, heads {num_heads})"
-    full = (lambda n: f"{prefix}.{n}" if n else prefix)  # noqa: E731
+    full = lambda n: f"{prefix}.{n}" if n else prefix  # noqa: E731
     return LayerGroups(
         index=index,
         name=prefix,

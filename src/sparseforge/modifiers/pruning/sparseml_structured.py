@@ -81,7 +81,9 @@ class StructuredPruningModifier(GroupPruningModifier):
     @classmethod
     def _check_mask_type(cls, value: Any) -> Any:
         if value not in ("filter", "channel"):
-            raise ValueError(f"StructuredPruningModifier mask_type must be 'filter' or 'channel', got {value!r}")
+            raise ValueError(
+                f"StructuredPruningModifier mask_type must be 'filter' or 'channel', got {value!r}"
+            )
         return value
 
     def select_groups_from_params(self, model: torch.nn.Module, groups: EncoderGroups) -> None:
@@ -115,15 +117,24 @@ class StructuredPruningModifier(GroupPruningModifier):
             return None
         return _ROLE_STRUCTURE.get((roles[name][0], self.mask_type))
 
-    def _check_param_groups(self, model: torch.nn.Module, roles: dict[str, tuple[str, int]]) -> None:
+    def _check_param_groups(
+        self, model: torch.nn.Module, roles: dict[str, tuple[str, int]]
+    ) -> None:
         names = dict(model.named_parameters())
         for group in self.param_groups or []:
             missing = [n for n in group if n not in names]
             if missing:
-                raise ModelMatchError(f"{self.name}: param_groups entry {missing[0]!r} is not a parameter of the model")
+                raise ModelMatchError(
+                    f"{self.name}: param_groups entry {missing[0]!r} is not a parameter of the model"
+                )
             coupled = {
-                (_ROLE_STRUCTURE.get((roles[n][0], "filter")) or _ROLE_STRUCTURE.get((roles[n][0], "channel")), roles[n][1])
-                if n in roles else None
+                (
+                    _ROLE_STRUCTURE.get((roles[n][0], "filter"))
+                    or _ROLE_STRUCTURE.get((roles[n][0], "channel")),
+                    roles[n][1],
+                )
+                if n in roles
+                else None
                 for n in group
             }
             if len(coupled) != 1 or None in coupled:
@@ -150,7 +161,9 @@ class LayerThinningModifier(Modifier):
         if self.end_epoch != -1:
             raise ValueError("end_epoch is not used by LayerThinningModifier (SparseML forces -1)")
         if sorted(set(self.update_epochs)) != list(self.update_epochs):
-            raise ValueError(f"update_epochs must be sorted without repeats, got {self.update_epochs}")
+            raise ValueError(
+                f"update_epochs must be sorted without repeats, got {self.update_epochs}"
+            )
         return self
 
     def on_initialize(self, state: TrainingState) -> None:

@@ -56,7 +56,9 @@ def _as_targets(value: float | dict[str, float], field: str) -> Targets:
     if isinstance(value, dict):
         unknown = sorted(set(value) - set(STRUCTURES))
         if unknown:
-            raise ValueError(f"{field}: unknown structure {unknown[0]!r}; valid: {', '.join(STRUCTURES)}")
+            raise ValueError(
+                f"{field}: unknown structure {unknown[0]!r}; valid: {', '.join(STRUCTURES)}"
+            )
         targets = {key: float(v) for key, v in value.items()}
     else:
         targets = {"heads": float(value), "neurons": float(value)}
@@ -123,7 +125,9 @@ class GroupPruningModifier(PruningModifier):
         inits = _as_targets(self.init_sparsity, "init_sparsity")
         extra = sorted(set(inits) - set(finals)) if isinstance(self.init_sparsity, dict) else []
         if extra:
-            raise ValueError(f"init_sparsity names {extra[0]!r}, which final_sparsity does not prune")
+            raise ValueError(
+                f"init_sparsity names {extra[0]!r}, which final_sparsity does not prune"
+            )
         if self.end_epoch == -1 and self.end_step is None:
             raise ValueError("end_epoch is required: the epoch at which final_sparsity is reached")
         return self
@@ -152,7 +156,11 @@ class GroupPruningModifier(PruningModifier):
         return targets
 
     def _min_keep(self, structure: str) -> int:
-        return {"heads": self.min_heads_per_layer, "neurons": self.min_neurons_per_layer, "layers": self.min_layers}[structure]
+        return {
+            "heads": self.min_heads_per_layer,
+            "neurons": self.min_neurons_per_layer,
+            "layers": self.min_layers,
+        }[structure]
 
     def _sizes(self, structure: str) -> list[int]:
         assert self._groups is not None and self._state is not None
@@ -161,7 +169,11 @@ class GroupPruningModifier(PruningModifier):
             return [len(groups.layers)]
         count = groups.heads if structure == "heads" else groups.neurons
         allowed = self._layer_filter.get(structure) if self._layer_filter else None
-        return [count(model, layer) for layer in groups.layers if allowed is None or layer.index in allowed]
+        return [
+            count(model, layer)
+            for layer in groups.layers
+            if allowed is None or layer.index in allowed
+        ]
 
     # ----- lifecycle -------------------------------------------------------------------------
     def on_initialize(self, state: TrainingState) -> None:
@@ -188,7 +200,9 @@ class GroupPruningModifier(PruningModifier):
         names = []
         for layer in groups.layers:
             for module in (layer.q, layer.k, layer.v, layer.o, layer.ffn_in, layer.ffn_out):
-                names.extend(f"{module}.{p}" for p, _ in state.model.get_submodule(module).named_parameters())
+                names.extend(
+                    f"{module}.{p}" for p, _ in state.model.get_submodule(module).named_parameters()
+                )
         self._param_names = names
         self.refresh_params(state)
         if self.score != "magnitude":
@@ -225,11 +239,19 @@ class GroupPruningModifier(PruningModifier):
         keeps: dict[str, list[torch.Tensor]] = {}
         if "layers" in targets:  # layers first: heads and neurons are counted over the live layers
             count = target_count(targets["layers"], self._sizes("layers"), self.min_layers)
-            keeps["layers"] = select_groups(scores["layers"], count, self.min_layers, self._group_keep.get("layers"))
-        live = keeps["layers"][0] if "layers" in keeps else torch.ones(len(scores["heads"]), dtype=torch.bool)
+            keeps["layers"] = select_groups(
+                scores["layers"], count, self.min_layers, self._group_keep.get("layers")
+            )
+        live = (
+            keeps["layers"][0]
+            if "layers" in keeps
+            else torch.ones(len(scores["heads"]), dtype=torch.bool)
+        )
         for structure in ("heads", "neurons"):
             if structure in targets:
-                keeps[structure] = self._select(structure, targets[structure], scores[structure], live)
+                keeps[structure] = self._select(
+                    structure, targets[structure], scores[structure], live
+                )
         self._group_keep = keeps
         self._targets = dict(targets)
         self.set_masks(state, self._param_masks(state))
@@ -237,10 +259,16 @@ class GroupPruningModifier(PruningModifier):
         self._log(state)
         return keeps
 
-    def _select(self, structure: str, target: float, scores: list[torch.Tensor], live: torch.Tensor) -> list[torch.Tensor]:
+    def _select(
+        self, structure: str, target: float, scores: list[torch.Tensor], live: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Keep masks of one structure: over the live (and selected) layers, globally or per layer."""
         allowed = self._layer_filter.get(structure) if self._layer_filter else None
-        index = [i for i, alive in enumerate(live.tolist()) if alive and (allowed is None or i in allowed)]
+        index = [
+            i
+            for i, alive in enumerate(live.tolist())
+            if alive and (allowed is None or i in allowed)
+        ]
         previous = self._group_keep.get(structure)
         min_keep = self._min_keep(structure)
         batches = [index] if type(self).ranks_globally else [[i] for i in index]
@@ -248,7 +276,10 @@ class GroupPruningModifier(PruningModifier):
         for part in batches:
             count = target_count(target, [scores[i].numel() for i in part], min_keep)
             chosen = select_groups(
-                [scores[i] for i in part], count, min_keep, [previous[i] for i in part] if previous else None
+                [scores[i] for i in part],
+                count,
+                min_keep,
+                [previous[i] for i in part] if previous else None,
             )
             for i, keep in zip(part, chosen, strict=True):
                 full[i] = keep
@@ -261,11 +292,19 @@ class GroupPruningModifier(PruningModifier):
         layer_keep = self._layer_keep()
         for layer in self._groups.layers:
             heads = self._group_keep["heads"][layer.index] if "heads" in self._group_keep else None
-            neurons = self._group_keep["neurons"][layer.index] if "neurons" in self._group_keep else None
+            neurons = (
+                self._group_keep["neurons"][layer.index] if "neurons" in self._group_keep else None
+            )
             rows = heads.repeat_interleave(layer.head_size) if heads is not None else None
             # (module role, keep along outputs, keep along inputs)
-            plan = {"q": (rows, None), "k": (rows, None), "v": (rows, None), "o": (None, rows),
-                    "ffn_in": (neurons, None), "ffn_out": (None, neurons)}
+            plan = {
+                "q": (rows, None),
+                "k": (rows, None),
+                "v": (rows, None),
+                "o": (None, rows),
+                "ffn_in": (neurons, None),
+                "ffn_out": (None, neurons),
+            }
             for role, (out_keep, in_keep) in plan.items():
                 module = state.model.get_submodule(getattr(layer, role))
                 for pname, param in module.named_parameters():
@@ -290,7 +329,9 @@ class GroupPruningModifier(PruningModifier):
         container = model.get_submodule(self._groups.layers_path)
         for index, keep in enumerate(self._layer_keep().tolist()):
             if not keep and index not in self._hooks:
-                self._hooks[index] = container[index].register_forward_hook(_bypass, with_kwargs=True)
+                self._hooks[index] = container[index].register_forward_hook(
+                    _bypass, with_kwargs=True
+                )
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks.values():
@@ -305,22 +346,44 @@ class GroupPruningModifier(PruningModifier):
         model = state.model
         layer_keep = self._layer_keep()
         n = len(groups.layers)
-        heads = self._group_keep.get("heads") or [torch.ones(groups.heads(model, layer), dtype=torch.bool) for layer in groups.layers]
-        neurons = self._group_keep.get("neurons") or [torch.ones(groups.neurons(model, layer), dtype=torch.bool) for layer in groups.layers]
+        heads = self._group_keep.get("heads") or [
+            torch.ones(groups.heads(model, layer), dtype=torch.bool) for layer in groups.layers
+        ]
+        neurons = self._group_keep.get("neurons") or [
+            torch.ones(groups.neurons(model, layer), dtype=torch.bool) for layer in groups.layers
+        ]
         keep_heads, keep_neurons = [], []
         for i, layer in enumerate(groups.layers):
             full = not bool(layer_keep[i])  # a bypassed layer keeps its shapes until it leaves
-            keep_heads.append(list(range(groups.heads(model, layer))) if full else torch.nonzero(heads[i]).flatten().tolist())
-            keep_neurons.append(torch.arange(groups.neurons(model, layer)) if full else torch.nonzero(neurons[i]).flatten())
-        keep_layers = [i for i in range(n) if bool(layer_keep[i])] if remove_layers else list(range(n))
+            keep_heads.append(
+                list(range(groups.heads(model, layer)))
+                if full
+                else torch.nonzero(heads[i]).flatten().tolist()
+            )
+            keep_neurons.append(
+                torch.arange(groups.neurons(model, layer))
+                if full
+                else torch.nonzero(neurons[i]).flatten()
+            )
+        keep_layers = (
+            [i for i in range(n) if bool(layer_keep[i])] if remove_layers else list(range(n))
+        )
         if remove_layers:
             self._remove_hooks()
-        compact_model(model, keep_layers, keep_heads, keep_neurons, optimizer=state.optimizer, groups=groups)
+        compact_model(
+            model, keep_layers, keep_heads, keep_neurons, optimizer=state.optimizer, groups=groups
+        )
         self._groups = find_encoder_groups(model, owner=self.name)
         self._group_keep = {}
         # only the bypassed layers' masks remain (their shapes did not change)
-        bypassed = {groups.layers[i].name for i in range(n) if not bool(layer_keep[i])} if not remove_layers else set()
-        self._masks = {k: v for k, v in self._masks.items() if any(k.startswith(b + ".") for b in bypassed)}
+        bypassed = (
+            {groups.layers[i].name for i in range(n) if not bool(layer_keep[i])}
+            if not remove_layers
+            else set()
+        )
+        self._masks = {
+            k: v for k, v in self._masks.items() if any(k.startswith(b + ".") for b in bypassed)
+        }
         self._keep = {k: v for k, v in self._keep.items() if k in self._masks}
         self._param_names = list(self._masks)
         if bypassed:
@@ -382,7 +445,10 @@ class GroupPruningModifier(PruningModifier):
         finals = ", ".join(f"{k} {v:g}" for k, v in self.final_targets.items())
         end = "; pruned heads and neurons removed" if self.compact else ""
         return [
-            (max(self.scheduled_start, 0.0), f"{self.name} starts: {finals} ({self.score} scores, {self.inter_func})"),
+            (
+                max(self.scheduled_start, 0.0),
+                f"{self.name} starts: {finals} ({self.score} scores, {self.inter_func})",
+            ),
             (self.scheduled_end, f"{self.name} reaches {finals}{end}"),
         ]
 
@@ -402,7 +468,10 @@ class GroupPruningModifier(PruningModifier):
                 "sparseforge's load_model (its config.json records the smaller shapes) instead of resuming"
             )
         super().load_extra_state(state)
-        self._group_keep = {k: [torch.as_tensor(t, dtype=torch.bool) for t in v] for k, v in state.get("group_keep", {}).items()}
+        self._group_keep = {
+            k: [torch.as_tensor(t, dtype=torch.bool) for t in v]
+            for k, v in state.get("group_keep", {}).items()
+        }
         if self._accumulator is not None and "scores" in state:
             self._accumulator.load_state_dict(state["scores"])
         if self._state is not None and self._groups is not None:
@@ -422,6 +491,7 @@ def _structure_logs(model: torch.nn.Module, groups: EncoderGroups | None) -> dic
         return {}
     return {
         "structured/heads_total": float(sum(groups.heads(model, layer) for layer in groups.layers)),
-        "structured/neurons_total": float(sum(groups.neurons(model, layer) for layer in groups.layers)),
+        "structured/neurons_total": float(
+            sum(groups.neurons(model, layer) for layer in groups.layers)
+        ),
     }
-
