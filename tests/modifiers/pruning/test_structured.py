@@ -345,3 +345,13 @@ def test_resume_mid_schedule_continues_exactly():
         assert torch.equal(a, b)
     for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+def test_compaction_refuses_quantized_layers_rather_than_dropping_their_quantization():
+    from sparseforge.modifiers.quantization import QuantizationModifier
+
+    model = make_model("bert")
+    QuantizationModifier(submodules=["bert.encoder"]).apply_structure(model)
+    groups = find_encoder_groups(model)  # QAT Linear subclasses are still found
+    with pytest.raises(ModelMatchError, match="before quantization-aware training"):
+        compact_model(model, [0, 1, 2], [[0, 1]] * 3, [torch.arange(64)] * 3, groups=groups)

@@ -12,6 +12,11 @@ What was removed is recorded as a *plan*, a small JSON-able dict stored in the m
 its config before a strict load (`apply_compaction_plan`). Where only neurons and whole layers go,
 the same number in every layer, the config's own `intermediate_size` and `num_hidden_layers`
 describe the model and plain transformers loads it.
+
+transformers 5.x no longer has `prune_heads` / `find_pruneable_heads_and_indices` (only
+`pytorch_utils.prune_linear_layer` remains), and its attention modules read the head count from
+the Q/K/V output size, so per-layer head counts need nothing beyond the sliced Linear layers and
+the head-count attributes set here; modifiers do not import transformers in any case.
 """
 
 from __future__ import annotations
@@ -60,9 +65,10 @@ def slice_linear(
 ) -> torch.nn.Linear:
     """Replace Linear `name` by one keeping `index` along `dim` (0 = outputs, 1 = inputs)."""
     old = model.get_submodule(name)
-    if not isinstance(old, torch.nn.Linear):
+    if type(old) is not torch.nn.Linear:
         raise ModelMatchError(
-            f"compaction: {name} is a {type(old).__name__}, not a torch.nn.Linear"
+            f"compaction: {name} is a {type(old).__name__}, not a plain torch.nn.Linear; compact "
+            "before quantization-aware training starts (QAT then wraps the smaller layers)"
         )
     index = index.to(device=old.weight.device, dtype=torch.long)
     weight = old.weight.index_select(dim, index)
