@@ -58,3 +58,17 @@ def test_compacted_model_exports_and_verifies(tmp_path, family, qat):
     assert (folder / "model.safetensors").stat().st_size < (
         tmp_path / "dense" / "model.safetensors"
     ).stat().st_size
+
+
+def test_distilbert_with_uneven_heads_exports_and_verifies(tmp_path):
+    from sparseforge.modifiers.pruning.compaction import compact_model
+
+    model = make_model("distilbert", vocab=len(VOCAB))
+    keep_neurons = [torch.arange(40), torch.arange(64), torch.arange(20)]
+    compact_model(model, [0, 2], [[0, 1], [1], [0, 2, 3]], keep_neurons)
+    folder = tmp_path / "distil"
+    model.save_pretrained(folder)
+    write_tokenizer(folder)
+    target = to_onnx(folder, "text-classification", sequence_length=16, num_samples=4)
+    report = json.loads((target / REPORT_FILE).read_text())
+    assert report["precision"] == "fp32" and report["verification"]["passed"]
