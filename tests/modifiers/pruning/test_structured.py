@@ -355,3 +355,31 @@ def test_compaction_refuses_quantized_layers_rather_than_dropping_their_quantiza
     groups = find_encoder_groups(model)  # QAT Linear subclasses are still found
     with pytest.raises(ModelMatchError, match="before quantization-aware training"):
         compact_model(model, [0, 1, 2], [[0, 1]] * 3, [torch.arange(64)] * 3, groups=groups)
+
+
+def test_group_counts_follow_the_schedule_at_every_update():
+    model = make_model("bert")
+    manager = Manager(
+        recipe("{heads: 0.5, neurons: 0.75, layers: 0.34}").replace("linear", "cubic")
+    )
+    optimizer = manager.modify(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-3), steps_per_epoch=4
+    )
+    mod = manager.modifiers[0]
+    for step in range(8):  # updates every 2 steps (0.5 epoch) until end_epoch 2.0 = step 8
+        train(model, optimizer, manager, 1, seed=step)
+        epoch = 2 * (step // 2) / 4
+        cubic = 1 - (1 - epoch / 2) ** 3
+        keep = mod.group_keep()
+        layers_pruned = round(cubic * 0.34 * 3)
+        live = keep["layers"][0]
+        assert int((~live).sum()) == layers_pruned
+        live_heads = [k for k, alive in zip(keep["heads"], live.tolist(), strict=True) if alive]
+        live_neurons = [k for k, alive in zip(keep["neurons"], live.tolist(), strict=True) if alive]
+        heads_total, neurons_total = 4 * len(live_heads), 64 * len(live_neurons)
+        assert sum(int(k.sum()) for k in live_heads) == heads_total - round(
+            cubic * 0.5 * heads_total
+        )
+        assert sum(int(k.sum()) for k in live_neurons) == neurons_total - round(
+            cubic * 0.75 * neurons_total
+        )
