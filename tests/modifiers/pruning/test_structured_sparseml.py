@@ -108,3 +108,25 @@ def test_bad_sparseml_fields_and_params():
         Manager(text.replace("THIN", "2.0")).modify(
             model, torch.optim.SGD(model.parameters(), lr=0.1), 4
         )
+
+
+def test_thinning_after_masks_were_released_removes_the_groups_still_zero():
+    text = NEURONS.replace("leave_enabled: True", "leave_enabled: False").replace("THIN", "2.0")
+    model, manager, optimizer = _run(text, 8)  # masks released after end_epoch 1.0
+    # a neuron whose input row and output column are both zero gets no gradient: it stays zero
+    alive = [
+        int((layer.intermediate.dense.weight.abs().sum(1) != 0).sum())
+        for layer in model.bert.encoder.layer
+    ]
+    assert alive == [32, 32, 32] and not manager.modifiers[0]._enforcing
+    with torch.no_grad():  # one pruned neuron of layer 0 comes back: thinning must keep it
+        dead = (model.bert.encoder.layer[0].intermediate.dense.weight.abs().sum(1) == 0).nonzero()[
+            0, 0
+        ]
+        model.bert.encoder.layer[0].intermediate.dense.weight[dead, 0] = 0.5
+    train(model, optimizer, manager, 1, seed=41)  # epoch 2.0: thinning removes what is still zero
+    assert [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer] == [
+        33,
+        32,
+        32,
+    ]

@@ -188,13 +188,23 @@ class LayerThinningModifier(Modifier):
 
     def thin(self, state: TrainingState) -> None:
         """Remove pruned groups: the structured modifiers' own, else all-zero heads and neurons."""
-        structured = [m for m in state.extras.get(STRUCTURED_MODIFIERS, []) if m.started]
+        # modifiers whose masks hold until finalize know what they pruned; after leave_enabled:
+        # false the pruned weights may have grown back, so only all-zero groups go
+        structured = [
+            m
+            for m in state.extras.get(STRUCTURED_MODIFIERS, [])
+            if m.started and m.leaves_masks_enabled
+        ]
         for mod in structured:
             mod.compact_now(state, remove_layers=True)
         if not structured:
             model = state.model
             groups = find_encoder_groups(model, owner=self.name)
-            _, heads, neurons = zeroed_groups(model, groups)
+            kept, heads, neurons = zeroed_groups(model, groups)
+            for layer in groups.layers:  # an all-zero layer is left whole: thinning removes groups
+                if layer.index not in kept:
+                    heads[layer.index] = list(range(groups.heads(model, layer)))
+                    neurons[layer.index] = torch.arange(groups.neurons(model, layer))
             every = [layer.index for layer in groups.layers]
             compact_model(model, every, heads, neurons, optimizer=state.optimizer, groups=groups)
         self._thinned_at = state.epoch
