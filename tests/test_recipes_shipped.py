@@ -23,6 +23,11 @@ GUIDE_TASKS = {
 }
 DEMO = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/pruned80_quant-none"
 DEMO_DENSE = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/base-none"
+# structured (heads / FFN neurons removed) + INT8 transfer of MiniLM; tested in test_recipes_structured.py
+STRUCTURED = (
+    "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/structured_quant-none",
+    "zoo:nlp/sentiment_analysis/minilm-l6/pytorch/huggingface/sst2/structured_quant-none",
+)
 OUTPUT_KEYS = {"question-answering": ["start_logits", "end_logits"], "text-classification": ["logits"], "token-classification": ["logits"]}
 
 
@@ -37,7 +42,7 @@ def names(recipe: Recipe) -> list[str]:
 def test_every_guide_stub_is_shipped():
     shipped = {stub_of(path) for path in SHIPPED}
     expected = {f"zoo:nlp/{key}/{variant}" for key in GUIDE_TASKS for variant in ("base-none", "pruned90_quant-none")}
-    assert expected | {DEMO, DEMO_DENSE} == shipped
+    assert expected | {DEMO, DEMO_DENSE} | set(STRUCTURED) == shipped
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=stub_of)

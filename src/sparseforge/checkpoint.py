@@ -246,10 +246,21 @@ def load_model(
         raise SparseforgeError(f"recipe not found: {source}")
     state = load_state_dict(folder)
     model = build_model()
+    _apply_compaction(model)
     if source.is_file():
         model = apply_structure(model, source, state)
     load_strict(model, state, folder)
     return model.eval()
+
+
+def _apply_compaction(model: torch.nn.Module) -> None:
+    """Shrink a structurally pruned model's layers to the shapes its config.json records
+    (`sparseforge_structure`), before any recipe structure (QAT wraps the smaller Linears)."""
+    from sparseforge.modifiers.pruning.compaction import apply_compaction_plan, plan_of
+
+    plan = plan_of(model)
+    if plan is not None:
+        apply_compaction_plan(model, plan)
 
 
 def hf_task_builder(folder: str | os.PathLike, task: str, **config_kwargs: Any) -> BuildModel:

@@ -1,10 +1,13 @@
 """Measuring sparsity: per parameter, its structure (blocks, N:M), model totals, size on disk.
 
-    sparseforge analyze MODEL_DIR_OR_CHECKPOINT [--json] [--all]
+    sparseforge analyze MODEL_DIR_OR_CHECKPOINT [--json] [--all] [--sequence_length N]
 
 reads a Hugging Face folder of safetensors (sharded or not), a single `.safetensors`, or a
 `.bin` / `.pt` state dict (loaded with `weights_only=True`) without building the model class.
-During training, `pruning_status(manager)` gives each pruned parameter's current target and
+For a model folder whose config.json describes a BERT-class encoder, it also reports the
+structure: attention heads, FFN neurons and layers kept per layer (a structurally pruned model
+records them under `sparseforge_structure`) and the encoder's multiply-accumulates per token
+against the dense model's. During training, `pruning_status(manager)` gives each pruned parameter's current target and
 measured sparsity (the pruning modifiers also put `sparsity/<name>` scalars in `manager.logs()`).
 """
 
@@ -15,6 +18,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -224,6 +228,101 @@ def analyze_path(path: str | os.PathLike) -> SparsityReport:
     return report
 
 
+_PLAN_KEY = "sparseforge_structure"  # modifiers/pruning/compaction.PLAN_KEY (not imported: no torch models here)
+
+
+def _first_int(config: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        if isinstance(config.get(name), int):
+            return int(config[name])
+    return None
+
+
+def encoder_structure(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Dense sizes and kept heads / neurons per layer from a config.json dict (None if it does
+    not describe a BERT-class encoder)."""
+    plan = config.get(_PLAN_KEY)
+    if isinstance(plan, dict):
+        return {
+            "dense": dict(plan["dense"]),
+            "kept_layers": list(plan["kept_layers"]),
+            "heads": [len(h) for h in plan["heads"]],
+            "neurons": list(plan["neurons"]),
+        }
+    hidden = _first_int(config, "hidden_size", "dim")
+    heads = _first_int(config, "num_attention_heads", "n_heads")
+    layers = _first_int(config, "num_hidden_layers", "n_layers")
+    ffn = _first_int(config, "intermediate_size", "hidden_dim")
+    if not (hidden and heads and layers and ffn) or hidden % heads:
+        return None
+    dense = {
+        "num_layers": layers,
+        "num_heads": heads,
+        "head_size": hidden // heads,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+    }
+    return {
+        "dense": dense,
+        "kept_layers": list(range(layers)),
+        "heads": [heads] * layers,
+        "neurons": [ffn] * layers,
+    }
+
+
+def layer_macs(hidden: int, heads: int, head_size: int, neurons: int, sequence_length: int) -> int:
+    """Multiply-accumulates per token of one encoder layer: Q/K/V/output projections, the
+    attention scores and weighted sum over `sequence_length` keys, and the FFN pair."""
+    width = heads * head_size
+    return 4 * hidden * width + 2 * width * sequence_length + 2 * hidden * neurons
+
+
+def encoder_macs(structure: dict[str, Any], sequence_length: int = 128) -> tuple[int, int]:
+    """(MACs per token of the encoder as it is, of the dense encoder it came from)."""
+    dense = structure["dense"]
+    hidden, head_size = dense["hidden_size"], dense["head_size"]
+    now = sum(
+        layer_macs(hidden, h, head_size, n, sequence_length)
+        for h, n in zip(structure["heads"], structure["neurons"], strict=True)
+    )
+    full = dense["num_layers"] * layer_macs(
+        hidden, dense["num_heads"], head_size, dense["intermediate_size"], sequence_length
+    )
+    return now, full
+
+
+def format_structure(structure: dict[str, Any], sequence_length: int = 128) -> str:
+    """Per kept layer: heads and neurons kept of the dense counts; then the MAC ratio."""
+    dense = structure["dense"]
+    lines = [
+        f"encoder structure: {len(structure['kept_layers'])} of {dense['num_layers']} layers kept"
+    ]
+    for origin, heads, neurons in zip(
+        structure["kept_layers"], structure["heads"], structure["neurons"], strict=True
+    ):
+        lines.append(
+            f"  layer {origin:>2}: heads {heads}/{dense['num_heads']}, FFN neurons {neurons}/{dense['intermediate_size']}"
+        )
+    now, full = encoder_macs(structure, sequence_length)
+    lines.append(
+        f"encoder multiply-accumulates per token (sequence length {sequence_length}): "
+        f"{now / 1e6:.2f}M vs {full / 1e6:.2f}M dense ({now / full:.1%}, {full / now:.2f}x fewer)"
+    )
+    return "\n".join(lines)
+
+
+def structure_of_path(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The encoder structure of a model folder's config.json, if it has one that describes it."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SparseforgeError(f"{config_file}: cannot read: {err}") from None
+    return encoder_structure(config)
+
+
 def pruning_status(manager_or_modifiers: Any) -> dict[str, dict[str, float | None]]:
     """Current target and measured sparsity of every parameter a run's pruning modifiers mask."""
     modifiers = getattr(manager_or_modifiers, "modifiers", manager_or_modifiers)
@@ -244,11 +343,31 @@ def cli_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--all", action="store_true", help="also list 1-D tensors (biases, LayerNorm)"
     )
+    parser.add_argument(
+        "--sequence_length",
+        "--sequence-length",
+        type=int,
+        default=128,
+        help="tokens per sequence for the attention part of the MAC count (default 128)",
+    )
     args = parser.parse_args(list(argv))
     report = analyze_path(args.path)
+    structure = structure_of_path(args.path)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        data = report.to_dict()
+        if structure is not None:
+            now, full = encoder_macs(structure, args.sequence_length)
+            data["structure"] = {
+                **structure,
+                "sequence_length": args.sequence_length,
+                "encoder_macs_per_token": now,
+                "dense_encoder_macs_per_token": full,
+            }
+        print(json.dumps(data, indent=2))
     else:
         print(f"{args.path}:")
         print(report.format_table(show_all=args.all))
+        if structure is not None:
+            print()
+            print(format_structure(structure, args.sequence_length))
     return 0

@@ -1,4 +1,5 @@
-"""Pruning modifiers: magnitude (GMP), constant (sparse transfer), movement, OBS (oBERT), layers.
+"""Pruning modifiers: magnitude (GMP), constant (sparse transfer), movement, OBS (oBERT), layers,
+and structured (heads, FFN neurons, layers removed for real: `structured.py`).
 
 Every mask-based modifier shares one mask creator (`masks.py`), one schedule (`schedule.py`) and
 one enforcement of masks (`base.py`); each file adds only its scorer.
@@ -15,19 +16,27 @@ from sparseforge.modifiers.pruning.magnitude import (
 from sparseforge.modifiers.pruning.masks import MaskStructure, create_masks, parse_mask_type
 from sparseforge.modifiers.pruning.movement import MovementPruningModifier
 from sparseforge.modifiers.pruning.obs import OBSPruningModifier
+from sparseforge.modifiers.pruning.sparseml_structured import (
+    LayerThinningModifier,
+    StructuredPruningModifier,
+)
+from sparseforge.modifiers.pruning.structured import GroupPruningModifier
 
 __all__ = [
     "ConstantPruningModifier",
     "GMPruningModifier",
     "GlobalMagnitudePruningModifier",
     "GradualPruningModifier",
+    "GroupPruningModifier",
     "LayerIdentity",
     "LayerPruningModifier",
+    "LayerThinningModifier",
     "MagnitudePruningModifier",
     "MaskStructure",
     "MovementPruningModifier",
     "OBSPruningModifier",
     "PruningModifier",
+    "StructuredPruningModifier",
     "create_masks",
     "parse_mask_type",
 ]
