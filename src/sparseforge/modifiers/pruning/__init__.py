@@ -1,6 +1,7 @@
 """Pruning modifiers: magnitude (GMP), constant (sparse transfer), movement, OBS (oBERT), layers.
 
-Every mask-based modifier shares one mask creator (`masks.py`), one schedule (`schedule.py`) and
+SparseGPT and Wanda prune one-shot from calibration inputs (`calibrated.py`). Every
+mask-based modifier shares one mask creator (`masks.py`), one schedule (`schedule.py`) and
 one enforcement of masks (`base.py`); each file adds only its scorer.
 """
 
@@ -15,6 +16,8 @@ from sparseforge.modifiers.pruning.magnitude import (
 from sparseforge.modifiers.pruning.masks import MaskStructure, create_masks, parse_mask_type
 from sparseforge.modifiers.pruning.movement import MovementPruningModifier
 from sparseforge.modifiers.pruning.obs import OBSPruningModifier
+from sparseforge.modifiers.pruning.sparsegpt import SparseGPTModifier
+from sparseforge.modifiers.pruning.wanda import WandaPruningModifier
 
 __all__ = [
     "ConstantPruningModifier",
@@ -28,6 +31,8 @@ __all__ = [
     "MovementPruningModifier",
     "OBSPruningModifier",
     "PruningModifier",
+    "SparseGPTModifier",
+    "WandaPruningModifier",
     "create_masks",
     "parse_mask_type",
 ]
