@@ -328,11 +328,11 @@ def calibrate_quantization(mod: QuantizationModifier, model: nn.Module, batches:
     ranges: dict[str, list[torch.Tensor]] = {}
     handles = []
     for name, fq in quantizers.items():
+        fq.fake_quant_enabled = False  # calibrate on the float model: ranges of its activations
         if name.endswith("weight_fake_quant"):
             fq.observe(modules[name.rsplit(".", 1)[0]].weight)
-            continue
-        handles.append(fq.register_forward_pre_hook(_range_hook(ranges, name)))
-        fq.fake_quant_enabled = False  # float activations during calibration: ranges of the float model
+        else:
+            handles.append(fq.register_forward_pre_hook(_range_hook(ranges, name)))
     try:
         for batch in batches:
             model(**batch)
@@ -488,6 +488,8 @@ def oneshot(
     out = _check_output_dir(output_dir)
     if dataset is None and needs_calibration_data(planned):
         raise DataError(f"{', '.join(needs_calibration_data(planned))} need calibration data: pass dataset= (--dataset FILE)")
+    if not isinstance(dataset, (str, os.PathLike, type(None))) and hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise DataError("the calibration dataset is empty: it holds no sample")
     if isinstance(model, (str, os.PathLike)) or (dataset is not None and not is_tokenized(dataset)):
         from sparseforge.transformers import oneshot_cli
 

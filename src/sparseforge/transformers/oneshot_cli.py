@@ -69,7 +69,7 @@ def _texts(dataset: Any, text_column: str, limit: int) -> list[str]:
     from sparseforge.transformers.data import read_data_file, require_columns, take_first
 
     if isinstance(dataset, (str, os.PathLike)):
-        dataset = read_data_file(dataset, flag="--dataset")
+        dataset = _read_file(Path(dataset), read_data_file)
     if hasattr(dataset, "column_names"):
         if len(dataset) == 0:
             raise DataError("the calibration dataset holds no examples")
@@ -83,6 +83,18 @@ def _texts(dataset: Any, text_column: str, limit: int) -> list[str]:
         raise DataError(f"cannot read calibration data from a {type(dataset).__name__}")
     texts = [str(text) for text in rows if isinstance(text, str) and text.strip()]
     return texts[:limit]
+
+
+def _read_file(path: Path, reader: Any) -> Any:
+    try:
+        return reader(path, flag="--dataset")
+    except DataError:
+        # a csv/tsv with only its header row: say so rather than the reader's own words
+        if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+            lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            if len(lines) <= 1:
+                raise DataError(f"--dataset {path} holds no examples (only a header row)") from None
+        raise
 
 
 def text_batches(dataset: Any, tokenizer: Any, text_column: str, num_samples: int, max_seq_length: int) -> list[Batch]:

@@ -5,7 +5,11 @@
       weights: {num_bits: 8, symmetric: true, strategy: channel} # default: symmetric int8 per tensor
       output_activations: null                                  # default: not quantized
 
-`QuantizationScheme.load` also takes SparseML's aliases 'default', 'deepsparse' and 'tensorrt'.
+`QuantizationScheme.load` also takes SparseML's aliases 'default', 'deepsparse' and 'tensorrt', and
+llm-compressor's preset names (`PRESET_SCHEMES`): W8A8 (int8 per-channel weights, static
+symmetric int8 activations per tensor: sparseforge quantizes activations statically, where
+llm-compressor's W8A8 is dynamic per token), W8A16 and W4A16 (weight-only, per channel; 4-bit
+values are held in the int8 QDQ grid [-8, 7], no groups).
 `legacy_schemes` turns the legacy modifier fields (activation_bits, quantize_linear_activations,
 tensorrt, ...) into one scheme per kind of module, so both recipe forms share one code path.
 """
@@ -78,6 +82,17 @@ class QuantizationScheme(BaseModel):
     target_hardware: str | None = None
 
     @classmethod
+    def preset(cls, name: str) -> QuantizationScheme | None:
+        """llm-compressor's preset scheme `name` (case-insensitive), or None if it is not one."""
+        spec = PRESET_SCHEMES.get(name.strip().upper())
+        if spec is None:
+            return None
+        weight_bits, activation_bits = spec
+        weights = QuantizationArgs(num_bits=weight_bits, symmetric=True, strategy="channel")
+        activations = QuantizationArgs(num_bits=activation_bits, symmetric=True) if activation_bits else None
+        return cls(input_activations=activations, weights=weights)
+
+    @classmethod
     def load(cls, scheme: QuantizationScheme | dict[str, Any] | str | None) -> QuantizationScheme:
         """A scheme from an object, a dict (as in a recipe), or 'default' / 'deepsparse' / 'tensorrt'."""
         if isinstance(scheme, cls):
@@ -92,8 +107,12 @@ class QuantizationScheme(BaseModel):
                 target_hardware="tensorrt",
             )
         if isinstance(scheme, str):
+            preset = cls.preset(scheme)
+            if preset is not None:
+                return preset
             raise ValueError(
-                f"unknown scheme alias '{scheme}'; valid: default, deepsparse, tensorrt, or a mapping"
+                f"unknown scheme alias '{scheme}'; valid: default, deepsparse, tensorrt, "
+                f"{', '.join(PRESET_SCHEMES)}, or a mapping"
             )
         if isinstance(scheme, dict):
             return cls.model_validate(
@@ -103,6 +122,9 @@ class QuantizationScheme(BaseModel):
             f"a scheme must be a mapping or an alias string, got {type(scheme).__name__}"
         )
 
+
+# llm-compressor's preset names -> (weight bits, activation bits or None for weight-only).
+PRESET_SCHEMES: dict[str, tuple[int, int | None]] = {"W8A8": (8, 8), "W8A16": (8, None), "W4A16": (4, None)}
 
 # The kinds of module QAT rewrites; scheme_overrides / exclude_module_types may name them.
 LINEAR, EMBEDDING, ATTENTION = "Linear", "Embedding", "QATMatMul"
