@@ -273,3 +273,51 @@ def test_result_paths(tmp_path):
     result = sparseforge.oneshot(make_tiny_model(), [WandaPruningModifier(sparsity=0.25)], token_batches(2), output_dir=tmp_path / "o")
     assert result.output_dir == Path(tmp_path / "o")
     assert sorted(p.name for p in result.output_dir.iterdir()) == ["config.json", "model.safetensors", "oneshot_report.json", "recipe.yaml"]
+
+
+# ----- compressed-tensors ------------------------------------------------------------------------
+W8A8_LINEARS = SPARSEGPT_RECIPE + "  - !QuantizationModifier\n      scheme: W8A8\n      ignore: [Embedding, QATMatMul]\n"
+
+
+def test_save_compressed_round_trip_with_plain_transformers(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForSequenceClassification
+
+    model = make_tiny_model()
+    batches = token_batches(6)
+    out = tmp_path / "compressed"
+    result = sparseforge.oneshot(model, W8A8_LINEARS, batches, output_dir=out, save_compressed=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    sizes = result.report["compressed"]
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n] + [model.bert.pooler.dense, model.classifier]
+    # one byte per int8 weight plus one float32 scale per output channel, against four bytes
+    assert sizes["quantized_weight_bytes"] == sum(m.weight.numel() + 4 * m.weight.shape[0] for m in linears)
+    assert sizes["quantized_weight_dense_fp32_bytes"] == sum(4 * m.weight.numel() for m in linears)
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
+    float_model = make_tiny_model()
+    float_model.load_state_dict({k: v for k, v in model.state_dict().items() if "_fake_quant" not in k})
+    with torch.no_grad():
+        ours = torch.cat([model(**b).logits for b in batches])
+        theirs = torch.cat([loaded(**b).logits for b in batches])
+        unquantized = torch.cat([float_model(**b).logits for b in batches])
+    # the same quantized model: most samples give bit-identical logits; the rest differ by a rounding
+    # tie (torch's x * (1/s) against compressed-tensors' x / s), below what quantization changes
+    identical = sum(torch.equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    assert identical >= len(batches) - 2
+    assert float((theirs - ours).abs().max()) < 0.5 * float((unquantized - ours).abs().max())
+    weight = loaded.bert.encoder.layer[0].output.dense.weight
+    assert zero_fraction(weight) >= 0.5
+    with pytest.raises(ModelMatchError, match="compressed-tensors format"):
+        load_model(out, "text-classification")
+
+
+def test_save_compressed_refuses_what_the_format_cannot_hold_before_work(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    model = make_tiny_model()
+    before = model.bert.encoder.layer[0].output.dense.weight.clone()
+    with pytest.raises(ModelMatchError, match="no sparse-only format"):
+        sparseforge.oneshot(model, SPARSEGPT_RECIPE, token_batches(2), output_dir=tmp_path / "a", save_compressed=True)
+    with pytest.raises(ModelMatchError, match="Linear input and weight quantization only"):
+        sparseforge.oneshot(model, SPARSEGPT_RECIPE + "  - !QuantizationModifier {scheme: W8A8}\n", token_batches(2), output_dir=tmp_path / "b", save_compressed=True)
+    assert torch.equal(model.bert.encoder.layer[0].output.dense.weight, before)

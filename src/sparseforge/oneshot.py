@@ -499,6 +499,13 @@ def oneshot(
         batches = tokenized_batches(dataset, num_calibration_samples, max_seq_length) if dataset is not None else []
     if dataset is not None and not batches:
         raise DataError("the calibration dataset holds no non-empty sample")
+    if save_compressed:
+        from sparseforge.transformers.compressed import check_plan
+
+        if out is None:
+            raise SparseforgeError("save_compressed=True needs output_dir (--output_dir)")
+
+        check_plan(model, planned)
     report = run_oneshot(model, loaded, batches)
     if out is not None:
         save_oneshot(model, loaded, report, out, tokenizer=tokenizer, save_compressed=save_compressed)

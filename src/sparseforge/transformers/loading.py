@@ -79,6 +79,7 @@ def load_model(
             f"{folder}: no config.json; --model_path must be a saved Hugging Face model folder"
         )
     task = normalize_task(task)
+    _refuse_compressed_tensors(folder)
     config = transformers.AutoConfig.from_pretrained(str(folder), **config_kwargs)
     auto_class = getattr(transformers, AUTO_MODEL_CLASSES[task])
     model = auto_class.from_config(config)
@@ -107,6 +108,17 @@ def load_model(
 
     _load_strict(model, state, folder)
     return model.eval()
+
+
+def _refuse_compressed_tensors(folder: Path) -> None:
+    """A folder written with --save_compressed is for transformers + compressed-tensors."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
+        raise ModelMatchError(
+            f"{folder} is saved in the compressed-tensors format (--save_compressed): load it with "
+            "transformers' from_pretrained (compressed-tensors installed); for a folder sparseforge "
+            "reloads and exports, run oneshot / training without --save_compressed"
+        )
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
