@@ -39,13 +39,21 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def token_batches(count: int = 8, length: int = 12, vocab: int = 100, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def token_batches(
+    count: int = 8, length: int = 12, vocab: int = 100, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(5, vocab, (1, length), generator=gen)} for _ in range(count)]
+    return [
+        {"input_ids": torch.randint(5, vocab, (1, length), generator=gen)} for _ in range(count)
+    ]
 
 
 def encoder_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and ".encoder." in n
+    }
 
 
 def zero_fraction(tensor: torch.Tensor) -> float:
@@ -56,7 +64,15 @@ def tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -74,16 +90,27 @@ def test_find_layers_and_first_inputs_for_bert_and_llama():
     assert find_layers(llama)[0] == "model.layers"
 
 
-def test_sparsegpt_on_tiny_bert_from_a_text_file_saves_a_reloadable_folder(tiny_model_dir, tmp_path):
+def test_sparsegpt_on_tiny_bert_from_a_text_file_saves_a_reloadable_folder(
+    tiny_model_dir, tmp_path
+):
     source = tiny_model_dir("text-classification")
     out = tmp_path / "pruned"
     result = sparseforge.oneshot(
-        str(source), SPARSEGPT_RECIPE, str(SST2), text_column="sentence", num_calibration_samples=16, max_seq_length=32, output_dir=out
+        str(source),
+        SPARSEGPT_RECIPE,
+        str(SST2),
+        text_column="sentence",
+        num_calibration_samples=16,
+        max_seq_length=32,
+        output_dir=out,
     )
     model = result.model
     for name, module in encoder_linears(model).items():
         assert zero_fraction(module.weight) == 0.5, name
-    assert zero_fraction(model.classifier.weight) == 0.0 and zero_fraction(model.bert.pooler.dense.weight) == 0.0
+    assert (
+        zero_fraction(model.classifier.weight) == 0.0
+        and zero_fraction(model.bert.pooler.dense.weight) == 0.0
+    )
     report = json.loads((out / "oneshot_report.json").read_text())
     assert report["calibration_samples"] == 16
     assert set(report["layers"]) == {"bert.encoder.layer.0", "bert.encoder.layer.1"}
@@ -112,8 +139,16 @@ def test_sparsegpt_two_four_on_a_tiny_causal_lm():
     model = tiny_llama()
     batches = token_batches(6, length=10, vocab=128)
     before = model(**batches[0]).logits
-    result = sparseforge.oneshot(model, [SparseGPTModifier(mask_structure="2:4", block_size=16, sequential_update=True)], batches)
-    targets = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}
+    result = sparseforge.oneshot(
+        model,
+        [SparseGPTModifier(mask_structure="2:4", block_size=16, sequential_update=True)],
+        batches,
+    )
+    targets = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")
+    }
     assert len(targets) == 14 and set(result.report["modules"]) == set(targets)
     for module in targets.values():
         zeros = (module.weight == 0).reshape(module.weight.shape[0], -1, 4).sum(dim=2)
@@ -127,7 +162,9 @@ def test_wanda_on_gpt2_conv1d_prunes_each_output_row():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    ).eval()
     sparseforge.oneshot(model, [WandaPruningModifier(sparsity=0.5)], token_batches(4, vocab=128))
     weight = model.transformer.h[1].mlp.c_fc.weight  # Conv1D: (in, out)
     per_output = (weight == 0).sum(dim=0)
@@ -136,7 +173,11 @@ def test_wanda_on_gpt2_conv1d_prunes_each_output_row():
 
 def test_targets_and_ignore_select_modules():
     model = make_tiny_model()
-    mod = SparseGPTModifier(sparsity=0.5, targets=["re:bert.encoder.layer.1$"], ignore=["re:.*value$", "BertIntermediate"])
+    mod = SparseGPTModifier(
+        sparsity=0.5,
+        targets=["re:bert.encoder.layer.1$"],
+        ignore=["re:.*value$", "BertIntermediate"],
+    )
     sparseforge.oneshot(model, [mod], token_batches(4))
     pruned = {n for n, m in encoder_linears(model).items() if zero_fraction(m.weight) > 0}
     assert pruned == {
@@ -146,17 +187,33 @@ def test_targets_and_ignore_select_modules():
         "bert.encoder.layer.1.output.dense",
     }
     with pytest.raises(ModelMatchError, match="matches no module"):
-        sparseforge.oneshot(make_tiny_model(), [SparseGPTModifier(sparsity=0.5, targets=["bert.encoder.layer.9"])], token_batches(2))
+        sparseforge.oneshot(
+            make_tiny_model(),
+            [SparseGPTModifier(sparsity=0.5, targets=["bert.encoder.layer.9"])],
+            token_batches(2),
+        )
 
 
 # ----- modifiers applied at once -------------------------------------------------------------------
 def test_one_shot_magnitude_needs_no_data_and_gradual_is_refused():
     model = make_tiny_model()
-    gmp = GMPruningModifier(init_sparsity=0.5, final_sparsity=0.5, start_epoch=0, end_epoch=0, params=["re:bert.encoder.*weight$"])
+    gmp = GMPruningModifier(
+        init_sparsity=0.5,
+        final_sparsity=0.5,
+        start_epoch=0,
+        end_epoch=0,
+        params=["re:bert.encoder.*weight$"],
+    )
     result = sparseforge.oneshot(model, [gmp])
     assert all(zero_fraction(m.weight) == 0.5 for m in encoder_linears(model).values())
     assert result.report["modules"]["bert.encoder.layer.0.output.dense"]["sparsity"] == 0.5
-    gradual = GMPruningModifier(init_sparsity=0.0, final_sparsity=0.5, start_epoch=0, end_epoch=2, params=["re:bert.encoder.*weight$"])
+    gradual = GMPruningModifier(
+        init_sparsity=0.0,
+        final_sparsity=0.5,
+        start_epoch=0,
+        end_epoch=2,
+        params=["re:bert.encoder.*weight$"],
+    )
     with pytest.raises(RecipeError, match="start_epoch equal to end_epoch"):
         sparseforge.oneshot(make_tiny_model(), [gradual])
 
@@ -164,7 +221,13 @@ def test_one_shot_magnitude_needs_no_data_and_gradual_is_refused():
 def test_one_shot_obs_from_calibration_gradients():
     model = make_tiny_model()
     obs = OBSPruningModifier(
-        init_sparsity=0.5, final_sparsity=0.5, start_epoch=0, end_epoch=0, num_grads=8, fisher_block_size=16, damp=1e-5,
+        init_sparsity=0.5,
+        final_sparsity=0.5,
+        start_epoch=0,
+        end_epoch=0,
+        num_grads=8,
+        fisher_block_size=16,
+        damp=1e-5,
         params=["re:bert.encoder.*(query|key|value|dense).weight$"],
     )
     with pytest.raises(DataError, match="OBSPruningModifier need calibration data"):
@@ -176,7 +239,10 @@ def test_one_shot_obs_from_calibration_gradients():
     magnitude = make_tiny_model()
     with torch.no_grad():  # OBS also moves the kept weights; magnitude pruning would not
         kept = [(w != 0) for w in weights]
-        moved = any(not torch.equal(w[k], m.weight[k]) for w, k, m in zip(weights, kept, encoder_linears(magnitude).values(), strict=True))
+        moved = any(
+            not torch.equal(w[k], m.weight[k])
+            for w, k, m in zip(weights, kept, encoder_linears(magnitude).values(), strict=True)
+        )
     assert moved
 
 
@@ -244,7 +310,11 @@ def test_clear_errors_before_any_work(tmp_path):
     with pytest.raises(SparseforgeError, match="not empty"):
         sparseforge.oneshot(model, SPARSEGPT_RECIPE, token_batches(2), output_dir=tmp_path / "used")
     with pytest.raises(RecipeError, match="no modifier that runs one-shot"):
-        sparseforge.oneshot(model, "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n", token_batches(2))
+        sparseforge.oneshot(
+            model,
+            "modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n",
+            token_batches(2),
+        )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert (tmp_path / "used" / "keep.txt").read_text() == "user file"
 
@@ -255,8 +325,23 @@ def test_cli_writes_the_folder_and_reports_errors_in_one_line(tiny_model_dir, tm
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("modifiers:\n  - !WandaPruningModifier {mask_structure: '2:4'}\n")
     out = tmp_path / "out"
-    argv = ["oneshot", "--model_path", str(source), "--recipe", str(recipe), "--dataset", str(SST2), "--text_column", "sentence",
-            "--num_calibration_samples", "8", "--max_seq_length", "16", "--output_dir", str(out)]
+    argv = [
+        "oneshot",
+        "--model_path",
+        str(source),
+        "--recipe",
+        str(recipe),
+        "--dataset",
+        str(SST2),
+        "--text_column",
+        "sentence",
+        "--num_calibration_samples",
+        "8",
+        "--max_seq_length",
+        "16",
+        "--output_dir",
+        str(out),
+    ]
     assert main(argv) == 0
     assert "saved" in capsys.readouterr().out
     model = load_model(out, "text-classification")
@@ -270,13 +355,26 @@ def test_cli_writes_the_folder_and_reports_errors_in_one_line(tiny_model_dir, tm
 
 
 def test_result_paths(tmp_path):
-    result = sparseforge.oneshot(make_tiny_model(), [WandaPruningModifier(sparsity=0.25)], token_batches(2), output_dir=tmp_path / "o")
+    result = sparseforge.oneshot(
+        make_tiny_model(),
+        [WandaPruningModifier(sparsity=0.25)],
+        token_batches(2),
+        output_dir=tmp_path / "o",
+    )
     assert result.output_dir == Path(tmp_path / "o")
-    assert sorted(p.name for p in result.output_dir.iterdir()) == ["config.json", "model.safetensors", "oneshot_report.json", "recipe.yaml"]
+    assert sorted(p.name for p in result.output_dir.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "oneshot_report.json",
+        "recipe.yaml",
+    ]
 
 
 # ----- compressed-tensors ------------------------------------------------------------------------
-W8A8_LINEARS = SPARSEGPT_RECIPE + "  - !QuantizationModifier\n      scheme: W8A8\n      ignore: [Embedding, QATMatMul]\n"
+W8A8_LINEARS = (
+    SPARSEGPT_RECIPE
+    + "  - !QuantizationModifier\n      scheme: W8A8\n      ignore: [Embedding, QATMatMul]\n"
+)
 
 
 def test_save_compressed_round_trip_with_plain_transformers(tmp_path):
@@ -290,13 +388,19 @@ def test_save_compressed_round_trip_with_plain_transformers(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     sizes = result.report["compressed"]
-    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n] + [model.bert.pooler.dense, model.classifier]
+    linears = [
+        m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in n
+    ] + [model.bert.pooler.dense, model.classifier]
     # one byte per int8 weight plus one float32 scale per output channel, against four bytes
-    assert sizes["quantized_weight_bytes"] == sum(m.weight.numel() + 4 * m.weight.shape[0] for m in linears)
+    assert sizes["quantized_weight_bytes"] == sum(
+        m.weight.numel() + 4 * m.weight.shape[0] for m in linears
+    )
     assert sizes["quantized_weight_dense_fp32_bytes"] == sum(4 * m.weight.numel() for m in linears)
     loaded = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
     float_model = make_tiny_model()
-    float_model.load_state_dict({k: v for k, v in model.state_dict().items() if "_fake_quant" not in k})
+    float_model.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if "_fake_quant" not in k}
+    )
     with torch.no_grad():
         ours = torch.cat([model(**b).logits for b in batches])
         theirs = torch.cat([loaded(**b).logits for b in batches])
@@ -317,7 +421,19 @@ def test_save_compressed_refuses_what_the_format_cannot_hold_before_work(tmp_pat
     model = make_tiny_model()
     before = model.bert.encoder.layer[0].output.dense.weight.clone()
     with pytest.raises(ModelMatchError, match="no sparse-only format"):
-        sparseforge.oneshot(model, SPARSEGPT_RECIPE, token_batches(2), output_dir=tmp_path / "a", save_compressed=True)
+        sparseforge.oneshot(
+            model,
+            SPARSEGPT_RECIPE,
+            token_batches(2),
+            output_dir=tmp_path / "a",
+            save_compressed=True,
+        )
     with pytest.raises(ModelMatchError, match="Linear input and weight quantization only"):
-        sparseforge.oneshot(model, SPARSEGPT_RECIPE + "  - !QuantizationModifier {scheme: W8A8}\n", token_batches(2), output_dir=tmp_path / "b", save_compressed=True)
+        sparseforge.oneshot(
+            model,
+            SPARSEGPT_RECIPE + "  - !QuantizationModifier {scheme: W8A8}\n",
+            token_batches(2),
+            output_dir=tmp_path / "b",
+            save_compressed=True,
+        )
     assert torch.equal(model.bert.encoder.layer[0].output.dense.weight, before)

@@ -106,7 +106,11 @@ def needs_calibration_data(modifiers: Sequence[Modifier]) -> list[str]:
     """Names of the modifiers that cannot run without calibration samples."""
     names = []
     for mod in modifiers:
-        data_free = type(mod).__name__ in ("GMPruningModifier", "MagnitudePruningModifier", "GlobalMagnitudePruningModifier")
+        data_free = type(mod).__name__ in (
+            "GMPruningModifier",
+            "MagnitudePruningModifier",
+            "GlobalMagnitudePruningModifier",
+        )
         if not data_free:
             names.append(mod.name)
     return names
@@ -125,7 +129,9 @@ def _row_tensors(row: Mapping[str, Any], max_seq_length: int) -> Batch:
     mask = batch.get("attention_mask")
     if mask is not None and mask.shape[0] == 1:
         length = int(mask.sum())
-        if bool(mask[0, :length].all()):  # right padding: drop it, pad tokens are not calibration data
+        if bool(
+            mask[0, :length].all()
+        ):  # right padding: drop it, pad tokens are not calibration data
             batch = {key: value[:, :length] for key, value in batch.items()}
     return batch
 
@@ -137,7 +143,9 @@ def tokenized_batches(dataset: Any, num_samples: int, max_seq_length: int) -> li
         if len(batches) >= num_samples:
             break
         if not isinstance(row, Mapping) or "input_ids" not in row:
-            raise DataError("a tokenized calibration dataset needs an 'input_ids' column in every row")
+            raise DataError(
+                "a tokenized calibration dataset needs an 'input_ids' column in every row"
+            )
         batch = _row_tensors(row, max_seq_length)
         if batch["input_ids"].numel():
             batches.append(batch)
@@ -162,7 +170,11 @@ def find_layers(model: nn.Module) -> tuple[str, list[nn.Module]]:
     """
     best: tuple[int, str, list[nn.Module]] | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1:
+        if (
+            isinstance(module, nn.ModuleList)
+            and len(module)
+            and len({type(m) for m in module}) == 1
+        ):
             size = sum(p.numel() for p in module.parameters())
             if best is None or size > best[0]:
                 best = (size, name, list(module))
@@ -207,11 +219,15 @@ def capture_first_inputs(model: nn.Module, first: nn.Module, batches: Sequence[B
     finally:
         handle.remove()
     if len(cached) != len(batches):
-        raise ModelMatchError("oneshot: the model's forward pass did not reach its first repeated block")
+        raise ModelMatchError(
+            "oneshot: the model's forward pass did not reach its first repeated block"
+        )
     return cached
 
 
-def _next_inputs(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _next_inputs(
+    output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     hidden = output[0] if isinstance(output, (tuple, list)) else output
     if args:
         return (hidden.detach(), *args[1:]), kwargs
@@ -221,9 +237,14 @@ def _next_inputs(output: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 
 @torch.no_grad()
-def collect_hessians(layer: nn.Module, modules: Mapping[str, nn.Module], cached: Cached) -> dict[str, InputHessian]:
+def collect_hessians(
+    layer: nn.Module, modules: Mapping[str, nn.Module], cached: Cached
+) -> dict[str, InputHessian]:
     """Run `layer` on every cached input and accumulate H = X X^T of each module's input."""
-    hessians = {name: InputHessian(weight_matrix(m).shape[1], m.weight.device) for name, m in modules.items()}
+    hessians = {
+        name: InputHessian(weight_matrix(m).shape[1], m.weight.device)
+        for name, m in modules.items()
+    }
     handles = [
         module.register_forward_hook(lambda _m, inputs, _out, h=hessians[name]: h.add(inputs[0]))
         for name, module in modules.items()
@@ -237,7 +258,12 @@ def collect_hessians(layer: nn.Module, modules: Mapping[str, nn.Module], cached:
     return hessians
 
 
-def _sequential_pass(model: nn.Module, group: list[LayerwisePruningModifier], batches: Sequence[Batch], report: dict[str, Any]) -> None:
+def _sequential_pass(
+    model: nn.Module,
+    group: list[LayerwisePruningModifier],
+    batches: Sequence[Batch],
+    report: dict[str, Any],
+) -> None:
     """Prune every block with `group`, block after block (see module docstring)."""
     from tqdm.auto import tqdm
 
@@ -248,7 +274,12 @@ def _sequential_pass(model: nn.Module, group: list[LayerwisePruningModifier], ba
         chosen = mod.select_targets(model)
         outside = [n for n in chosen if not any(_inside(n, ln) for ln in layer_names)]
         if outside:
-            logger.info("oneshot: %s: %s lie outside the repeated blocks (%s) and stay dense", mod.name, ", ".join(outside[:6]), prefix)
+            logger.info(
+                "oneshot: %s: %s lie outside the repeated blocks (%s) and stay dense",
+                mod.name,
+                ", ".join(outside[:6]),
+                prefix,
+            )
         selected.append({n: m for n, m in chosen.items() if n not in outside})
     cached = capture_first_inputs(model, layers[0], batches)
     bar = tqdm(list(zip(layer_names, layers, strict=True)), desc="oneshot layers", unit="layer")
@@ -265,7 +296,12 @@ def _sequential_pass(model: nn.Module, group: list[LayerwisePruningModifier], ba
             cached = [_next_inputs(layer(*a, **k), a, k) for a, k in cached]
         seconds = time.perf_counter() - began
         report["layers"].setdefault(layer_name or "model", {})["seconds"] = round(seconds, 3)
-        logger.info("oneshot: %s done in %.2fs (peak memory %.0f MB)", layer_name or "model", seconds, peak_memory_mb())
+        logger.info(
+            "oneshot: %s done in %.2fs (peak memory %.0f MB)",
+            layer_name or "model",
+            seconds,
+            peak_memory_mb(),
+        )
     del cached
 
 
@@ -274,7 +310,9 @@ def _inside(name: str, prefix: str) -> bool:
 
 
 # ----- modifiers applied at once -----------------------------------------------------------------
-def sampled_label_grad_sampler(batches: Sequence[Batch], seed: int = 0) -> Callable[..., Iterator[None]]:
+def sampled_label_grad_sampler(
+    batches: Sequence[Batch], seed: int = 0
+) -> Callable[..., Iterator[None]]:
     """A `GradSampler` over calibration batches: cross-entropy against labels sampled from the
     model's own softmax (the Fisher's expectation), so OBS needs no labelled data."""
 
@@ -297,7 +335,11 @@ def sampled_label_grad_sampler(batches: Sequence[Batch], seed: int = 0) -> Calla
 
 
 def _logits_of(outputs: Any) -> list[tuple[str, torch.Tensor]]:
-    items = outputs.items() if isinstance(outputs, Mapping) else [("logits", outputs[0] if isinstance(outputs, tuple) else outputs)]
+    items = (
+        outputs.items()
+        if isinstance(outputs, Mapping)
+        else [("logits", outputs[0] if isinstance(outputs, tuple) else outputs)]
+    )
     found = [(k, v) for k, v in items if isinstance(v, torch.Tensor) and "logits" in k]
     if not found:
         raise ModelMatchError("OBSPruningModifier one-shot needs a model that returns logits")
@@ -313,12 +355,18 @@ def _apply_at_once(mod: Modifier, state: TrainingState, report: dict[str, Any]) 
         param = state.model.get_parameter(name)
         module_name = name.rsplit(".", 1)[0]
         zeros = float((param == 0).sum()) / max(param.numel(), 1)
-        report["modules"][module_name] = {"modifier": mod.name, "sparsity": zeros, "relative_error": None}
+        report["modules"][module_name] = {
+            "modifier": mod.name,
+            "sparsity": zeros,
+            "relative_error": None,
+        }
 
 
 # ----- post-training quantization ----------------------------------------------------------------
 @torch.no_grad()
-def calibrate_quantization(mod: QuantizationModifier, model: nn.Module, batches: Sequence[Batch]) -> int:
+def calibrate_quantization(
+    mod: QuantizationModifier, model: nn.Module, batches: Sequence[Batch]
+) -> int:
     """PTQ with the QAT modules: weight scales from the weights, activation scales from the
     min/max over every calibration token, then frozen. Returns how many quantizers were set."""
     before = set(fake_quantizers(model))
@@ -350,7 +398,11 @@ def calibrate_quantization(mod: QuantizationModifier, model: nn.Module, batches:
         else:
             unobserved.append(name)
     if unobserved:
-        logger.warning("oneshot: %d quantizer(s) saw no calibration data (scale 1): %s", len(unobserved), ", ".join(unobserved[:4]))
+        logger.warning(
+            "oneshot: %d quantizer(s) saw no calibration data (scale 1): %s",
+            len(unobserved),
+            ", ".join(unobserved[:4]),
+        )
     set_observers(model, False)
     return len(quantizers)
 
@@ -372,7 +424,9 @@ def peak_memory_mb() -> float:
     return peak / (1024 * 1024) if os.uname().sysname == "Darwin" else peak / 1024
 
 
-def prepare(model: nn.Module, recipe: Recipe, batches: Sequence[Batch]) -> tuple[list[Modifier], TrainingState]:
+def prepare(
+    model: nn.Module, recipe: Recipe, batches: Sequence[Batch]
+) -> tuple[list[Modifier], TrainingState]:
     """Validate everything before any work: the plan, the data, every modifier against the model."""
     planned = plan_modifiers(recipe)
     needing = needs_calibration_data(planned)
@@ -392,7 +446,9 @@ def prepare(model: nn.Module, recipe: Recipe, batches: Sequence[Batch]) -> tuple
     return planned, state
 
 
-def run_oneshot(model: nn.Module, recipe: Any, batches: Sequence[Batch], recipe_args: Any = None) -> dict[str, Any]:
+def run_oneshot(
+    model: nn.Module, recipe: Any, batches: Sequence[Batch], recipe_args: Any = None
+) -> dict[str, Any]:
     """Apply `recipe` one-shot to `model` in place with tokenized `batches`; returns the report."""
     recipe = Recipe.load(recipe, recipe_args)
     planned, state = prepare(model, recipe, batches)
@@ -412,7 +468,9 @@ def run_oneshot(model: nn.Module, recipe: Any, batches: Sequence[Batch], recipe_
             mod = planned[index]
             if isinstance(mod, LayerwisePruningModifier):
                 group = [mod]
-                while index + 1 < len(planned) and isinstance(planned[index + 1], LayerwisePruningModifier):
+                while index + 1 < len(planned) and isinstance(
+                    planned[index + 1], LayerwisePruningModifier
+                ):
                     index += 1
                     group.append(planned[index])
                 _sequential_pass(model, group, batches, report)
@@ -428,7 +486,12 @@ def run_oneshot(model: nn.Module, recipe: Any, batches: Sequence[Batch], recipe_
     report["layers"] = _layer_sparsity(model, report["layers"])
     report["seconds"] = round(time.perf_counter() - began, 3)
     report["peak_memory_mb"] = round(peak_memory_mb(), 1)
-    logger.info("oneshot: %s in %.1fs, peak memory %.0f MB", ", ".join(report["modifiers"]), report["seconds"], report["peak_memory_mb"])
+    logger.info(
+        "oneshot: %s in %.1fs, peak memory %.0f MB",
+        ", ".join(report["modifiers"]),
+        report["seconds"],
+        report["peak_memory_mb"],
+    )
     return report
 
 
@@ -459,7 +522,9 @@ def _check_output_dir(output_dir: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(output_dir)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise SparseforgeError(f"output_dir {path} exists and is not empty; choose a new folder (files are never replaced)")
+        raise SparseforgeError(
+            f"output_dir {path} exists and is not empty; choose a new folder (files are never replaced)"
+        )
     return path
 
 
@@ -487,16 +552,32 @@ def oneshot(
     planned = plan_modifiers(loaded)
     out = _check_output_dir(output_dir)
     if dataset is None and needs_calibration_data(planned):
-        raise DataError(f"{', '.join(needs_calibration_data(planned))} need calibration data: pass dataset= (--dataset FILE)")
-    if not isinstance(dataset, (str, os.PathLike, type(None))) and hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise DataError(
+            f"{', '.join(needs_calibration_data(planned))} need calibration data: pass dataset= (--dataset FILE)"
+        )
+    if (
+        not isinstance(dataset, (str, os.PathLike, type(None)))
+        and hasattr(dataset, "__len__")
+        and len(dataset) == 0
+    ):
         raise DataError("the calibration dataset is empty: it holds no sample")
     if isinstance(model, (str, os.PathLike)) or (dataset is not None and not is_tokenized(dataset)):
         from sparseforge.transformers import oneshot_cli
 
         model, tokenizer = oneshot_cli.resolve_model(model, tokenizer)
-        batches = oneshot_cli.text_batches(dataset, tokenizer, text_column, num_calibration_samples, max_seq_length) if dataset is not None else []
+        batches = (
+            oneshot_cli.text_batches(
+                dataset, tokenizer, text_column, num_calibration_samples, max_seq_length
+            )
+            if dataset is not None
+            else []
+        )
     else:
-        batches = tokenized_batches(dataset, num_calibration_samples, max_seq_length) if dataset is not None else []
+        batches = (
+            tokenized_batches(dataset, num_calibration_samples, max_seq_length)
+            if dataset is not None
+            else []
+        )
     if dataset is not None and not batches:
         raise DataError("the calibration dataset holds no non-empty sample")
     if save_compressed:
@@ -508,7 +589,9 @@ def oneshot(
         check_plan(model, planned)
     report = run_oneshot(model, loaded, batches)
     if out is not None:
-        save_oneshot(model, loaded, report, out, tokenizer=tokenizer, save_compressed=save_compressed)
+        save_oneshot(
+            model, loaded, report, out, tokenizer=tokenizer, save_compressed=save_compressed
+        )
     return OneShotResult(model=model, report=report, output_dir=out, recipe=loaded)
 
 

@@ -38,13 +38,18 @@ def require_compressed_tensors() -> None:
     try:
         import compressed_tensors  # noqa: F401
     except ImportError:
-        raise SparseforgeError(f"--save_compressed needs the compressed-tensors package; {INSTALL_HINT}") from None
+        raise SparseforgeError(
+            f"--save_compressed needs the compressed-tensors package; {INSTALL_HINT}"
+        ) from None
 
 
 def unsupported_quantizers(model: nn.Module) -> list[str]:
     """Fake quantizers the compressed-tensors format cannot hold (only Linear inputs and weights)."""
     linear_owned = {
-        f"{name}.{child}" for name, module in model.named_modules() if isinstance(module, QuantizedLinear) for child in _LINEAR_QUANTIZERS
+        f"{name}.{child}"
+        for name, module in model.named_modules()
+        if isinstance(module, QuantizedLinear)
+        for child in _LINEAR_QUANTIZERS
     }
     return [name for name in fake_quantizers(model) if name not in linear_owned]
 
@@ -75,10 +80,14 @@ def check_plan(model: nn.Module, modifiers: list[Any]) -> None:
 def _args(fq: FakeQuantize, strategy: str) -> Any:
     from compressed_tensors.quantization import QuantizationArgs
 
-    return QuantizationArgs(num_bits=fq.num_bits, type="int", symmetric=fq.symmetric, strategy=strategy, dynamic=False)
+    return QuantizationArgs(
+        num_bits=fq.num_bits, type="int", symmetric=fq.symmetric, strategy=strategy, dynamic=False
+    )
 
 
-def _plain_copy(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[FakeQuantize | None, FakeQuantize | None]]]:
+def _plain_copy(
+    model: nn.Module,
+) -> tuple[nn.Module, dict[str, tuple[FakeQuantize | None, FakeQuantize | None]]]:
     """A float copy with plain nn.Linear modules, and each one's (input, weight) quantizers."""
     plain = copy.deepcopy(model)
     quantizers = {}
@@ -87,7 +96,9 @@ def _plain_copy(model: nn.Module) -> tuple[nn.Module, dict[str, tuple[FakeQuanti
             found = tuple(module._modules.pop(child, None) for child in _LINEAR_QUANTIZERS)
             module.__class__ = nn.Linear
             if found[1] is None:
-                raise ModelMatchError(f"--save_compressed: {name} quantizes its input but not its weights")
+                raise ModelMatchError(
+                    f"--save_compressed: {name} quantizes its input but not its weights"
+                )
             quantizers[name] = found
     return plain, quantizers
 
@@ -108,16 +119,22 @@ def _config(quantizers: dict[str, tuple[FakeQuantize | None, FakeQuantize]]) -> 
 
 
 @torch.no_grad()
-def _copy_qparams(plain: nn.Module, quantizers: dict[str, tuple[FakeQuantize | None, FakeQuantize]]) -> None:
+def _copy_qparams(
+    plain: nn.Module, quantizers: dict[str, tuple[FakeQuantize | None, FakeQuantize]]
+) -> None:
     for name, (input_fq, weight_fq) in quantizers.items():
         module = plain.get_submodule(name)
         module.weight_scale.copy_(weight_fq.scale.reshape(module.weight_scale.shape))
         if input_fq is not None:
             module.input_scale.copy_(input_fq.scale.reshape(module.input_scale.shape))
-            shift = 0 if input_fq.symmetric else 2 ** (input_fq.num_bits - 1)  # uint8 grid -> int8 grid
+            shift = (
+                0 if input_fq.symmetric else 2 ** (input_fq.num_bits - 1)
+            )  # uint8 grid -> int8 grid
             zero_point = getattr(module, "input_zero_point", None)
             if zero_point is not None:
-                zero_point.copy_((input_fq.zero_point.reshape(zero_point.shape) - shift).to(zero_point.dtype))
+                zero_point.copy_(
+                    (input_fq.zero_point.reshape(zero_point.shape) - shift).to(zero_point.dtype)
+                )
 
 
 def save_compressed_model(model: nn.Module, output_dir: Path) -> dict[str, Any]:
@@ -149,7 +166,9 @@ def save_compressed_model(model: nn.Module, output_dir: Path) -> dict[str, Any]:
     stored = 0
     for name in quantizers:
         state = plain.get_submodule(name).state_dict()
-        stored += sum(t.numel() * t.element_size() for key, t in state.items() if key.startswith("weight"))
+        stored += sum(
+            t.numel() * t.element_size() for key, t in state.items() if key.startswith("weight")
+        )
     file_bytes = sum(f.stat().st_size for f in output_dir.glob("*.safetensors"))
     dense_file = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     sizes = {
@@ -160,5 +179,8 @@ def save_compressed_model(model: nn.Module, output_dir: Path) -> dict[str, Any]:
         "file_bytes": file_bytes,
         "dense_fp32_file_bytes_estimate": dense_file,
     }
-    logger.info("save_compressed: quantized weights take %.1f%% of their FP32 bytes", 100 * sizes["quantized_weight_fraction"])
+    logger.info(
+        "save_compressed: quantized weights take %.1f%% of their FP32 bytes",
+        100 * sizes["quantized_weight_fraction"],
+    )
     return sizes

@@ -41,7 +41,9 @@ def _load_folder(path: str) -> torch.nn.Module:
     try:
         return model_class.from_pretrained(path).eval()
     except (OSError, ValueError) as err:
-        raise SparseforgeError(f"cannot load a model from {path}: {str(err).splitlines()[0]}") from None
+        raise SparseforgeError(
+            f"cannot load a model from {path}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def resolve_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
@@ -76,9 +78,13 @@ def _texts(dataset: Any, text_column: str, limit: int) -> list[str]:
         require_columns(dataset, [text_column], split="calibration", flag="--text_column")
         rows = take_first(dataset, limit * 2)[text_column]
     elif isinstance(dataset, Sequence):
-        rows = [row[text_column] if isinstance(row, Mapping) else row for row in dataset[: limit * 2]]
+        rows = [
+            row[text_column] if isinstance(row, Mapping) else row for row in dataset[: limit * 2]
+        ]
         if rows and isinstance(dataset[0], Mapping) and text_column not in dataset[0]:
-            raise DataError(f"calibration rows have no column '{text_column}' (--text_column); they have: {', '.join(dataset[0])}")
+            raise DataError(
+                f"calibration rows have no column '{text_column}' (--text_column); they have: {', '.join(dataset[0])}"
+            )
     else:
         raise DataError(f"cannot read calibration data from a {type(dataset).__name__}")
     texts = [str(text) for text in rows if isinstance(text, str) and text.strip()]
@@ -91,16 +97,24 @@ def _read_file(path: Path, reader: Any) -> Any:
     except DataError:
         # a csv/tsv with only its header row: say so rather than the reader's own words
         if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-            lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+            lines = [
+                line
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if line.strip()
+            ]
             if len(lines) <= 1:
                 raise DataError(f"--dataset {path} holds no examples (only a header row)") from None
         raise
 
 
-def text_batches(dataset: Any, tokenizer: Any, text_column: str, num_samples: int, max_seq_length: int) -> list[Batch]:
+def text_batches(
+    dataset: Any, tokenizer: Any, text_column: str, num_samples: int, max_seq_length: int
+) -> list[Batch]:
     """Tokenized calibration batches (one sample each, truncated to `max_seq_length`)."""
     if tokenizer is None:
-        raise DataError("text calibration data needs a tokenizer: pass tokenizer=, a model folder that has one, or a tokenized dataset")
+        raise DataError(
+            "text calibration data needs a tokenizer: pass tokenizer=, a model folder that has one, or a tokenized dataset"
+        )
     texts = _texts(dataset, text_column, num_samples)
     if not texts:
         raise DataError(f"the calibration dataset has no non-empty text in column '{text_column}'")
@@ -117,15 +131,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress a trained model without training: SparseGPT / Wanda / one-shot magnitude "
         "or OBS pruning and post-training quantization from a recipe and unlabeled calibration text.",
     )
-    parser.add_argument("--model_path", "--model-path", required=True, help="model folder (config.json, weights, tokenizer) or zoo: stub")
-    parser.add_argument("--recipe", required=True, help="recipe file (.yaml/.md), recipe text, or zoo: stub")
-    parser.add_argument("--recipe_args", "--recipe-args", default=None, help="recipe variable overrides: JSON or k=v,k2=v2")
-    parser.add_argument("--dataset", default=None, help="calibration data: .csv/.tsv/.json/.jsonl with a text column")
-    parser.add_argument("--text_column", "--text-column", default="text", help="column holding the text (default: text)")
-    parser.add_argument("--num_calibration_samples", "--num-calibration-samples", type=int, default=512, help="samples to calibrate on (default 512; the first ones of the file)")
-    parser.add_argument("--max_seq_length", "--max-seq-length", type=int, default=384, help="tokens per sample at most (default 384)")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="new (or empty) folder for the compressed model")
-    parser.add_argument("--save_compressed", "--save-compressed", action="store_true", help="write weights in the compressed-tensors format (needs the compressed-tensors package)")
+    parser.add_argument(
+        "--model_path",
+        "--model-path",
+        required=True,
+        help="model folder (config.json, weights, tokenizer) or zoo: stub",
+    )
+    parser.add_argument(
+        "--recipe", required=True, help="recipe file (.yaml/.md), recipe text, or zoo: stub"
+    )
+    parser.add_argument(
+        "--recipe_args",
+        "--recipe-args",
+        default=None,
+        help="recipe variable overrides: JSON or k=v,k2=v2",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="calibration data: .csv/.tsv/.json/.jsonl with a text column",
+    )
+    parser.add_argument(
+        "--text_column",
+        "--text-column",
+        default="text",
+        help="column holding the text (default: text)",
+    )
+    parser.add_argument(
+        "--num_calibration_samples",
+        "--num-calibration-samples",
+        type=int,
+        default=512,
+        help="samples to calibrate on (default 512; the first ones of the file)",
+    )
+    parser.add_argument(
+        "--max_seq_length",
+        "--max-seq-length",
+        type=int,
+        default=384,
+        help="tokens per sample at most (default 384)",
+    )
+    parser.add_argument(
+        "--output_dir",
+        "--output-dir",
+        required=True,
+        help="new (or empty) folder for the compressed model",
+    )
+    parser.add_argument(
+        "--save_compressed",
+        "--save-compressed",
+        action="store_true",
+        help="write weights in the compressed-tensors format (needs the compressed-tensors package)",
+    )
     return parser
 
 
@@ -151,6 +208,10 @@ def cli_main(argv: Sequence[str]) -> int:
         recipe_args=args.recipe_args,
     )
     report = result.report
-    summary = {key: report[key] for key in ("modifiers", "calibration_samples", "seconds", "peak_memory_mb") if key in report}
+    summary = {
+        key: report[key]
+        for key in ("modifiers", "calibration_samples", "seconds", "peak_memory_mb")
+        if key in report
+    }
     print(f"sparseforge oneshot: saved {result.output_dir}: {json.dumps(summary)}")
     return 0

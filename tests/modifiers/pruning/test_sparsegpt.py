@@ -30,7 +30,9 @@ def hessian_of(x: torch.Tensor) -> torch.Tensor:
     return h.matrix
 
 
-def reference_sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, damp_frac: float) -> torch.Tensor:
+def reference_sparsegpt(
+    weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, damp_frac: float
+) -> torch.Tensor:
     """SparseGPT as its definition reads, without Cholesky or blocks (one block of all columns):
     scores w^2 / [H_F^-1]_00 with F the columns not yet processed, then the OBS update of F."""
     w = weight.clone().double()
@@ -141,7 +143,11 @@ def test_zero_sparsity_keeps_the_weights_and_dead_inputs_are_zeroed(layer):
     ],
 )
 def test_bad_fields_are_recipe_errors_with_the_line(fields, message):
-    text = f"modifiers:\n  - !SparseGPTModifier\n      {fields}\n" if not fields.startswith("{") else f"modifiers:\n  - !SparseGPTModifier {fields}\n"
+    text = (
+        f"modifiers:\n  - !SparseGPTModifier\n      {fields}\n"
+        if not fields.startswith("{")
+        else f"modifiers:\n  - !SparseGPTModifier {fields}\n"
+    )
     with pytest.raises(RecipeError, match=r"line|:\d") as info:
         Recipe.from_text(text, file="r.yaml")
     assert message in str(info.value)
@@ -149,10 +155,16 @@ def test_bad_fields_are_recipe_errors_with_the_line(fields, message):
 
 
 def test_recipe_round_trip_and_registry():
-    recipe = Recipe.from_text("modifiers:\n  - !SparseGPTModifier {sparsity: 0.5, block_size: 64, ignore: [classifier]}\n  - !WandaPruningModifier {mask_structure: '2:4'}\n")
+    recipe = Recipe.from_text(
+        "modifiers:\n  - !SparseGPTModifier {sparsity: 0.5, block_size: 64, ignore: [classifier]}\n  - !WandaPruningModifier {mask_structure: '2:4'}\n"
+    )
     again = Recipe.from_text(recipe.to_yaml())
     first, second = again.modifiers
-    assert isinstance(first, SparseGPTModifier) and first.block_size == 64 and first.ignore == ["classifier"]
+    assert (
+        isinstance(first, SparseGPTModifier)
+        and first.block_size == 64
+        and first.ignore == ["classifier"]
+    )
     assert isinstance(second, WandaPruningModifier) and second.target_sparsity == 0.5
 
 

@@ -24,7 +24,9 @@ from sparseforge.modifiers.base import Modifier, TrainingState
 from sparseforge.modifiers.pruning.masks import NM_TOLERANCE, MaskStructure, parse_mask_type
 from sparseforge.modifiers.selection import ALL, as_pattern_list, name_matches
 
-_CONV1D = "Conv1D"  # transformers' GPT-2 layer, matched by name: modifiers do not import transformers
+_CONV1D = (
+    "Conv1D"  # transformers' GPT-2 layer, matched by name: modifiers do not import transformers
+)
 
 
 def is_compressible(module: torch.nn.Module) -> bool:
@@ -79,12 +81,16 @@ def parse_mask_structure(value: Any) -> MaskStructure:
     """llm-compressor's `mask_structure`: "0:0" (unstructured) or "N:M" (N kept of every M)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
         n, m = divmod(value, 60)  # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124
-        raise ValueError(f"{value} is how YAML reads an unquoted {n}:{m}; write it quoted: '{n}:{m}'")
+        raise ValueError(
+            f"{value} is how YAML reads an unquoted {n}:{m}; write it quoted: '{n}:{m}'"
+        )
     if isinstance(value, str) and value.strip() in ("0:0", "unstructured"):
         return MaskStructure("unstructured")
     structure = parse_mask_type(value)
     if structure.kind == "block":
-        raise ValueError(f"block structures are not supported here, got {value!r}; use '0:0' or 'N:M' like '2:4'")
+        raise ValueError(
+            f"block structures are not supported here, got {value!r}; use '0:0' or 'N:M' like '2:4'"
+        )
     return structure
 
 
@@ -110,22 +116,31 @@ class LayerwisePruningModifier(Modifier):
     @classmethod
     def _check_sparsity(cls, value: float | None) -> float | None:
         if value is not None and not (math.isfinite(value) and 0.0 <= value < 1.0):
-            raise ValueError(f"sparsity must be within [0, 1) (the fraction of weights pruned), got {value}")
+            raise ValueError(
+                f"sparsity must be within [0, 1) (the fraction of weights pruned), got {value}"
+            )
         return value
 
     @model_validator(mode="after")
     def _check_layerwise(self) -> LayerwisePruningModifier:
         structure = self.structure
         if structure.kind == "nm":
-            if self.sparsity is not None and abs(self.sparsity - structure.nm_sparsity) > NM_TOLERANCE:
+            if (
+                self.sparsity is not None
+                and abs(self.sparsity - structure.nm_sparsity) > NM_TOLERANCE
+            ):
                 raise ValueError(
                     f"mask_structure {self.mask_structure} prunes {structure.nm_sparsity:g} of the weights; "
                     f"set sparsity: {structure.nm_sparsity:g} or leave it out"
                 )
         elif self.sparsity is None:
-            raise ValueError("sparsity is required with unstructured mask_structure '0:0' (e.g. sparsity: 0.5)")
+            raise ValueError(
+                "sparsity is required with unstructured mask_structure '0:0' (e.g. sparsity: 0.5)"
+            )
         if not as_pattern_list(self.targets):
-            raise ValueError("targets lists no module: use __ALL__, a class name like Linear, or module names")
+            raise ValueError(
+                "targets lists no module: use __ALL__, a class name like Linear, or module names"
+            )
         return self
 
     @property
@@ -194,7 +209,9 @@ class LayerwisePruningModifier(Modifier):
         raise NotImplementedError
 
     @torch.no_grad()
-    def compress(self, name: str, module: torch.nn.Module, hessian: InputHessian) -> dict[str, float]:
+    def compress(
+        self, name: str, module: torch.nn.Module, hessian: InputHessian
+    ) -> dict[str, float]:
         """Prune one module in place from its inputs' H; returns its sparsity and relative error."""
         original = weight_matrix(module).float().clone()
         pruned = self.prune_matrix(original.clone(), hessian)

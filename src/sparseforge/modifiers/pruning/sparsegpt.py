@@ -105,5 +105,10 @@ class SparseGPTModifier(LayerwisePruningModifier):
 
     def prune_matrix(self, weight: torch.Tensor, hessian: InputHessian) -> torch.Tensor:
         return sparsegpt_prune(
-            weight, hessian.matrix, self.target_sparsity, self.structure, self.block_size, self.dampening_frac
+            weight,
+            hessian.matrix,
+            self.target_sparsity,
+            self.structure,
+            self.block_size,
+            self.dampening_frac,
         )
