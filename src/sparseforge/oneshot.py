@@ -44,7 +44,9 @@ from sparseforge.modifiers.base import Modifier, TrainingState
 from sparseforge.modifiers.pruning.base import GradualPruningModifier
 from sparseforge.modifiers.pruning.calibrated import (
     InputHessian,
-    LayerwisePruningModifier,
+    LayerwiseModifier,
+    find_layers,
+    inside,
     is_compressible,
     weight_matrix,
 )
@@ -79,7 +81,7 @@ def plan_modifiers(recipe: Recipe) -> list[Modifier]:
     """The recipe's modifiers that act one-shot; RecipeError for a pruner that needs training."""
     planned = []
     for mod in recipe.modifiers:
-        if isinstance(mod, (LayerwisePruningModifier, QuantizationModifier)):
+        if isinstance(mod, (LayerwiseModifier, QuantizationModifier)):
             planned.append(mod)
         elif _is_at_once(mod):
             same = mod.start_epoch == mod.end_epoch and mod.start_step == mod.end_step
@@ -163,26 +165,6 @@ def is_tokenized(dataset: Any) -> bool:
 
 
 # ----- layer-by-layer calibration ----------------------------------------------------------------
-def find_layers(model: nn.Module) -> tuple[str, list[nn.Module]]:
-    """The model's repeated blocks: its largest `nn.ModuleList` whose entries share one class.
-
-    A model without one is treated as a single block (the model itself, name "").
-    """
-    best: tuple[int, str, list[nn.Module]] | None = None
-    for name, module in model.named_modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module)
-            and len({type(m) for m in module}) == 1
-        ):
-            size = sum(p.numel() for p in module.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, list(module))
-    if best is None or best[0] == 0:
-        return "", [model]
-    return best[1], best[2]
-
-
 class _Captured(Exception):
     """Raised by the capture hook to stop the forward pass at the first block."""
 
@@ -260,7 +242,7 @@ def collect_hessians(
 
 def _sequential_pass(
     model: nn.Module,
-    group: list[LayerwisePruningModifier],
+    group: list[LayerwiseModifier],
     batches: Sequence[Batch],
     report: dict[str, Any],
 ) -> None:
@@ -269,24 +251,13 @@ def _sequential_pass(
 
     prefix, layers = find_layers(model)
     layer_names = [f"{prefix}.{i}" if prefix else "" for i in range(len(layers))]
-    selected = []
-    for mod in group:
-        chosen = mod.select_targets(model)
-        outside = [n for n in chosen if not any(_inside(n, ln) for ln in layer_names)]
-        if outside:
-            logger.info(
-                "oneshot: %s: %s lie outside the repeated blocks (%s) and stay dense",
-                mod.name,
-                ", ".join(outside[:6]),
-                prefix,
-            )
-        selected.append({n: m for n, m in chosen.items() if n not in outside})
+    selected = [mod.select_targets(model) for mod in group]
     cached = capture_first_inputs(model, layers[0], batches)
     bar = tqdm(list(zip(layer_names, layers, strict=True)), desc="oneshot layers", unit="layer")
     for layer_name, layer in bar:
         began = time.perf_counter()
         for sel, mod in zip(selected, group, strict=True):
-            own = {n: m for n, m in sel.items() if _inside(n, layer_name)}
+            own = {n: m for n, m in sel.items() if inside(n, layer_name)}
             units = [{n: m} for n, m in own.items()] if mod.sequential_update else [own]
             for unit in units:
                 for name, hessian in collect_hessians(layer, unit, cached).items():
@@ -303,10 +274,6 @@ def _sequential_pass(
             peak_memory_mb(),
         )
     del cached
-
-
-def _inside(name: str, prefix: str) -> bool:
-    return not prefix or name == prefix or name.startswith(prefix + ".")
 
 
 # ----- modifiers applied at once -----------------------------------------------------------------
@@ -439,7 +406,7 @@ def prepare(
     if batches:
         state.grad_sampler = sampled_label_grad_sampler(batches)
     for mod in planned:
-        if isinstance(mod, LayerwisePruningModifier):
+        if isinstance(mod, LayerwiseModifier):
             mod.select_targets(model)
         else:
             mod.initialize(state)
@@ -466,10 +433,10 @@ def run_oneshot(
         index = 0
         while index < len(planned):
             mod = planned[index]
-            if isinstance(mod, LayerwisePruningModifier):
+            if isinstance(mod, LayerwiseModifier):
                 group = [mod]
                 while index + 1 < len(planned) and isinstance(
-                    planned[index + 1], LayerwisePruningModifier
+                    planned[index + 1], LayerwiseModifier
                 ):
                     index += 1
                     group.append(planned[index])

@@ -4,7 +4,9 @@ These modifiers prune a trained model without training, from the inputs their Li
 on a few hundred calibration samples. `sparseforge.oneshot` drives them layer by layer: for each
 repeated block (a BERT layer, a decoder layer) it hooks the inputs of the block's target modules,
 accumulates `H = sum x x^T` per module (`InputHessian`), and calls `compress(name, module, H)`.
-A subclass only turns a weight and its H into a pruned weight (`prune_matrix`).
+A pruner only turns a weight and its H into a pruned weight (`prune_matrix`); GPTQ (in
+`modifiers/quantization/gptq.py`) shares the rest. Only Linear modules inside the repeated blocks
+are selected (`find_layers`); the embeddings and heads outside them stay as they are.
 
 `targets` / `ignore` entries are module class names (`Linear`), module names or `re:` patterns
 (a block's name selects every Linear inside it; `__ALL__` selects every Linear). transformers'
@@ -13,6 +15,7 @@ GPT-2 `Conv1D` (weights stored input-major) is pruned as the Linear it is.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, ClassVar
 
@@ -24,9 +27,9 @@ from sparseforge.modifiers.base import Modifier, TrainingState
 from sparseforge.modifiers.pruning.masks import NM_TOLERANCE, MaskStructure, parse_mask_type
 from sparseforge.modifiers.selection import ALL, as_pattern_list, name_matches
 
-_CONV1D = (
-    "Conv1D"  # transformers' GPT-2 layer, matched by name: modifiers do not import transformers
-)
+logger = logging.getLogger(__name__)
+# transformers' GPT-2 layer, matched by name: modifiers do not import transformers
+_CONV1D = "Conv1D"
 
 
 def is_compressible(module: torch.nn.Module) -> bool:
@@ -47,6 +50,36 @@ def set_weight_matrix(module: torch.nn.Module, matrix: torch.Tensor) -> None:
     if type(module).__name__ == _CONV1D:
         matrix = matrix.t()
     module.weight.data.copy_(matrix.to(module.weight.dtype))
+
+
+def find_layers(model: torch.nn.Module) -> tuple[str, list[torch.nn.Module]]:
+    """The model's repeated blocks: its largest `nn.ModuleList` whose entries share one class.
+
+    A model without one is treated as a single block (the model itself, name "").
+    """
+    best: tuple[int, str, list[torch.nn.Module]] | None = None
+    for name, module in model.named_modules():
+        if (
+            isinstance(module, torch.nn.ModuleList)
+            and len(module)
+            and len({type(m) for m in module}) == 1
+        ):
+            size = sum(p.numel() for p in module.parameters())
+            if best is None or size > best[0]:
+                best = (size, name, list(module))
+    if best is None or best[0] == 0:
+        return "", [model]
+    return best[1], best[2]
+
+
+def block_names(model: torch.nn.Module) -> list[str]:
+    """Names of the repeated blocks ("" when the model is one block)."""
+    prefix, layers = find_layers(model)
+    return [f"{prefix}.{i}" if prefix else "" for i in range(len(layers))]
+
+
+def inside(name: str, prefix: str) -> bool:
+    return not prefix or name == prefix or name.startswith(prefix + ".")
 
 
 class InputHessian:
@@ -94,17 +127,95 @@ def parse_mask_structure(value: Any) -> MaskStructure:
     return structure
 
 
-class LayerwisePruningModifier(Modifier):
-    """Base of the calibrated one-shot pruners (see the module docstring)."""
+class LayerwiseModifier(Modifier):
+    """Base of the calibrated one-shot modifiers: which modules, and one `compress` per module."""
 
     # runs only under `sparseforge oneshot`, which reads this flag
     one_shot: ClassVar[bool] = True
 
-    sparsity: float | None = None
-    mask_structure: str = "0:0"
     targets: str | list[str] = ALL
     ignore: list[str] = []
     sequential_update: bool = False
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> LayerwiseModifier:
+        if not as_pattern_list(self.targets):
+            raise ValueError(
+                "targets lists no module: use __ALL__, a class name like Linear, or module names"
+            )
+        return self
+
+    def on_initialize(self, state: TrainingState) -> None:
+        raise RecipeError(
+            "runs without training only: use it with `sparseforge oneshot` (sparseforge.oneshot); "
+            "to prune during training use GMPruningModifier or OBSPruningModifier, to quantize QuantizationModifier",
+            modifier=self.name,
+        )
+
+    # ----- which modules ----------------------------------------------------------------------
+    def _matches(self, name: str, module: torch.nn.Module, patterns: list[str]) -> bool:
+        for pattern in patterns:
+            if pattern == ALL or pattern == type(module).__name__:
+                return True
+            if name and name_matches(name, pattern):
+                return True
+        return False
+
+    def select_targets(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """Compressible modules selected by `targets` (itself or an ancestor) minus `ignore`."""
+        targets, ignore = as_pattern_list(self.targets), as_pattern_list(self.ignore)
+        modules = dict(model.named_modules())
+        for pattern in targets + ignore:
+            special = pattern == ALL or ("." not in pattern and not pattern.startswith("re:"))
+            if not special and not any(name_matches(name, pattern) for name in modules if name):
+                sample = ", ".join(n for n in list(modules)[1:9])
+                raise ModelMatchError(
+                    f"{self.name}: '{pattern}' (targets/ignore) matches no module of the model; "
+                    f"module names include: {sample}, ..."
+                )
+        blocks = block_names(model)
+        selected, outside = {}, []
+        for name, module in modules.items():
+            if not is_compressible(module):
+                continue
+            chain = _ancestors(name, modules)
+            if not any(self._matches(n, m, targets) for n, m in chain) or any(
+                self._matches(n, m, ignore) for n, m in chain
+            ):
+                continue
+            if any(inside(name, block) for block in blocks):
+                selected[name] = module
+            else:
+                outside.append(name)
+        if outside:
+            logger.info(
+                "%s: %s lie outside the repeated blocks and stay as they are",
+                self.name,
+                ", ".join(outside[:6]),
+            )
+        if not selected:
+            raise ModelMatchError(
+                f"{self.name}: targets {self.targets} (ignore {self.ignore}) select no Linear module "
+                "inside the model's repeated blocks"
+            )
+        for name, module in selected.items():
+            self.check_module(name, module)
+        return selected
+
+    # ----- compression -------------------------------------------------------------------------
+    def compress(self, name: str, module: torch.nn.Module, hessian: InputHessian) -> dict[str, Any]:
+        """Compress one module in place from its inputs' H; returns what the report shows."""
+        raise NotImplementedError
+
+    def check_module(self, name: str, module: torch.nn.Module) -> None:
+        """Raise ModelMatchError if a selected module cannot take this modifier."""
+
+
+class LayerwisePruningModifier(LayerwiseModifier):
+    """Base of the calibrated one-shot pruners (see the module docstring)."""
+
+    sparsity: float | None = None
+    mask_structure: str = "0:0"
 
     @field_validator("mask_structure", mode="before")
     @classmethod
@@ -137,10 +248,6 @@ class LayerwisePruningModifier(Modifier):
             raise ValueError(
                 "sparsity is required with unstructured mask_structure '0:0' (e.g. sparsity: 0.5)"
             )
-        if not as_pattern_list(self.targets):
-            raise ValueError(
-                "targets lists no module: use __ALL__, a class name like Linear, or module names"
-            )
         return self
 
     @property
@@ -152,58 +259,15 @@ class LayerwisePruningModifier(Modifier):
         structure = self.structure
         return structure.nm_sparsity if structure.kind == "nm" else float(self.sparsity or 0.0)
 
-    def on_initialize(self, state: TrainingState) -> None:
-        raise RecipeError(
-            "runs without training only: use it with `sparseforge oneshot` (sparseforge.oneshot); "
-            "to prune during training use GMPruningModifier or OBSPruningModifier",
-            modifier=self.name,
-        )
-
-    # ----- which modules ----------------------------------------------------------------------
-    def _matches(self, name: str, module: torch.nn.Module, patterns: list[str]) -> bool:
-        for pattern in patterns:
-            if pattern == ALL or pattern == type(module).__name__:
-                return True
-            if name and name_matches(name, pattern):
-                return True
-        return False
-
-    def select_targets(self, model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-        """Compressible modules selected by `targets` (itself or an ancestor) minus `ignore`."""
-        targets, ignore = as_pattern_list(self.targets), as_pattern_list(self.ignore)
-        modules = dict(model.named_modules())
-        for pattern in targets + ignore:
-            special = pattern == ALL or ("." not in pattern and not pattern.startswith("re:"))
-            if not special and not any(name_matches(name, pattern) for name in modules if name):
-                sample = ", ".join(n for n in list(modules)[1:9])
-                raise ModelMatchError(
-                    f"{self.name}: '{pattern}' (targets/ignore) matches no module of the model; "
-                    f"module names include: {sample}, ..."
-                )
-        selected = {}
-        for name, module in modules.items():
-            if not is_compressible(module):
-                continue
-            chain = _ancestors(name, modules)
-            if any(self._matches(n, m, targets) for n, m in chain) and not any(
-                self._matches(n, m, ignore) for n, m in chain
-            ):
-                selected[name] = module
-        if not selected:
-            raise ModelMatchError(
-                f"{self.name}: targets {self.targets} (ignore {self.ignore}) select no Linear module"
-            )
+    def check_module(self, name: str, module: torch.nn.Module) -> None:
         if self.structure.kind == "nm":
-            for name, module in selected.items():
-                columns = weight_matrix(module).shape[1]
-                if columns % self.structure.m:
-                    raise ModelMatchError(
-                        f"{self.name}: mask_structure {self.mask_structure} needs the input size of "
-                        f"{name} ({columns}) to be a multiple of {self.structure.m}"
-                    )
-        return selected
+            columns = weight_matrix(module).shape[1]
+            if columns % self.structure.m:
+                raise ModelMatchError(
+                    f"{self.name}: mask_structure {self.mask_structure} needs the input size of "
+                    f"{name} ({columns}) to be a multiple of {self.structure.m}"
+                )
 
-    # ----- compression -------------------------------------------------------------------------
     def prune_matrix(self, weight: torch.Tensor, hessian: InputHessian) -> torch.Tensor:
         """The pruned (out, in) float32 weight for this module's inputs; zeros are pruned."""
         raise NotImplementedError

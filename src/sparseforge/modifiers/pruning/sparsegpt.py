@@ -20,8 +20,8 @@ from sparseforge.modifiers.pruning.calibrated import InputHessian, LayerwisePrun
 from sparseforge.modifiers.pruning.masks import MaskStructure, lowest_k
 
 
-def _inverse_cholesky(hessian: torch.Tensor, dampening_frac: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1."""
+def inverse_cholesky(hessian: torch.Tensor, dampening_frac: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (shared with GPTQ)."""
     damp = dampening_frac * torch.mean(torch.diag(hessian))
     h = hessian + damp * torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     lower, info = torch.linalg.cholesky_ex(h)
@@ -49,7 +49,7 @@ def sparsegpt_prune(
     dead = torch.diag(h) == 0  # inputs that were always 0: their weights do nothing
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u = _inverse_cholesky(h, dampening_frac)
+    u = inverse_cholesky(h, dampening_frac)
     nm = structure.kind == "nm"
     pruned_so_far = 0
     for start in range(0, columns, block_size):

@@ -1,6 +1,8 @@
-"""Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier."""
+"""Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier;
+GPTQ one-shot weight quantization."""
 
 from sparseforge.modifiers.quantization.attention import ATTN_IMPLEMENTATION, register_attention
+from sparseforge.modifiers.quantization.gptq import GPTQModifier
 from sparseforge.modifiers.quantization.modifier import QuantizationModifier, quantization_summary
 from sparseforge.modifiers.quantization.modules import QuantizedEmbedding, QuantizedLinear
 from sparseforge.modifiers.quantization.observers import (
@@ -13,6 +15,7 @@ from sparseforge.modifiers.quantization.scheme import QuantizationArgs, Quantiza
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "FakeQuantize",
+    "GPTQModifier",
     "QuantizationArgs",
     "QuantizationModifier",
     "QuantizationScheme",
