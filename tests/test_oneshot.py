@@ -437,3 +437,18 @@ def test_save_compressed_refuses_what_the_format_cannot_hold_before_work(tmp_pat
             save_compressed=True,
         )
     assert torch.equal(model.bert.encoder.layer[0].output.dense.weight, before)
+
+
+def test_a_sparseforge_folder_keeps_its_recipe_so_the_output_reloads(tiny_model_dir, tmp_path):
+    source = tiny_model_dir("text-classification")
+    ptq = "modifiers:\n  - !QuantizationModifier\n      scheme: W8A8\n"
+    sparseforge.oneshot(str(source), ptq, str(SST2), text_column="sentence", num_calibration_samples=8, output_dir=tmp_path / "int8")
+    result = sparseforge.oneshot(
+        str(tmp_path / "int8"), SPARSEGPT_RECIPE, str(SST2), text_column="sentence", num_calibration_samples=8, output_dir=tmp_path / "both"
+    )
+    saved = (tmp_path / "both" / "recipe.yaml").read_text()
+    assert "QuantizationModifier" in saved and "SparseGPTModifier" in saved
+    reloaded = load_model(tmp_path / "both", "text-classification")
+    batch = token_batches(1)[0]
+    torch.testing.assert_close(reloaded(**batch).logits, result.model(**batch).logits)
+    assert zero_fraction(reloaded.bert.encoder.layer[1].output.dense.weight) == 0.5

@@ -495,6 +495,31 @@ def _check_output_dir(output_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def _inputs(
+    model: Any, dataset: Any, tokenizer: Any, text_column: str, samples: int, length: int
+) -> tuple[nn.Module, Any, list[Batch]]:
+    """(module, tokenizer, calibration batches): folders and text go through the HF layer."""
+    if (
+        not isinstance(dataset, (str, os.PathLike, type(None)))
+        and hasattr(dataset, "__len__")
+        and len(dataset) == 0
+    ):
+        raise DataError("the calibration dataset is empty: it holds no sample")
+    if isinstance(model, (str, os.PathLike)) or (dataset is not None and not is_tokenized(dataset)):
+        from sparseforge.transformers import oneshot_cli
+
+        model, tokenizer = oneshot_cli.resolve_model(model, tokenizer)
+        if dataset is None:
+            return model, tokenizer, []
+        return (
+            model,
+            tokenizer,
+            oneshot_cli.text_batches(dataset, tokenizer, text_column, samples, length),
+        )
+    batches = tokenized_batches(dataset, samples, length) if dataset is not None else []
+    return model, tokenizer, batches
+
+
 def oneshot(
     model: nn.Module | str | os.PathLike,
     recipe: Any,
@@ -518,46 +543,31 @@ def oneshot(
     loaded = Recipe.load(recipe, recipe_args)
     planned = plan_modifiers(loaded)
     out = _check_output_dir(output_dir)
-    if dataset is None and needs_calibration_data(planned):
+    if save_compressed and out is None:
+        raise SparseforgeError("save_compressed=True needs output_dir (--output_dir)")
+    needing = needs_calibration_data(planned)
+    if dataset is None and needing:
         raise DataError(
-            f"{', '.join(needs_calibration_data(planned))} need calibration data: pass dataset= (--dataset FILE)"
+            f"{', '.join(needing)} need calibration data: pass dataset= (--dataset FILE)"
         )
-    if (
-        not isinstance(dataset, (str, os.PathLike, type(None)))
-        and hasattr(dataset, "__len__")
-        and len(dataset) == 0
-    ):
-        raise DataError("the calibration dataset is empty: it holds no sample")
-    if isinstance(model, (str, os.PathLike)) or (dataset is not None and not is_tokenized(dataset)):
-        from sparseforge.transformers import oneshot_cli
+    to_save = loaded
+    if isinstance(model, (str, os.PathLike)):
+        from sparseforge.transformers.oneshot_cli import recipe_to_save
 
-        model, tokenizer = oneshot_cli.resolve_model(model, tokenizer)
-        batches = (
-            oneshot_cli.text_batches(
-                dataset, tokenizer, text_column, num_calibration_samples, max_seq_length
-            )
-            if dataset is not None
-            else []
-        )
-    else:
-        batches = (
-            tokenized_batches(dataset, num_calibration_samples, max_seq_length)
-            if dataset is not None
-            else []
-        )
+        to_save = recipe_to_save(model, loaded)
+    model, tokenizer, batches = _inputs(
+        model, dataset, tokenizer, text_column, num_calibration_samples, max_seq_length
+    )
     if dataset is not None and not batches:
         raise DataError("the calibration dataset holds no non-empty sample")
     if save_compressed:
         from sparseforge.transformers.compressed import check_plan
 
-        if out is None:
-            raise SparseforgeError("save_compressed=True needs output_dir (--output_dir)")
-
         check_plan(model, planned)
     report = run_oneshot(model, loaded, batches)
     if out is not None:
         save_oneshot(
-            model, loaded, report, out, tokenizer=tokenizer, save_compressed=save_compressed
+            model, to_save, report, out, tokenizer=tokenizer, save_compressed=save_compressed
         )
     return OneShotResult(model=model, report=report, output_dir=out, recipe=loaded)
 

@@ -46,15 +46,30 @@ def _load_folder(path: str) -> torch.nn.Module:
         ) from None
 
 
-def resolve_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer) from a module or a model folder / zoo: stub (its tokenizer if none given)."""
-    if isinstance(model, torch.nn.Module):
-        return model, tokenizer
+def _folder(model: Any) -> str:
     path = str(model)
     if path.startswith("zoo:"):
         from sparseforge.zoo import resolve_model as resolve_stub
 
         path = resolve_stub(path)
+    return path
+
+
+def recipe_to_save(model: Any, recipe: Any) -> Any:
+    """What the output's recipe.yaml holds: the recipe a sparseforge model folder was saved with
+    (its structure, e.g. QAT, must be rebuilt on reload), then this one-shot recipe."""
+    if isinstance(model, torch.nn.Module):
+        return recipe
+    from sparseforge.transformers.trainer import combine_recipes, saved_recipe
+
+    return combine_recipes(saved_recipe(_folder(model)), recipe)
+
+
+def resolve_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
+    """(model, tokenizer) from a module or a model folder / zoo: stub (its tokenizer if none given)."""
+    if isinstance(model, torch.nn.Module):
+        return model, tokenizer
+    path = _folder(model)
     loaded = _load_folder(path)
     if tokenizer is None:
         import transformers

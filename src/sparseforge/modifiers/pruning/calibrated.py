@@ -155,7 +155,7 @@ class LayerwiseModifier(Modifier):
     # ----- which modules ----------------------------------------------------------------------
     def _matches(self, name: str, module: torch.nn.Module, patterns: list[str]) -> bool:
         for pattern in patterns:
-            if pattern == ALL or pattern == type(module).__name__:
+            if pattern == ALL or pattern in {cls.__name__ for cls in type(module).__mro__}:
                 return True
             if name and name_matches(name, pattern):
                 return True
