@@ -442,9 +442,21 @@ def test_save_compressed_refuses_what_the_format_cannot_hold_before_work(tmp_pat
 def test_a_sparseforge_folder_keeps_its_recipe_so_the_output_reloads(tiny_model_dir, tmp_path):
     source = tiny_model_dir("text-classification")
     ptq = "modifiers:\n  - !QuantizationModifier\n      scheme: W8A8\n"
-    sparseforge.oneshot(str(source), ptq, str(SST2), text_column="sentence", num_calibration_samples=8, output_dir=tmp_path / "int8")
+    sparseforge.oneshot(
+        str(source),
+        ptq,
+        str(SST2),
+        text_column="sentence",
+        num_calibration_samples=8,
+        output_dir=tmp_path / "int8",
+    )
     result = sparseforge.oneshot(
-        str(tmp_path / "int8"), SPARSEGPT_RECIPE, str(SST2), text_column="sentence", num_calibration_samples=8, output_dir=tmp_path / "both"
+        str(tmp_path / "int8"),
+        SPARSEGPT_RECIPE,
+        str(SST2),
+        text_column="sentence",
+        num_calibration_samples=8,
+        output_dir=tmp_path / "both",
     )
     saved = (tmp_path / "both" / "recipe.yaml").read_text()
     assert "QuantizationModifier" in saved and "SparseGPTModifier" in saved
@@ -452,3 +464,21 @@ def test_a_sparseforge_folder_keeps_its_recipe_so_the_output_reloads(tiny_model_
     batch = token_batches(1)[0]
     torch.testing.assert_close(reloaded(**batch).logits, result.model(**batch).logits)
     assert zero_fraction(reloaded.bert.encoder.layer[1].output.dense.weight) == 0.5
+
+
+def test_tokenized_dataset_object_with_right_padding():
+    from datasets import Dataset
+
+    rows = {
+        "input_ids": [[2, 40, 41, 42, 3, 0, 0], [2, 50, 51, 3, 0, 0, 0]],
+        "attention_mask": [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0]],
+        "label": [0, 1],
+    }
+    result = sparseforge.oneshot(
+        make_tiny_model(),
+        [WandaPruningModifier(sparsity=0.5)],
+        Dataset.from_dict(rows),
+        max_seq_length=6,
+    )
+    assert result.report["calibration_samples"] == 2
+    assert result.report["calibration_tokens"] == 5 + 4  # padding is not calibration data

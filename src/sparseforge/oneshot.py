@@ -105,17 +105,10 @@ def plan_modifiers(recipe: Recipe) -> list[Modifier]:
 
 
 def needs_calibration_data(modifiers: Sequence[Modifier]) -> list[str]:
-    """Names of the modifiers that cannot run without calibration samples."""
-    names = []
-    for mod in modifiers:
-        data_free = type(mod).__name__ in (
-            "GMPruningModifier",
-            "MagnitudePruningModifier",
-            "GlobalMagnitudePruningModifier",
-        )
-        if not data_free:
-            names.append(mod.name)
-    return names
+    """Names of the modifiers that cannot run without calibration samples (all but magnitude)."""
+    return [
+        mod.name for mod in modifiers if not (_is_at_once(mod) and not mod.needs_training_batches())
+    ]
 
 
 # ----- calibration batches ------------------------------------------------------------------------
