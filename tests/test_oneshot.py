@@ -482,3 +482,89 @@ def test_tokenized_dataset_object_with_right_padding():
     )
     assert result.report["calibration_samples"] == 2
     assert result.report["calibration_tokens"] == 5 + 4  # padding is not calibration data
+
+
+STAGED_RECIPE = """
+oneshot_stage:
+  pruning_modifiers:
+    - !SparseGPTModifier {sparsity: 0.5, block_size: 16}
+finetune_stage:
+  training_modifiers:
+    - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 2.0}
+    - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: 2.0, lr_func: linear, init_lr: 0.001, final_lr: 0.0}
+  pruning_modifiers:
+    - !ConstantPruningModifier {start_epoch: 0.0, params: ['re:bert.encoder.*(query|key|value|dense).weight$']}
+  distillation_modifiers:
+    - !DistillationModifier {hardness: 0.5, temperature: 2.0, distill_output_keys: [logits]}
+"""
+
+
+def test_one_shot_stage_then_training_stage_from_one_recipe(tiny_model_dir, tmp_path, capsys):
+    source = tiny_model_dir("text-classification")
+    recipe = tmp_path / "staged.yaml"
+    recipe.write_text(STAGED_RECIPE)
+    pruned = tmp_path / "pruned"
+    argv = [
+        "oneshot",
+        "--model_path",
+        str(source),
+        "--recipe",
+        str(recipe),
+        "--dataset",
+        str(SST2),
+        "--text_column",
+        "sentence",
+        "--num_calibration_samples",
+        "8",
+        "--output_dir",
+        str(pruned),
+    ]
+    assert main(argv) == 0
+    assert "continue with: sparseforge train" in capsys.readouterr().out
+    applied = (pruned / "recipe.yaml").read_text()
+    assert "SparseGPTModifier" in applied and "ConstantPruningModifier" not in applied
+    assert "SparseGPTModifier" not in (pruned / "training_recipe.yaml").read_text()
+    one_shot = (
+        load_model(pruned, "text-classification")
+        .bert.encoder.layer[0]
+        .intermediate.dense.weight.detach()
+        .clone()
+    )
+    tuned = tmp_path / "tuned"
+    data = FIXTURES / "text_classification"
+    code = main(
+        [
+            "train",
+            "text-classification",
+            "--model_name_or_path",
+            str(pruned),
+            "--recipe",
+            str(pruned / "training_recipe.yaml"),
+            "--distill_teacher",
+            str(source),
+            "--train_file",
+            str(data / "train.csv"),
+            "--output_dir",
+            str(tuned),
+            "--do_train",
+            "--per_device_train_batch_size",
+            "8",
+            "--max_seq_length",
+            "16",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--save_strategy",
+            "no",
+            "--seed",
+            "1",
+        ]
+    )
+    assert code == 0
+    model = load_model(tuned, "text-classification")
+    weight = model.bert.encoder.layer[0].intermediate.dense.weight
+    assert torch.equal(weight == 0, one_shot == 0)  # the one-shot zeros survive fine-tuning
+    assert not torch.equal(weight, one_shot)  # and the kept weights trained
+    saved = (tuned / "recipe.yaml").read_text()
+    assert "SparseGPTModifier" in saved and "ConstantPruningModifier" in saved

@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 REPORT_FILE = "oneshot_report.json"
 RECIPE_FILE = "recipe.yaml"
+TRAINING_RECIPE_FILE = "training_recipe.yaml"
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
@@ -70,11 +71,32 @@ class OneShotResult:
     report: dict[str, Any]
     output_dir: Path | None = None
     recipe: Recipe | None = field(default=None, repr=False)
+    # the recipe's stages after its one-shot ones, saved as training_recipe.yaml (None: none)
+    training_recipe: Recipe | None = field(default=None, repr=False)
 
 
 # ----- planning: what each modifier does without training ---------------------------------------
 def _is_at_once(mod: Modifier) -> bool:
     return isinstance(mod, GradualPruningModifier)
+
+
+def _runs_one_shot(mod: Modifier) -> bool:
+    if isinstance(mod, (LayerwiseModifier, QuantizationModifier)):
+        return True
+    return _is_at_once(mod) and mod.start_epoch == mod.end_epoch and mod.start_step == mod.end_step
+
+
+def split_stages(recipe: Recipe) -> tuple[Recipe, Recipe | None]:
+    """A staged recipe's leading stages whose modifiers all run one-shot, and the stages after
+    them (the training that recovers accuracy), as two recipes; (recipe, None) otherwise."""
+    stages = recipe.stages
+    count = 0
+    while count < len(stages) and all(_runs_one_shot(mod) for mod in stages[count].modifiers):
+        count += 1
+    if len(stages) < 2 or count in (0, len(stages)):
+        return recipe, None
+    first = Recipe(stages[:count], recipe.variables, recipe.version, recipe.source)
+    return first, Recipe(stages[count:], recipe.variables, recipe.version, recipe.source)
 
 
 def plan_modifiers(recipe: Recipe) -> list[Modifier]:
@@ -533,7 +555,7 @@ def oneshot(
         raise DataError(f"num_calibration_samples must be >= 1, got {num_calibration_samples}")
     if max_seq_length < 1:
         raise DataError(f"max_seq_length must be >= 1, got {max_seq_length}")
-    loaded = Recipe.load(recipe, recipe_args)
+    loaded, training = split_stages(Recipe.load(recipe, recipe_args))
     planned = plan_modifiers(loaded)
     out = _check_output_dir(output_dir)
     if save_compressed and out is None:
@@ -562,7 +584,22 @@ def oneshot(
         save_oneshot(
             model, to_save, report, out, tokenizer=tokenizer, save_compressed=save_compressed
         )
-    return OneShotResult(model=model, report=report, output_dir=out, recipe=loaded)
+        if training is not None:
+            _save_training_stages(training, out)
+    return OneShotResult(
+        model=model, report=report, output_dir=out, recipe=loaded, training_recipe=training
+    )
+
+
+def _save_training_stages(training: Recipe, out: Path) -> None:
+    path = training.save(out / TRAINING_RECIPE_FILE)
+    logger.info(
+        "oneshot: the recipe's training stages are in %s; continue with `sparseforge train TASK "
+        "--model_name_or_path %s --recipe %s` (and --distill_teacher the dense model)",
+        path,
+        out,
+        path,
+    )
 
 
 def save_oneshot(

@@ -229,4 +229,10 @@ def cli_main(argv: Sequence[str]) -> int:
         if key in report
     }
     print(f"sparseforge oneshot: saved {result.output_dir}: {json.dumps(summary)}")
+    if result.training_recipe is not None:
+        recipe_path = Path(result.output_dir) / "training_recipe.yaml"
+        print(
+            f"the recipe's training stages are in {recipe_path}; continue with: sparseforge train TASK "
+            f"--model_name_or_path {result.output_dir} --recipe {recipe_path} --distill_teacher {args.model_path} ..."
+        )
     return 0
