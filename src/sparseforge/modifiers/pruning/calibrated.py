@@ -152,6 +152,9 @@ class LayerwiseModifier(Modifier):
             modifier=self.name,
         )
 
+    def schedule_events(self) -> list[tuple[float, str]]:
+        return [(0.0, f"{self.name} (one-shot, by sparseforge oneshot before any training)")]
+
     # ----- which modules ----------------------------------------------------------------------
     def _matches(self, name: str, module: torch.nn.Module, patterns: list[str]) -> bool:
         for pattern in patterns:
