@@ -19,6 +19,22 @@ one-shot with `sparseforge.oneshot`, calibrated on the first --calibration_sampl
     sparsegpt50_ft1   one recipe: SparseGPT 50% one-shot, then 1 epoch of fine-tuning (first 8,000
                       train sentences, LR 5e-5 -> 0) distilling from the dense model, zeros kept
 
+Side by side with llm-compressor (`--llmcompressor_python PATH`, the Python of a separate virtualenv
+holding llm-compressor, a benchmark-only tool that sparseforge never imports):
+
+    python3.11 -m venv /work/llmc
+    /work/llmc/bin/pip install -c bench/llmcompressor-constraints.txt llmcompressor  # CPU torch
+    python bench/bench_oneshot.py --configs sparsegpt50 sparsegpt50_int8 \
+        --llmcompressor_python /work/llmc/bin/python
+
+runs bench/llmcompressor_oneshot.py in that Python after sparseforge's configurations, on the same
+dense model, the same first --calibration_samples train sentences (64 tokens) and the same dev
+sentences, and adds its rows to the table: llmc_sparsegpt50 (SparseGPTModifier 50% on the encoder
+layers' Linears) and llmc_sparsegpt50_w8a8 (the same, then QuantizationModifier scheme W8A8: int8
+per-channel weights, dynamic per-token int8 inputs; sparseforge's int8 rows use static input
+ranges). Its wall time is llm-compressor's `oneshot` call; a configuration it refuses is a row
+with its error. Threads: the same --threads.
+
 Reported per configuration: dev accuracy (all 872 dev sentences, PyTorch, fake-quantized where
 quantized), recovery = accuracy / dense accuracy, one-shot wall time (and training time), peak memory, mean relative
 reconstruction error of the pruned modules. Results print as one JSON line each and a table.
@@ -256,7 +272,16 @@ def main() -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="smoke test on a tiny random BERT and written data"
     )
+    parser.add_argument(
+        "--llmcompressor_python",
+        default=None,
+        help="Python of a virtualenv with llm-compressor: adds its oneshot rows (see the docstring)",
+    )
     args = parser.parse_args()
+    if args.llmcompressor_python and not os.access(args.llmcompressor_python, os.X_OK):
+        parser.error(
+            f"--llmcompressor_python {args.llmcompressor_python} is not an executable file"
+        )
     import torch
 
     torch.set_num_threads(args.threads)
@@ -289,16 +314,58 @@ def main() -> int:
     for name in args.configs:
         results.append(run_config(name, dense, data, work, samples, dense_accuracy))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\n{'config':<18} {'accuracy':>8} {'recovery':>8} {'seconds':>8} {'rel. error':>10}")
-    for row in results:
-        error = row.get("mean_relative_error")
-        print(
-            f"{row['config']:<18} {row['accuracy']:>8.4f} {row['recovery']:>8.4f} {row.get('oneshot_seconds', 0):>8.1f} {error if error is None else round(error, 4)!s:>10}"
-        )
+    if args.llmcompressor_python:
+        for row in run_llmcompressor(args, dense, data, samples, dense_accuracy):
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    print_table(results)
     (work / "results.json").write_text(
         json.dumps({"calibration_samples": samples, "results": results}, indent=2)
     )
     return 0
+
+
+def run_llmcompressor(
+    args: argparse.Namespace, dense: Path, data: Path, samples: int, dense_accuracy: float
+) -> list[dict]:
+    """llm-compressor's rows: llmcompressor_oneshot.py in its own Python, one JSON line each."""
+    import subprocess
+
+    command = [
+        args.llmcompressor_python, str(ROOT / "bench" / "llmcompressor_oneshot.py"),
+        "--model", str(dense), "--train", str(data / "train.tsv"), "--dev", str(data / "dev.tsv"),
+        "--samples", str(samples), "--max_seq_length", "64", "--threads", str(args.threads),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env.pop("PYTHONPATH", None)  # the other virtualenv sees neither sparseforge nor its packages
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not rows:
+        tail = done.stderr.strip().splitlines()[-5:]
+        return [{"config": "llmc", "accuracy": None, "error": f"exit {done.returncode}: {tail}"}]
+    for row in rows:
+        accuracy = row.get("accuracy")
+        row["recovery"] = accuracy / dense_accuracy if accuracy is not None else None
+        row["oneshot_seconds"] = row.pop("wall_s", None)
+        row["peak_memory_mb"] = row.pop("peak_mb", None)
+    return rows
+
+
+def print_table(results: list[dict]) -> None:
+    """The results as a table; rows that failed show their error below it."""
+
+    def cell(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    print(f"\n{'config':<22} {'accuracy':>8} {'recovery':>8} {'seconds':>8} {'rel. error':>10}")
+    for row in results:
+        print(
+            f"{row['config']:<22} {cell(row.get('accuracy'), 4):>8} {cell(row.get('recovery'), 4):>8} "
+            f"{cell(row.get('oneshot_seconds'), 1):>8} {cell(row.get('mean_relative_error'), 4):>10}"
+        )
+    for row in results:
+        if row.get("error"):
+            print(f"{row['config']}: {row['error']}")
 
 
 def _plain(folder: Path):
