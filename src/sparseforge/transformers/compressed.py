@@ -2,8 +2,8 @@
 
 The folder is what Hugging Face transformers reads with the `compressed-tensors` package
 installed and without sparseforge: int8 weights (`int-quantized`, W8A8) or packed int4 / int8
-(`pack-quantized`, weight-only), per-channel `weight_scale`, static `input_scale` /
-`input_zero_point`, and `quantization_config` in config.json. The model's fake-quantized Linear
+(`pack-quantized`, weight-only), per-channel or per-group (`strategy: group`, `group_size`)
+`weight_scale`, static `input_scale` / `input_zero_point`, and `quantization_config` in config.json. The model's fake-quantized Linear
 modules (sparseforge QAT or PTQ) are translated one to one: an unsigned 8-bit activation grid with
 zero point z is the signed grid with zero point z - 128, so values and outputs are unchanged.
 
@@ -57,14 +57,14 @@ def unsupported_quantizers(model: nn.Module) -> list[str]:
 def check_plan(model: nn.Module, modifiers: list[Any]) -> None:
     """Before any work: the recipe quantizes, and only what the format can hold (Linear inputs
     and weights: no embeddings, attention matmuls or outputs)."""
-    from sparseforge.modifiers.quantization import QuantizationModifier
+    from sparseforge.modifiers.quantization import GPTQModifier, QuantizationModifier
     from sparseforge.modifiers.quantization.scheme import LINEAR
 
     require_compressed_tensors()
     quantizing = [mod for mod in modifiers if isinstance(mod, QuantizationModifier)]
-    if not quantizing:
+    if not quantizing and not any(isinstance(mod, GPTQModifier) for mod in modifiers):
         raise ModelMatchError(
-            "--save_compressed needs a quantized model (a QuantizationModifier in the recipe): compressed-tensors "
+            "--save_compressed needs a quantized model (a QuantizationModifier or GPTQModifier in the recipe): compressed-tensors "
             "has no sparse-only format any more, so a pruned float model would not get smaller"
         )
     for mod in quantizing:
@@ -81,8 +81,19 @@ def _args(fq: FakeQuantize, strategy: str) -> Any:
     from compressed_tensors.quantization import QuantizationArgs
 
     return QuantizationArgs(
-        num_bits=fq.num_bits, type="int", symmetric=fq.symmetric, strategy=strategy, dynamic=False
+        num_bits=fq.num_bits,
+        type="int",
+        symmetric=fq.symmetric,
+        strategy=strategy,
+        group_size=fq.group_size if strategy == "group" else None,
+        dynamic=False,
     )
+
+
+def _weight_strategy(fq: FakeQuantize) -> str:
+    if fq.grouped:
+        return "group"
+    return "channel" if fq.per_channel else "tensor"
 
 
 def _plain_copy(
@@ -108,7 +119,7 @@ def _config(quantizers: dict[str, tuple[FakeQuantize | None, FakeQuantize]]) -> 
 
     groups: dict[str, Any] = {}
     for name, (input_fq, weight_fq) in quantizers.items():
-        weights = _args(weight_fq, "channel" if weight_fq.per_channel else "tensor")
+        weights = _args(weight_fq, _weight_strategy(weight_fq))
         inputs = _args(input_fq, "tensor") if input_fq is not None else None
         key = f"{weights.model_dump_json()}|{inputs.model_dump_json() if inputs else None}"
         if key not in groups:

@@ -6,7 +6,12 @@ columns not yet quantized. The grid is the one sparseforge's fake quantizer uses
 per output channel or per tensor, scale from the weight's range), so the quantized weights are
 fixed points of the `weight_fake_quant` module installed afterwards: the model reloads
 (`apply_structure`) and exports to the same QDQ ONNX as QAT. Weights already zero (pruned by an
-earlier SparseGPT or Wanda) stay zero. Weight-only: W8A16 or W4A16 (no groups).
+earlier SparseGPT or Wanda) stay zero. Weight-only: W8A16 (per channel) or W4A16 (groups of 128).
+
+With `strategy: group, group_size: g` (llm-compressor's fields) each row has one scale per g input
+columns, observed on the weight before GPTQ runs (llm-compressor's static groups: the scales do not
+follow the error feedback, so they are the ones the fake quantizer holds afterwards). Grouped
+weights reload and save compressed (`pack-quantized`, group strategy); ONNX export refuses them.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ from sparseforge.modifiers.quantization.observers import FakeQuantize
 from sparseforge.modifiers.quantization.scheme import QuantizationArgs, QuantizationScheme
 
 
-def _round_columns(columns: torch.Tensor, fq: FakeQuantize) -> torch.Tensor:
-    """Round (rows, k) columns onto the fake quantizer's grid, exactly as its forward would."""
-    zero_point = torch.zeros_like(fq.scale, dtype=torch.int32)
+def _round_column(column: torch.Tensor, fq: FakeQuantize, index: int) -> torch.Tensor:
+    """Round weight column `index` (rows, 1) onto the fake quantizer's grid, as its forward would
+    (with groups: the scales of the column's group)."""
+    scale = fq.scale[:, index // fq.group_size] if fq.grouped else fq.scale
+    zero_point = torch.zeros_like(scale, dtype=torch.int32)
     if fq.per_channel:
         return torch.fake_quantize_per_channel_affine(
-            columns, fq.scale, zero_point, 0, fq.quant_min, fq.quant_max
+            column, scale, zero_point, 0, fq.quant_min, fq.quant_max
         )
     return torch.fake_quantize_per_tensor_affine(
-        columns, fq.scale.reshape(()), zero_point.reshape(()), fq.quant_min, fq.quant_max
+        column, scale.reshape(()), zero_point.reshape(()), fq.quant_min, fq.quant_max
     )
 
 
@@ -62,7 +69,7 @@ def gptq_quantize(
         errors = torch.zeros_like(block)
         for i in range(end - start):
             column = block[:, i]
-            rounded = _round_columns(column.unsqueeze(1), fq).squeeze(1)
+            rounded = _round_column(column.unsqueeze(1), fq, start + i).squeeze(1)
             rounded = torch.where(zeros[:, start + i], torch.zeros_like(rounded), rounded)
             error = (column - rounded) / u_block[i, i]
             block[:, i:] -= error.unsqueeze(1) * u_block[i, i:].unsqueeze(0)
@@ -77,7 +84,8 @@ def gptq_quantize(
 class GPTQModifier(LayerwiseModifier):
     """GPTQ weight-only quantization of every target Linear, layer by layer (module docstring).
 
-    `scheme`: "W8A16", "W4A16", or `{weights: {num_bits, symmetric: true, strategy}}`.
+    `scheme`: "W8A16", "W4A16" (groups of 128), or
+    `{weights: {num_bits, symmetric: true, strategy: channel|tensor|group, group_size}}`.
     """
 
     scheme: Any = "W8A16"
@@ -87,6 +95,8 @@ class GPTQModifier(LayerwiseModifier):
     @field_validator("scheme", mode="before")
     @classmethod
     def _load_scheme(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "input_activations" not in value:
+            value = {**value, "input_activations": None}  # weight-only: {weights: {...}} suffices
         scheme = QuantizationScheme.load(value)
         if (
             scheme.weights is None
@@ -124,12 +134,15 @@ class GPTQModifier(LayerwiseModifier):
             raise ModelMatchError(
                 f"{self.name}: {name} is a {type(module).__name__}; GPTQ quantizes nn.Linear only"
             )
+        self.weight_args.check_weight(self.name, name, tuple(module.weight.shape))
 
     @torch.no_grad()
     def compress(self, name: str, module: nn.Module, hessian: InputHessian) -> dict[str, Any]:
         original = module.weight.detach().float().clone()
-        fq = self.weight_args.fake_quantize(channels=original.shape[0]).to(original.device)
-        fq.observe(original)  # the grid: per-channel (or tensor) range of the weight
+        fq = self.weight_args.fake_quantize(
+            channels=original.shape[0], columns=original.shape[1]
+        ).to(original.device)
+        fq.observe(original)  # the grid: range of the weight per channel, group or tensor
         quantized = gptq_quantize(
             original, hessian.matrix, fq, self.block_size, self.dampening_frac
         )
