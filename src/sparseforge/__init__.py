@@ -11,6 +11,7 @@ from sparseforge.errors import (
     SparseforgeError,
 )
 from sparseforge.manager import Manager, ScheduledModifierManager, ScheduledOptimizer
+from sparseforge.oneshot import OneShotResult, oneshot
 from sparseforge.recipe import Recipe
 
 __version__ = "0.1.0"
@@ -20,10 +21,12 @@ __all__ = [
     "ExportError",
     "Manager",
     "ModelMatchError",
+    "OneShotResult",
     "Recipe",
     "RecipeError",
     "ScheduledModifierManager",
     "ScheduledOptimizer",
     "SparseforgeError",
     "__version__",
+    "oneshot",
 ]

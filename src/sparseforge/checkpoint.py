@@ -277,6 +277,7 @@ def hf_task_builder(folder: str | os.PathLike, task: str, **config_kwargs: Any) 
             f"{folder}: no {CONFIG_FILE}; --model_path must be a saved Hugging Face model folder"
         )
     task = normalize_task(task)
+    _refuse_compressed_tensors(folder)
 
     def build() -> torch.nn.Module:
         import transformers
@@ -285,6 +286,17 @@ def hf_task_builder(folder: str | os.PathLike, task: str, **config_kwargs: Any) 
         return getattr(transformers, AUTO_MODEL_CLASSES[task]).from_config(config)
 
     return build
+
+
+def _refuse_compressed_tensors(folder: Path) -> None:
+    """A folder written with --save_compressed is for transformers + compressed-tensors."""
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    if (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors":
+        raise ModelMatchError(
+            f"{folder} is saved in the compressed-tensors format (--save_compressed): load it with "
+            "transformers' from_pretrained (compressed-tensors installed); for a folder sparseforge "
+            "reloads and exports, run oneshot / training without --save_compressed"
+        )
 
 
 def load_task_model(

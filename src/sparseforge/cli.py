@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("sparseforge.cli:recipe_main", "check a recipe and print its schedule"),
     "analyze": ("sparseforge.sparsity:cli_main", "print per-parameter sparsity of a model or checkpoint"),
     "compact": ("sparseforge.compact:cli_main", "remove pruned heads, FFN neurons and layers from a saved model for real"),
+    "oneshot": ("sparseforge.transformers.oneshot_cli:cli_main", "compress a trained model without training: SparseGPT, Wanda, PTQ"),
     "export": ("sparseforge.export.cli:cli_main", "export a trained model to a verified ONNX deployment folder"),
     "train": ("sparseforge.transformers.cli:cli_main", "train with a recipe: text-classification, token-classification, ..."),
     "zoo": ("sparseforge.zoo:cli_main", "manage zoo: stubs in the local registry"),

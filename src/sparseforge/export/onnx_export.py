@@ -60,6 +60,23 @@ class _TupleOutputs(torch.nn.Module):
         return tuple(outputs[name] for name in self.output_names)
 
 
+def _refuse_groups(model: torch.nn.Module) -> None:
+    """Per-group weight scales (GPTQ `group_size`) have no QDQ translation here yet: say so.
+
+    onnxruntime 1.32 runs opset-21 DequantizeLinear with `block_size`, but this exporter writes
+    opset-18 per-tensor/per-channel QDQ and folds weights per channel only.
+    """
+    from sparseforge.modifiers.quantization.observers import fake_quantizers
+
+    grouped = [name for name, fq in fake_quantizers(model).items() if fq.grouped]
+    if grouped:
+        raise ExportError(
+            f"ONNX export supports per-tensor and per-channel weight scales only; {grouped[0]} "
+            f"(and {len(grouped) - 1} more) use group_size (strategy: group). Quantize with "
+            "strategy: channel (no group_size) to export, or use --save_compressed for transformers"
+        )
+
+
 def export_onnx(
     model: torch.nn.Module,
     sample_inputs: Mapping[str, torch.Tensor],
@@ -75,6 +92,7 @@ def export_onnx(
         raise ExportError(
             f"model inputs must be input_ids [+ attention_mask, token_type_ids], got {sorted(sample_inputs)}"
         )
+    _refuse_groups(model)
     wrapper = _TupleOutputs(model.eval(), output_names)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic_shapes = {name: {0: batch, 1: sequence} for name in sample_inputs}

@@ -52,6 +52,9 @@ SPARSEML_MODIFIER_NAMES = frozenset(
         "SparseGPTModifier",
         "SmoothQuantModifier",
         "LogarithmicEquivalenceModifier",
+        # llm-compressor's one-shot names
+        "WandaPruningModifier",
+        "GPTQModifier",
     }
 )
 

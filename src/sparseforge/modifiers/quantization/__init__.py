@@ -1,10 +1,12 @@
-"""Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier."""
+"""Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier;
+GPTQ one-shot weight quantization."""
 
 from sparseforge.modifiers.quantization.attention import (
     ATTN_IMPLEMENTATION,
     attention_hook,
     set_attention_hook,
 )
+from sparseforge.modifiers.quantization.gptq import GPTQModifier
 from sparseforge.modifiers.quantization.modifier import QuantizationModifier, quantization_summary
 from sparseforge.modifiers.quantization.modules import QuantizedEmbedding, QuantizedLinear
 from sparseforge.modifiers.quantization.observers import (
@@ -17,6 +19,7 @@ from sparseforge.modifiers.quantization.scheme import QuantizationArgs, Quantiza
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "FakeQuantize",
+    "GPTQModifier",
     "QuantizationArgs",
     "QuantizationModifier",
     "QuantizationScheme",

@@ -319,6 +319,8 @@ class QuantizationModifier(Modifier):
                 scheme = self._scheme_for(name, module, kind, kinds)
                 if kind == ATTENTION and scheme.input_activations is None:
                     continue
+                if scheme.weights is not None and kind != ATTENTION:
+                    scheme.weights.check_weight(self.name, name, tuple(module.weight.shape))
                 planned[name] = (module, kind, scheme)
         return planned
 

@@ -92,7 +92,9 @@ def quantize_module_(module: nn.Module, scheme: QuantizationScheme) -> bool:
         module.add_module("input_fake_quant", scheme.input_activations.fake_quantize().to(device))
     if scheme.weights is not None:
         # Output channels are dim 0 of a Linear weight and, for an embedding, its rows.
-        fq = scheme.weights.fake_quantize(channels=module.weight.shape[0])
+        fq = scheme.weights.fake_quantize(
+            channels=module.weight.shape[0], columns=module.weight.shape[1]
+        )
         module.add_module("weight_fake_quant", fq.to(device))
     if scheme.output_activations is not None:
         module.add_module("output_fake_quant", scheme.output_activations.fake_quantize().to(device))

@@ -55,6 +55,13 @@ def _fake_quantize(
         return torch.fake_quantize_per_tensor_affine(
             x, scale.reshape(()), zero_point.reshape(()).to(torch.int32), quant_min, quant_max
         )
+    if scale.ndim == 2:  # groups: (rows, groups) scales, one per `columns / groups` inputs of a row
+        rows, groups = scale.shape
+        flat = x.reshape(rows * groups, -1)
+        out = torch.fake_quantize_per_channel_affine(
+            flat, scale.reshape(-1), zero_point.reshape(-1).to(torch.int32), 0, quant_min, quant_max
+        )
+        return out.reshape(x.shape)
     return torch.fake_quantize_per_channel_affine(
         x, scale, zero_point.to(torch.int32), axis, quant_min, quant_max
     )
@@ -84,10 +91,15 @@ class FakeQuantize(nn.Module):
         ch_axis: int = 0,
         reduce_range: bool = False,
         averaging_constant: float = AVERAGING_CONSTANT,
+        group_size: int | None = None,
+        columns: int | None = None,
     ):
         super().__init__()
         if not 2 <= num_bits <= 8:
             raise ValueError(f"num_bits must be within 2..8 for ONNX int8 export, got {num_bits}")
+        if group_size is not None:
+            check_groups(group_size, channels, columns, ch_axis)
+        self.group_size = group_size
         self.num_bits = num_bits
         self.symmetric = symmetric
         self.ch_axis = ch_axis if channels is not None else -1
@@ -97,7 +109,9 @@ class FakeQuantize(nn.Module):
         self.averaging_constant = averaging_constant
         self.observer_enabled = True
         self.fake_quant_enabled = True
-        shape = (channels,) if channels is not None else ()
+        shape: tuple[int, ...] = (channels,) if channels is not None else ()
+        if group_size is not None:  # one scale per row and group of `group_size` input columns
+            shape = (channels, columns // group_size)
         self.register_buffer("scale", torch.ones(shape))
         self.register_buffer("zero_point", torch.zeros(shape, dtype=torch.int32))
         self.register_buffer("min_val", torch.full(shape, float("inf")))
@@ -108,12 +122,19 @@ class FakeQuantize(nn.Module):
         return self.ch_axis >= 0
 
     @property
+    def grouped(self) -> bool:
+        """Whether each row has one scale per group of `group_size` columns (strategy: group)."""
+        return self.group_size is not None
+
+    @property
     def observed(self) -> bool:
         """Whether any tensor has been observed yet (scale/zero point are meaningful)."""
         return bool(torch.isfinite(self.min_val).all())
 
     def extra_repr(self) -> str:
         kind = f"per-channel(axis={self.ch_axis})" if self.per_channel else "per-tensor"
+        if self.grouped:
+            kind = f"per-group(size={self.group_size})"
         return (
             f"bits={self.num_bits}, range=[{self.quant_min}, {self.quant_max}], {kind}, "
             f"observer={'on' if self.observer_enabled else 'frozen'}"
@@ -123,7 +144,14 @@ class FakeQuantize(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         """Update the moving-average min/max with `x` and recompute scale and zero point."""
         x = x.detach().float()
-        if self.per_channel:
+        if self.grouped:
+            rows, groups = self.scale.shape
+            if x.ndim != 2 or x.shape != (rows, groups * self.group_size):
+                raise ValueError(
+                    f"a per-group quantizer of {rows}x{groups * self.group_size} weights got {tuple(x.shape)}"
+                )
+            cur_min, cur_max = torch.aminmax(x.reshape(rows, groups, self.group_size), dim=2)
+        elif self.per_channel:
             flat = x.transpose(0, self.ch_axis).reshape(x.shape[self.ch_axis], -1)
             cur_min, cur_max = torch.aminmax(flat, dim=1)
         else:
@@ -188,6 +216,23 @@ class FakeQuantize(nn.Module):
         return _fake_quantize(
             x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max
         )
+
+
+def check_groups(group_size: int, channels: int | None, columns: int | None, ch_axis: int) -> None:
+    """ValueError unless `columns` (a 2-D weight's input width, rows on axis 0) splits into groups."""
+    if channels is None or columns is None or ch_axis != 0:
+        raise ValueError("group_size needs a 2-D weight: its rows (axis 0) and its input columns")
+    if group_size < 1 or columns % group_size:
+        raise ValueError(
+            f"group_size {group_size} does not divide the weight's {columns} input columns; "
+            f"use a divisor of {columns} (e.g. {_divisor_hint(columns, group_size)}) or strategy: channel"
+        )
+
+
+def _divisor_hint(columns: int, group_size: int) -> int:
+    """The divisor of `columns` nearest to `group_size` (for error messages)."""
+    divisors = [d for d in range(1, columns + 1) if columns % d == 0]
+    return min(divisors, key=lambda d: (abs(d - group_size), -d))
 
 
 def fake_quantizers(model: nn.Module) -> dict[str, FakeQuantize]:

@@ -5,7 +5,12 @@
       weights: {num_bits: 8, symmetric: true, strategy: channel} # default: symmetric int8 per tensor
       output_activations: null                                  # default: not quantized
 
-`QuantizationScheme.load` also takes SparseML's aliases 'default', 'deepsparse' and 'tensorrt'.
+`QuantizationScheme.load` also takes SparseML's aliases 'default', 'deepsparse' and 'tensorrt', and
+llm-compressor's preset names (`PRESET_SCHEMES`): W8A8 (int8 per-channel weights, static
+symmetric int8 activations per tensor: sparseforge quantizes activations statically, where
+llm-compressor's W8A8 is dynamic per token), W8A16 (weight-only, per channel) and W4A16
+(weight-only, 4-bit values in the int8 grid [-8, 7], one scale per group of 128 input columns of a
+row: `strategy: group, group_size: 128`, as llm-compressor's preset).
 `legacy_schemes` turns the legacy modifier fields (activation_bits, quantize_linear_activations,
 tensorrt, ...) into one scheme per kind of module, so both recipe forms share one code path.
 """
@@ -14,9 +19,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sparseforge.modifiers.quantization.observers import FakeQuantize
+from sparseforge.errors import ModelMatchError
+from sparseforge.modifiers.quantization.observers import FakeQuantize, check_groups
 
 
 class QuantizationArgs(BaseModel):
@@ -26,8 +32,29 @@ class QuantizationArgs(BaseModel):
 
     num_bits: int = 8
     symmetric: bool = False
-    strategy: Literal["tensor", "channel"] = "tensor"
+    strategy: Literal["tensor", "channel", "group"] = "tensor"
+    group_size: int | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_strategy(cls, data: Any) -> Any:
+        # compressed-tensors: a group_size without a strategy means strategy: group.
+        if isinstance(data, dict) and data.get("group_size") is not None and "strategy" not in data:
+            return {**data, "strategy": "group"}
+        return data
+
+    @model_validator(mode="after")
+    def _check_group(self) -> QuantizationArgs:
+        if self.strategy == "group" and (self.group_size is None or self.group_size < 1):
+            raise ValueError(
+                f"strategy: group needs group_size >= 1 (e.g. 128), got {self.group_size}"
+            )
+        if self.strategy != "group" and self.group_size is not None:
+            raise ValueError(
+                f"group_size {self.group_size} needs strategy: group, got strategy: {self.strategy}"
+            )
+        return self
 
     @field_validator("num_bits")
     @classmethod
@@ -48,15 +75,33 @@ class QuantizationArgs(BaseModel):
             )
         return value
 
-    def fake_quantize(self, channels: int | None = None) -> FakeQuantize:
-        """A fresh FakeQuantize for these arguments (`channels` is used by strategy: channel)."""
+    def fake_quantize(self, channels: int | None = None, columns: int | None = None) -> FakeQuantize:
+        """A fresh FakeQuantize for these arguments: `channels` (rows) for strategy channel and
+        group, `columns` (a weight's input width) for group."""
         return FakeQuantize(
             num_bits=self.num_bits,
             symmetric=self.symmetric,
-            channels=channels if self.strategy == "channel" else None,
+            channels=channels if self.strategy in ("channel", "group") else None,
             reduce_range=bool(self.kwargs.get("reduce_range", False)),
             averaging_constant=float(self.kwargs.get("averaging_constant", 0.01)),
+            group_size=self.group_size if self.strategy == "group" else None,
+            columns=columns,
         )
+
+    def check_weight(self, owner: str, name: str, weight_shape: tuple[int, ...]) -> None:
+        """ModelMatchError (before any work) when a group_size does not fit module `name`'s weight."""
+        if self.strategy != "group":
+            return
+        assert self.group_size is not None  # checked by the validator
+        try:
+            check_groups(
+                self.group_size,
+                weight_shape[0] if len(weight_shape) == 2 else None,
+                weight_shape[1] if len(weight_shape) == 2 else None,
+                0,
+            )
+        except ValueError as err:
+            raise ModelMatchError(f"{owner}: {name} (weight {tuple(weight_shape)}): {err}") from None
 
 
 def default_activation_args() -> QuantizationArgs:
@@ -77,6 +122,32 @@ class QuantizationScheme(BaseModel):
     output_activations: QuantizationArgs | None = None
     target_hardware: str | None = None
 
+    @model_validator(mode="after")
+    def _weights_only_groups(self) -> QuantizationScheme:
+        for field in ("input_activations", "output_activations"):
+            args = getattr(self, field)
+            if args is not None and args.strategy == "group":
+                raise ValueError(
+                    f"{field}: strategy: group (group_size) is for weights only"
+                )
+        return self
+
+    @classmethod
+    def preset(cls, name: str) -> QuantizationScheme | None:
+        """llm-compressor's preset scheme `name` (case-insensitive), or None if it is not one."""
+        spec = PRESET_SCHEMES.get(name.strip().upper())
+        if spec is None:
+            return None
+        weight_bits, activation_bits, group_size = spec
+        weights = QuantizationArgs(
+            num_bits=weight_bits,
+            symmetric=True,
+            strategy="group" if group_size else "channel",
+            group_size=group_size,
+        )
+        activations = QuantizationArgs(num_bits=activation_bits, symmetric=True) if activation_bits else None
+        return cls(input_activations=activations, weights=weights)
+
     @classmethod
     def load(cls, scheme: QuantizationScheme | dict[str, Any] | str | None) -> QuantizationScheme:
         """A scheme from an object, a dict (as in a recipe), or 'default' / 'deepsparse' / 'tensorrt'."""
@@ -92,8 +163,12 @@ class QuantizationScheme(BaseModel):
                 target_hardware="tensorrt",
             )
         if isinstance(scheme, str):
+            preset = cls.preset(scheme)
+            if preset is not None:
+                return preset
             raise ValueError(
-                f"unknown scheme alias '{scheme}'; valid: default, deepsparse, tensorrt, or a mapping"
+                f"unknown scheme alias '{scheme}'; valid: default, deepsparse, tensorrt, "
+                f"{', '.join(PRESET_SCHEMES)}, or a mapping"
             )
         if isinstance(scheme, dict):
             return cls.model_validate(
@@ -103,6 +178,14 @@ class QuantizationScheme(BaseModel):
             f"a scheme must be a mapping or an alias string, got {type(scheme).__name__}"
         )
 
+
+# llm-compressor's preset names -> (weight bits, activation bits or None for weight-only, group size
+# or None for per channel).
+PRESET_SCHEMES: dict[str, tuple[int, int | None, int | None]] = {
+    "W8A8": (8, 8, None),
+    "W8A16": (8, None, None),
+    "W4A16": (4, None, 128),
+}
 
 # The kinds of module QAT rewrites; scheme_overrides / exclude_module_types may name them.
 LINEAR, EMBEDDING, ATTENTION = "Linear", "Embedding", "QATMatMul"
