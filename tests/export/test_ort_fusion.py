@@ -1,0 +1,218 @@
+"""ort_fusion: onnxruntime's transformer fusions on sparseforge's exports, verified against PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from sparseforge.export import export_onnx, ort_fusion, to_onnx, verify
+from sparseforge.export.cli import build_parser
+from sparseforge.export.deployment import REPORT_FILE
+from sparseforge.transformers import load_model
+
+LAYERS = 2
+
+
+def padded_batches() -> list[dict[str, torch.Tensor]]:
+    """Two batches of other shapes than the export sample, with padded rows."""
+    generator = torch.Generator().manual_seed(3)
+    batches = []
+    for batch, seq in ((4, 16), (3, 33)):
+        ids = torch.randint(5, 100, (batch, seq), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[1, seq // 2 :] = 0
+        mask[-1, 2:] = 0
+        batches.append(
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        )
+    return batches
+
+
+def drop_heads(model: torch.nn.Module, layer: int, keep: list[int]) -> None:
+    """Keep only heads `keep` of `layer` (rows of Q/K/V, columns of the output dense), as
+    structured pruning's compaction does; the attention reshapes with -1 heads."""
+    attention = model.bert.encoder.layer[layer].attention
+    size = attention.self.attention_head_size
+    rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in keep])
+    with torch.no_grad():
+        for name in ("query", "key", "value"):
+            old = getattr(attention.self, name)
+            new = torch.nn.Linear(old.in_features, len(rows))
+            new.weight.copy_(old.weight[rows])
+            new.bias.copy_(old.bias[rows])
+            setattr(attention.self, name, new)
+        old = attention.output.dense
+        new = torch.nn.Linear(len(rows), old.out_features)
+        new.weight.copy_(old.weight[:, rows])
+        new.bias.copy_(old.bias)
+        attention.output.dense = new
+    attention.self.num_attention_heads = len(keep)
+
+
+def export_and_fuse(model, tmp_path, name="model"):
+    path = tmp_path / f"{name}.onnx"
+    ids = torch.randint(5, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    sample = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+    }
+    with ort_fusion.fusable_attention(model):
+        export_onnx(model, sample, ["logits"], path)
+    fused, report = ort_fusion.fuse(onnx.load(str(path)))
+    fused_path = tmp_path / f"{name}_fused.onnx"
+    onnx.save(fused, str(fused_path))
+    return path, fused_path, report
+
+
+def check_against_torch(path, model):
+    diff = verify.compare(verify.create_session(path), model, padded_batches(), ["logits"])
+    ok, _ = verify.tolerance_check(diff, quantized=False)
+    return ok, diff
+
+
+def test_tiny_bert_export_gets_every_fusion_and_matches_torch(tmp_path):
+    model = make_tiny_model("text-classification", num_hidden_layers=LAYERS)
+    assert model.config._attn_implementation != "eager"  # the export switches and restores it
+    plain, fused_path, report = export_and_fuse(model, tmp_path)
+    assert model.config._attn_implementation != "eager"
+    counts = verify.node_counts(onnx.load(str(fused_path)))
+    expected = {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS, "BiasGelu": LAYERS}
+    assert {op: counts.get(op, 0) for op in expected} == expected
+    assert counts["EmbedLayerNormalization"] == 1
+    assert "LayerNormalization" not in counts and "Softmax" not in counts and "Where" not in counts
+    assert report["fused_nodes"] == {**expected, "EmbedLayerNormalization": 1}
+    assert report["rewrites"]["attention_masks"] == LAYERS
+    # the fused graph computes what PyTorch computes, padding included
+    ok, diff = check_against_torch(fused_path, model)
+    assert ok and diff["max_abs_diff"] < 1e-5
+    # the plain export the rewrites started from is unchanged on disk
+    assert "Attention" not in verify.node_counts(onnx.load(str(plain)))
+
+
+def test_layers_with_different_head_counts_fuse_with_their_own(tmp_path):
+    model = make_tiny_model("text-classification", num_hidden_layers=LAYERS, num_attention_heads=4)
+    drop_heads(model, 0, [0, 2, 3])
+    drop_heads(model, 1, [1])
+    _, fused_path, report = export_and_fuse(model, tmp_path)
+    assert report["rewrites"]["head_reshapes"] == LAYERS
+    graph = onnx.load(str(fused_path))
+    heads = sorted(
+        onnx.helper.get_attribute_value(attr)
+        for node in graph.graph.node
+        if node.op_type == "Attention"
+        for attr in node.attribute
+        if attr.name == "num_heads"
+    )
+    assert heads == [1, 3]
+    ok, diff = check_against_torch(fused_path, model)
+    assert ok, diff
+
+
+def test_mask_rewrite_needs_the_attention_mask_input(tmp_path):
+    model = make_tiny_model("text-classification", num_hidden_layers=1)
+    path = tmp_path / "nomask.onnx"
+    ids = torch.randint(5, 100, (2, 8))
+    with ort_fusion.fusable_attention(model):
+        export_onnx(model, {"input_ids": ids}, ["logits"], path)
+    graph = onnx.load(str(path))
+    assert ort_fusion.canonical_attention_mask(graph) == 0
+    fused, _ = ort_fusion.fuse(graph)
+    onnx.save(fused, str(tmp_path / "nomask_fused.onnx"))
+    session = verify.create_session(tmp_path / "nomask_fused.onnx")
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits.numpy()
+    got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def report_of(folder):
+    return json.loads((folder / REPORT_FILE).read_text())
+
+
+def test_to_onnx_writes_the_fused_graph_and_reports_it(tiny_model_dir):
+    model_dir = tiny_model_dir("text-classification", num_hidden_layers=LAYERS)
+    target = to_onnx(model_dir, "text-classification", sequence_length=16)
+    report = report_of(target)
+    fusion = report["ort_fusion"]
+    assert fusion["applied"] is True
+    assert fusion["fused_nodes"]["Attention"] == LAYERS
+    assert fusion["fused_nodes"]["SkipLayerNormalization"] == 2 * LAYERS
+    # node counts and verification describe the file written, which is the fused graph
+    assert report["node_counts"]["Attention"] == LAYERS
+    assert report["verification"]["passed"]
+    graph = onnx.load(str(target / "model.onnx"))
+    assert {op.domain for op in graph.opset_import} >= {"", "com.microsoft"}
+    assert sorted(p.name for p in target.iterdir() if p.name.startswith(".")) == []
+    model = load_model(model_dir, "text-classification")
+    ok, diff = check_against_torch(target / "model.onnx", model)
+    assert ok, diff
+
+
+def test_option_off_reproduces_the_plain_export(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir("text-classification", num_hidden_layers=1)
+    target = to_onnx(model_dir, "text-classification", sequence_length=16, optimize=False)
+    report = report_of(target)
+    assert report["ort_fusion"] == {"applied": False, "reason": "disabled"}
+    written = onnx.load(str(target / "model.onnx"))
+    assert all(node.domain in ("", "ai.onnx") for node in written.graph.node)
+    # the same graph export_onnx gives for the model as loaded (its own attention implementation)
+    model = load_model(model_dir, "text-classification")
+    ids = torch.randint(5, 100, (8, 16))
+    direct = tmp_path / "direct.onnx"
+    sample = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+    }
+    export_onnx(model, sample, ["logits"], direct)
+    assert [n.op_type for n in written.graph.node] == [
+        n.op_type for n in onnx.load(str(direct)).graph.node
+    ]
+
+
+def test_qdq_export_keeps_norm_fusions_and_verifies(qat_model_dir):
+    target = to_onnx(qat_model_dir("text-classification"), "glue", sequence_length=16)
+    report = report_of(target)
+    fusion = report["ort_fusion"]
+    assert fusion["applied"] is True and report["precision"] == "int8 QDQ"
+    # the encoder's residual LayerNorms fuse; Attention needs float Q/K/V weights, not int8 + DQ
+    assert fusion["fused_nodes"]["SkipLayerNormalization"] >= 2 * LAYERS
+    assert fusion["fused_nodes"]["BiasGelu"] == LAYERS
+    assert "Attention" not in fusion["fused_nodes"]
+    assert report["node_counts"]["DequantizeLinear"] > 0 and report["verification"]["passed"]
+    optimized = report["onnxruntime_optimized_node_counts"]
+    assert optimized.get("MatMulIntegerToFloat", 0) + optimized.get("QLinearMatMul", 0) >= 12
+
+
+def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):
+    real_fuse = ort_fusion.fuse
+
+    def corrupting_fuse(graph):
+        fused, report = real_fuse(graph)
+        for init in fused.graph.initializer:
+            array = onnx.numpy_helper.to_array(init)
+            if array.dtype == np.float32 and array.ndim == 2 and "qkv" in init.name.lower():
+                init.CopyFrom(onnx.numpy_helper.from_array(array * 3.0, init.name))
+        return fused, report
+
+    monkeypatch.setattr(ort_fusion, "fuse", corrupting_fuse)
+    model_dir = tiny_model_dir("text-classification", num_hidden_layers=1)
+    target = to_onnx(model_dir, "text-classification", sequence_length=16)
+    report = report_of(target)
+    assert report["ort_fusion"]["applied"] is False
+    assert "beyond tolerance" in report["ort_fusion"]["reason"]
+    assert "Attention" not in report["node_counts"] and report["verification"]["passed"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"), [([], True), (["--no_ort_fusion"], False), (["--no-ort-fusion"], False)]
+)
+def test_cli_flag(argv, expected):
+    args = build_parser().parse_args(["onnx", "--model_path", "m", "--task", "glue", *argv])
+    assert args.ort_fusion is expected
