@@ -82,13 +82,16 @@ def export_sparseforge(model: torch.nn.Module, path: Path, fused: bool) -> None:
 
 
 def export_torchscript_optimized(model: torch.nn.Module, path: Path) -> None:
-    """onnxruntime's documented path: TorchScript export, then its BERT optimizer."""
+    """onnxruntime's documented path: TorchScript export (eager attention, the form its
+    optimizer fuses; with SDPA no Attention fuses), then its BERT optimizer."""
     from onnxruntime.transformers.optimizer import optimize_model
+
+    from sparseforge.export import ort_fusion
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
     raw = path.with_name("ts_raw.onnx")
     inputs = sample(2, 128)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), ort_fusion.fusable_attention(model):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -115,7 +118,9 @@ def quantize_dynamic(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
-    ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    # The optimizer's contrib ops defeat ONNX shape inference; their outputs are float.
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    ort_quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=extra)
 
 
 def session(path: Path, threads: int):
@@ -146,23 +151,34 @@ def check(path: Path, model: torch.nn.Module) -> dict:
 
 
 def build(workdir: Path) -> tuple[dict[str, Path], dict[str, dict]]:
+    """Every variant's graph in `workdir` (graphs already there are reused), with its checks."""
     model = load_minilm()
     qat = load_minilm()
     quantize_random(qat, 128)
-    paths = {name: workdir / f"{name.replace(' ', '_').replace('+', '_')}.onnx" for name in (
-        "fp32", "fp32 fused", "int8 qdq", "int8 qdq fused", "fp32 fused+dyn", "ts+opt",
-        "ts+opt+dyn")}  # fmt: skip
-    log("exporting: sparseforge FP32 / fused, QDQ / fused, TorchScript + optimizer")
-    export_sparseforge(model, paths["fp32"], fused=False)
-    export_sparseforge(model, paths["fp32 fused"], fused=True)
-    export_sparseforge(qat, paths["int8 qdq"], fused=False)
-    export_sparseforge(qat, paths["int8 qdq fused"], fused=True)
-    export_torchscript_optimized(model, paths["ts+opt"])
-    log("quantize_dynamic on the fused FP32 graphs")
-    quantize_dynamic(paths["fp32 fused"], paths["fp32 fused+dyn"])
-    quantize_dynamic(paths["ts+opt"], paths["ts+opt+dyn"])
+    names = (
+        "fp32",
+        "fp32 fused",
+        "int8 qdq",
+        "int8 qdq fused",
+        "fp32 fused+dyn",
+        "ts+opt",
+        "ts+opt+dyn",
+    )
+    paths = {name: workdir / f"{name.replace(' ', '_').replace('+', '_')}.onnx" for name in names}
+    makers = {
+        "fp32": lambda path: export_sparseforge(model, path, fused=False),
+        "fp32 fused": lambda path: export_sparseforge(model, path, fused=True),
+        "int8 qdq": lambda path: export_sparseforge(qat, path, fused=False),
+        "int8 qdq fused": lambda path: export_sparseforge(qat, path, fused=True),
+        "fp32 fused+dyn": lambda path: quantize_dynamic(paths["fp32 fused"], path),
+        "ts+opt": lambda path: export_torchscript_optimized(model, path),
+        "ts+opt+dyn": lambda path: quantize_dynamic(paths["ts+opt"], path),
+    }
     checks = {}
     for name, path in paths.items():
+        if not path.is_file():
+            log(f"building {name}")
+            makers[name](path)
         checks[name] = check(path, qat if name.startswith("int8 qdq") else model)
         log(
             f"  {name:<15} max|diff| {checks[name]['max_abs_diff']:.2e}  "
@@ -200,10 +216,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per shape")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="keep the graphs here and reuse them (default: a temp folder)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="sparseforge_bench_fusion_"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sparseforge_bench_fusion_"))
+    workdir.mkdir(parents=True, exist_ok=True)
     results: dict = {"rounds": args.rounds, "threads": args.threads, "speed": []}
     try:
         paths, results["graphs"] = build(workdir)
@@ -223,7 +245,8 @@ def main() -> int:
                 )
                 log(f"  {name:<15} {speed:9.2f} seq/s  x{ratio:.2f}")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0

@@ -176,18 +176,48 @@ def test_option_off_reproduces_the_plain_export(tiny_model_dir, tmp_path):
     ]
 
 
-def test_qdq_export_keeps_norm_fusions_and_verifies(qat_model_dir):
-    target = to_onnx(qat_model_dir("text-classification"), "glue", sequence_length=16)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qdq_export_gets_integer_attention_with_the_qat_scales(
+    qat_model_dir, tmp_path, per_channel
+):
+    model_dir = qat_model_dir("text-classification", per_channel=per_channel)
+    target = to_onnx(model_dir, "glue", sequence_length=16, output_dir=tmp_path / "fused")
     report = report_of(target)
     fusion = report["ort_fusion"]
     assert fusion["applied"] is True and report["precision"] == "int8 QDQ"
-    # the encoder's residual LayerNorms fuse; Attention needs float Q/K/V weights, not int8 + DQ
+    assert report["verification"]["passed"]
+    assert fusion["rewrites"]["quantized_attention"] == LAYERS
+    assert fusion["fused_nodes"]["QAttention"] == LAYERS
     assert fusion["fused_nodes"]["SkipLayerNormalization"] >= 2 * LAYERS
     assert fusion["fused_nodes"]["BiasGelu"] == LAYERS
-    assert "Attention" not in fusion["fused_nodes"]
-    assert report["node_counts"]["DequantizeLinear"] > 0 and report["verification"]["passed"]
+    assert "Attention" not in fusion["fused_nodes"]  # no Q/K/V projection left in float
+    # attention output, intermediate and output dense stay integer MatMuls; Q/K/V run in QAttention
     optimized = report["onnxruntime_optimized_node_counts"]
-    assert optimized.get("MatMulIntegerToFloat", 0) + optimized.get("QLinearMatMul", 0) >= 12
+    assert (
+        optimized.get("MatMulIntegerToFloat", 0) + optimized.get("QLinearMatMul", 0) == 3 * LAYERS
+    )
+    assert "Softmax" not in optimized
+
+    # against the unfused QDQ graph of the same (eager) export: same int8 weights, same outputs
+    model = load_model(model_dir, "text-classification")
+    plain, fused_path, _ = export_and_fuse(model, tmp_path)
+    graph = onnx.load(str(fused_path))
+    stored = {init.name: onnx.numpy_helper.to_array(init) for init in graph.graph.initializer}
+    qattention = next(node for node in graph.graph.node if node.op_type == "QAttention")
+    weight = stored[qattention.input[1]]
+    assert weight.dtype == np.int8 and weight.shape == (32, 96)
+    plain_int8 = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(plain)).graph.initializer]
+    for part in np.split(weight, 3, axis=1):
+        assert any(a.dtype == np.int8 and np.array_equal(a, part) for a in plain_int8)
+    scales = stored[qattention.input[4]]
+    # one scale per output column: Q's, K's and V's (per tensor), or each row's (per channel)
+    assert scales.shape == (96,)
+    assert len(np.unique(scales)) > 3 if per_channel else len(np.unique(scales)) <= 3
+    sessions = [verify.create_session(path) for path in (plain, fused_path)]
+    for batch in padded_batches():
+        feeds = {name: tensor.numpy() for name, tensor in batch.items()}
+        plain_out, fused_out = (session.run(["logits"], feeds)[0] for session in sessions)
+        np.testing.assert_allclose(fused_out, plain_out, atol=1e-5)
 
 
 def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 # The fused op types reported (node counts in the final graph).
 FUSED_OPS = (
     "Attention",
+    "QAttention",
     "MultiHeadAttention",
     "EmbedLayerNormalization",
     "SkipLayerNormalization",
@@ -326,17 +327,192 @@ def prune_dead_nodes(model: onnx.ModelProto) -> int:
         removed += len(dead)
 
 
+class _QuantizedQKV:
+    """What `expose_qdq_attention` replaced, to quantize the fused Attention again."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, tuple[str, str]] = {}  # float input -> (scale, zero point) names
+        self.outputs: dict[str, tuple[str, str]] = {}  # output projection MatMul -> same
+        self.params: dict[str, np.ndarray] = {}  # those scales and zero points, added back later
+        self.weights: dict[
+            bytes, tuple[np.ndarray, np.ndarray]
+        ] = {}  # float bytes -> (int8, scales)
+
+
+def _dq_weight(index: _Index, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int8 [in, out], per-output-column scales) of a symmetric int8 weight behind DequantizeLinear."""
+    node = index.producer.get(name)
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 2:
+        return None
+    weight, scale = index.constant(node.input[0]), index.constant(node.input[1])
+    zero = index.constant(node.input[2]) if len(node.input) > 2 else np.zeros(1, np.int8)
+    if (
+        weight is None
+        or scale is None
+        or zero is None
+        or weight.dtype != np.int8
+        or weight.ndim != 2
+    ):
+        return None
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+    if np.any(zero != 0) or (scale.size > 1 and axis % 2 != 1):
+        return None
+    return weight, np.broadcast_to(scale.reshape(-1), (weight.shape[1],)).astype(np.float32)
+
+
+def _activation_qdq(
+    index: _Index, dq: onnx.NodeProto
+) -> tuple[onnx.NodeProto, np.ndarray, np.ndarray] | None:
+    """(QuantizeLinear, scale, uint8 zero point) when `dq` dequantizes a per-tensor quantized activation."""
+    q = index.producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear" or len(q.input) < 3:
+        return None
+    scale, zero = index.constant(q.input[1]), index.constant(q.input[2])
+    if scale is None or zero is None or zero.dtype != np.uint8 or scale.size != 1:
+        return None
+    return q, scale, zero
+
+
+def _keep_params(found: _QuantizedQKV, q: onnx.NodeProto, scale, zero) -> tuple[str, str]:
+    """Names for copies of a QuantizeLinear's scale and zero point, which go into the graph after
+    the optimizer (it drops the node and initializers nothing reads yet)."""
+    names = (f"{_PREFIX}_{q.name}_scale", f"{_PREFIX}_{q.name}_zero_point")
+    found.params.update({names[0]: scale.reshape(()), names[1]: zero.reshape(())})
+    return names
+
+
+def _is_attention_context(index: _Index, name: str) -> bool:
+    """`name` is Reshape(Transpose(MatMul(...))): the heads merged back after attention."""
+    path = [index.producer.get(name)]
+    for op in ("Reshape", "Transpose", "MatMul"):
+        if path[-1] is None or path[-1].op_type != op:
+            return False
+        path.append(index.parent(path[-1], 0))
+    return True
+
+
+def expose_qdq_attention(model: onnx.ModelProto) -> _QuantizedQKV:
+    """QDQ graphs: give the Q, K and V MatMuls of each attention their float input and dequantized
+    weights (the same values), and the output projection its float input: the form the attention
+    fusion needs. `quantize_attention` then turns the fused Attention into an integer
+    `QAttention` with the original scales and puts the projection's Quantize/Dequantize back."""
+    index = _Index(model)
+    found = _QuantizedQKV()
+    for dq in list(index.graph.node):
+        activation = _activation_qdq(index, dq)
+        users = index.consumers.get(dq.output[0], [])
+        if activation is None or not all(
+            u.op_type == "MatMul" and u.input[0] == dq.output[0] for u in users
+        ):
+            continue
+        q, scale, zero = activation
+        if len(users) == 1 and _is_attention_context(index, q.input[0]):
+            found.outputs[users[0].name] = _keep_params(found, q, scale, zero)
+            users[0].input[0] = q.input[0]
+            continue
+        weights = [_dq_weight(index, u.input[1]) for u in users]
+        if len(users) != 3 or any(w is None for w in weights):
+            continue
+        found.inputs[q.input[0]] = _keep_params(found, q, scale, zero)
+        for user, (weight, scales) in zip(users, weights, strict=True):
+            dequantized = (weight.astype(np.float32) * scales).astype(np.float32)
+            name = f"{_PREFIX}_{user.input[1]}_float"
+            model.graph.initializer.append(numpy_helper.from_array(dequantized, name))
+            found.weights[dequantized.tobytes()] = (weight, scales)
+            user.input[0], user.input[1] = q.input[0], name
+    return found
+
+
+def requantize_outputs(model: onnx.ModelProto, found: _QuantizedQKV) -> None:
+    """Put back the Quantize/Dequantize pair on each exposed output projection's input."""
+    for node in list(model.graph.node):
+        if node.name not in found.outputs:
+            continue
+        scale, zero = found.outputs[node.name]
+        source, name = node.input[0], f"{_PREFIX}_{node.name}_input"
+        pair = [
+            helper.make_node("QuantizeLinear", [source, scale, zero], [f"{name}_q"], f"{name}_q"),
+            helper.make_node("DequantizeLinear", [f"{name}_q", scale, zero], [name], f"{name}_dq"),
+        ]
+        node.input[0] = name
+        index = list(model.graph.node).index(node)
+        for new in reversed(pair):
+            model.graph.node.insert(index, new)
+
+
+def quantize_attention(model: onnx.ModelProto, found: _QuantizedQKV) -> int:
+    """Replace each fused Attention over exposed Q/K/V weights by QAttention (uint8 input quantized
+    with the QAT input scale, int8 weights, per-column scales); returns how many."""
+    index = _Index(model)
+    replaced = 0
+    for position, node in enumerate(list(model.graph.node)):
+        weight = index.constant(node.input[1]) if node.op_type == "Attention" else None
+        if weight is None or node.input[0] not in found.inputs or weight.shape[1] % 3:
+            continue
+        parts = [found.weights.get(part.tobytes()) for part in np.split(weight, 3, axis=1)]
+        if any(part is None for part in parts) or any(
+            a.name == "qkv_hidden_sizes" for a in node.attribute
+        ):
+            continue
+        name = f"{_PREFIX}_{node.name}"
+        int8 = np.ascontiguousarray(np.concatenate([part[0] for part in parts], axis=1))
+        scales = np.concatenate([part[1] for part in parts])
+        scales = scales[:1] if np.all(scales == scales[0]) else scales
+        for suffix, array in (("w", int8), ("ws", scales), ("wzp", np.zeros(1, np.int8))):
+            model.graph.initializer.append(numpy_helper.from_array(array, f"{name}_{suffix}"))
+        scale, zero = found.inputs[node.input[0]]
+        quantize = helper.make_node(
+            "QuantizeLinear", [node.input[0], scale, zero], [f"{name}_x"], f"{name}_q"
+        )
+        mask = node.input[3] if len(node.input) > 3 else ""
+        inputs = [
+            f"{name}_x",
+            f"{name}_w",
+            node.input[2],
+            scale,
+            f"{name}_ws",
+            mask,
+            zero,
+            f"{name}_wzp",
+        ]
+        qattention = helper.make_node(
+            "QAttention", inputs, list(node.output), name, domain=MS_DOMAIN
+        )
+        qattention.attribute.extend(node.attribute)
+        model.graph.node.remove(model.graph.node[position + replaced])
+        model.graph.node.insert(position + replaced, qattention)
+        model.graph.node.insert(position + replaced, quantize)
+        replaced += 1
+    return replaced
+
+
 def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The rewrites above, then onnxruntime's BERT optimizer (Python fusions only, opt_level 0,
     so the saved graph holds no hardware-specific kernels); returns the new graph and what changed.
 
     Heads and hidden size are detected per layer from the graph (`num_heads=0`), so layers with
-    different head counts after structured pruning fuse with their own counts.
+    different head counts after structured pruning fuse with their own counts. A QDQ graph whose
+    attentions do not all become QAttention is fused again without exposing them, so no
+    quantized Q/K/V projection is left running in float.
     """
+    graph, rewrites = _rewrite_and_optimize(model, expose=True)
+    if rewrites.get("exposed_attention", 0) > rewrites.get("quantized_attention", 0):
+        logger.info("not every QDQ attention fused; fusing without them")
+        graph, rewrites = _rewrite_and_optimize(model, expose=False)
+    domains = {opset.domain for opset in graph.opset_import}
+    if MS_DOMAIN not in domains and any(node.domain == MS_DOMAIN for node in graph.graph.node):
+        graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return graph, {"rewrites": rewrites, "fused_nodes": fused_counts(graph)}
+
+
+def _rewrite_and_optimize(
+    model: onnx.ModelProto, expose: bool
+) -> tuple[onnx.ModelProto, dict[str, int]]:
     from onnxruntime.transformers.optimizer import optimize_model
 
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
+    exposed = expose_qdq_attention(rewritten) if expose else _QuantizedQKV()
     rewrites = {
         "attention_masks": canonical_attention_mask(rewritten),
         "head_reshapes": pin_head_counts(rewritten),
@@ -347,16 +523,23 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        optimized = optimize_model(
+        graph = optimize_model(
             rewritten, model_type="bert", num_heads=0, hidden_size=0, opt_level=0
-        )
+        ).model
     finally:
         quiet.setLevel(level)
-    graph = optimized.model
-    domains = {opset.domain for opset in graph.opset_import}
-    if MS_DOMAIN not in domains and any(node.domain == MS_DOMAIN for node in graph.graph.node):
-        graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return graph, {"rewrites": rewrites, "fused_nodes": fused_counts(graph)}
+    if exposed.inputs:
+        rewrites["exposed_attention"] = len(exposed.inputs)
+        for name, array in exposed.params.items():
+            graph.graph.initializer.append(numpy_helper.from_array(array, name))
+        rewrites["quantized_attention"] = quantize_attention(graph, exposed)
+        requantize_outputs(graph, exposed)
+        prune_dead_nodes(graph)
+        used = {name for node in graph.graph.node for name in node.input}
+        unused = [init for init in graph.graph.initializer if init.name not in used]
+        for init in unused:  # the dequantized float weights the fusion consumed
+            graph.graph.initializer.remove(init)
+    return graph, rewrites
 
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
