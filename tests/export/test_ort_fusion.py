@@ -176,11 +176,34 @@ def test_option_off_reproduces_the_plain_export(tiny_model_dir, tmp_path):
     ]
 
 
+@pytest.fixture(scope="module")
+def float_attention_qat_dir(tmp_path_factory):
+    """float_attention_qat_dir(qat_model_dir, per_channel) -> a QAT model whose attention matmuls
+    are not quantized (`exclude_module_types: [QATMatMul]`), built with export/conftest's helper."""
+    cache = {}
+
+    def factory(qat_model_dir, per_channel: bool):
+        if per_channel not in cache:
+            helpers = qat_model_dir.__globals__  # export/conftest.py: recipes and save_qat_model
+            recipe = helpers["PER_CHANNEL_QAT_RECIPE" if per_channel else "QAT_RECIPE"]
+            exclude = "      exclude_module_types: ['LayerNorm', 'Tanh', 'QATMatMul']\n"
+            recipe = recipe.replace("      exclude_module_types: ['LayerNorm', 'Tanh']\n", "")
+            recipe = recipe.replace("epoch: 1.0\n", "epoch: 1.0\n" + exclude)
+            assert "QATMatMul" in recipe
+            folder = tmp_path_factory.mktemp("qat_float_attention") / str(per_channel)
+            cache[per_channel] = helpers["save_qat_model"](
+                folder, "text-classification", recipe=recipe
+            )
+        return cache[per_channel]
+
+    return factory
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_qdq_export_gets_integer_attention_with_the_qat_scales(
-    qat_model_dir, tmp_path, per_channel
+    qat_model_dir, float_attention_qat_dir, tmp_path, per_channel
 ):
-    model_dir = qat_model_dir("text-classification", per_channel=per_channel)
+    model_dir = float_attention_qat_dir(qat_model_dir, per_channel)
     target = to_onnx(model_dir, "glue", sequence_length=16, output_dir=tmp_path / "fused")
     report = report_of(target)
     fusion = report["ort_fusion"]
@@ -218,6 +241,24 @@ def test_qdq_export_gets_integer_attention_with_the_qat_scales(
         feeds = {name: tensor.numpy() for name, tensor in batch.items()}
         plain_out, fused_out = (session.run(["logits"], feeds)[0] for session in sessions)
         np.testing.assert_allclose(fused_out, plain_out, atol=1e-5)
+
+
+def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
+    """QAttention computes Q.K^T and probs.V in float: a QAT model that quantized them keeps them."""
+    model = load_model(qat_model_dir("text-classification"), "text-classification")
+    assert model.config._attn_implementation == "sparseforge_qat"
+    with ort_fusion.fusable_attention(model):  # kept: it is already the eager form
+        assert model.config._attn_implementation == "sparseforge_qat"
+    target = to_onnx(qat_model_dir("text-classification"), "glue", sequence_length=16)
+    report = report_of(target)
+    fused = report["ort_fusion"].get("fused_nodes", {})
+    assert "QAttention" not in fused and "Attention" not in fused
+    assert report["verification"]["passed"]
+    optimized = report["onnxruntime_optimized_node_counts"]
+    assert (
+        optimized.get("QLinearMatMul", 0) + optimized.get("MatMulIntegerToFloat", 0)
+        == 6 * LAYERS + 2 * LAYERS
+    )
 
 
 def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):

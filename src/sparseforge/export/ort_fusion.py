@@ -4,15 +4,15 @@ BiasGelu) applied to sparseforge's dynamo exports.
 onnxruntime's fastest CPU path for BERT-class encoders runs its fused contrib kernels, which its
 Python optimizer (`onnxruntime.transformers.optimizer`) makes by matching the subgraphs the
 TorchScript exporter emits. torch's dynamo exporter emits the same math in shapes these patterns
-miss, so only the normalisation and Gelu fusions applied to a sparseforge export. Three small,
+miss, so only the normalisation and Gelu fusions applied to a sparseforge export. Four small,
 value-preserving rewrites make the patterns match before the optimizer runs:
 
-1. Attention runs the eager implementation while exporting (`fusable_attention`): the SDPA
-   decomposition (scaled Q and K, a NaN guard after Softmax) matches no attention pattern.
+1. SDPA attention is exported in its eager form (`fusable_attention`): the SDPA decomposition
+   (scaled Q and K, a NaN guard after Softmax) matches no attention pattern.
 2. `canonical_attention_mask`: transformers builds the key-padding mask from `attention_mask`
-   through index arithmetic (Range, GatherND, And, Where); the score Adds are fed instead the
-   classic additive form `(1 - mask[:, None, None, :]) * finfo.min`, the same values, which
-   onnxruntime's fusion recognises and turns into the kernel's mask input.
+   through index arithmetic (Range, GatherND, And, Where); the score Adds are fed instead
+   `Where(mask[:, None, None, :] == 0, finfo.min, 0)` (the same values) in the form onnxruntime's
+   fusion recognises and turns into the kernel's mask input.
 3. `pin_head_counts`: the exporter reshapes Q, K and V to `[batch, sequence, -1, head_size]`;
    the -1 becomes the layer's own head count (read from its Q weight), so the optimizer detects
    the heads per layer. Structurally pruned layers with different head counts fuse too.
@@ -24,8 +24,12 @@ The fused graph uses onnxruntime contrib ops (domain com.microsoft): it runs in 
 only, so the step can be turned off (`optimize=False`, `--no_ort_fusion`). It is kept only when
 onnxruntime's outputs still match PyTorch's within the export tolerance.
 
-QDQ graphs: Attention fusion needs float Q/K/V weights and does not fuse where the weights are
-int8 behind DequantizeLinear; the normalisation and Gelu fusions do apply.
+QDQ graphs (QAT): the attention fusion needs float Q/K/V weights and input, so
+`expose_qdq_attention` hands it the dequantized values and `quantize_attention` turns each fused
+Attention into onnxruntime's integer `QAttention` with the QAT scales (int8 weights, uint8
+input). QAttention computes Q.K^T and probs.V in float: where QAT also quantized those matmuls'
+inputs (the default; `exclude_module_types: [QATMatMul]` turns it off) the attention does not
+fuse, and the graph keeps its quantized attention matmuls.
 """
 
 from __future__ import annotations
@@ -64,17 +68,18 @@ _PREFIX = "sparseforge_fusion"
 
 @contextlib.contextmanager
 def fusable_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Export with eager attention (the form onnxruntime fuses); restores the model's own after."""
+    """Export SDPA attention as eager attention (the form onnxruntime fuses; the same math), and
+    put SDPA back after. Other implementations are kept: sparseforge's QAT attention is already
+    in the eager form, and its fake-quantized matmul inputs must stay in the graph."""
     config = getattr(model, "config", None)
-    current = getattr(config, "_attn_implementation", None)
-    switch = current not in (None, "eager") and hasattr(model, "set_attn_implementation")
-    if switch:
+    switch = getattr(config, "_attn_implementation", None) == "sdpa"
+    if switch and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
     try:
         yield
     finally:
-        if switch:
-            model.set_attn_implementation(current)
+        if switch and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("sdpa")
 
 
 class _Index:
