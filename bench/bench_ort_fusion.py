@@ -7,12 +7,16 @@ initialised 2-label classification head (speed does not depend on the values). V
   fp32 fused        the same with `ort_fusion` (eager attention export + rewrites + optimizer)
   int8 qdq          QAT structure (bench_quantization_export's recipe fields, observers
                     calibrated on random tokens) exported as QDQ, no fusion
-  int8 qdq fused    the same QDQ graph with `ort_fusion`
+  int8 qdq fused    the same with `ort_fusion`: norms fuse; the attention does not, since QAT
+                    quantized its matmuls and onnxruntime's QAttention computes them in float
+  int8 qdq-fa       QAT with the attention matmuls left in float (`exclude_module_types:
+                    [QATMatMul]`), exported as QDQ, no fusion
+  int8 qdq-fa fused the same with `ort_fusion`: attention becomes QAttention (QAT scales)
   fp32 fused+dyn    `fp32 fused` through onnxruntime's `quantize_dynamic` (INT8 without QAT)
   ts+opt            TorchScript export (`dynamo=False`) through onnxruntime's BERT optimizer
   ts+opt+dyn        ts+opt through `quantize_dynamic`: onnxruntime's own best INT8 path
 Every graph is checked against PyTorch on a padded batch (max |diff| printed; the QAT graphs
-against the QAT model), and its fused node counts are printed. Timings: batch 1 x 128 and
+against their QAT model), and its fused node counts are printed. Timings: batch 1 x 128 and
 32 x 64 tokens, variants run round-robin (one run of each in turn), median kept, ratios to
 `fp32` of the same shape, so load from other processes hits every variant alike.
 
@@ -41,7 +45,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quantization_export import quantize_random  # noqa: E402
+import bench_quantization_export  # noqa: E402
 
 SHAPES = ((1, 128), (32, 64))
 
@@ -58,6 +62,22 @@ def load_minilm() -> torch.nn.Module:
     return AutoModelForSequenceClassification.from_pretrained(
         str(get_model_path()), num_labels=2
     ).eval()
+
+
+def quantize(model: torch.nn.Module, float_attention: bool) -> torch.nn.Module:
+    """QAT structure as bench_quantization_export inserts it (calibrated on random tokens);
+    `float_attention` leaves the attention matmuls unquantized (`exclude_module_types: [QATMatMul]`)."""
+    fields = bench_quantization_export.QAT_FIELDS
+    if float_attention:
+        fields = fields.replace("[LayerNorm, Tanh]", "[LayerNorm, Tanh, QATMatMul]")
+        assert "QATMatMul" in fields
+    original = bench_quantization_export.QAT_FIELDS
+    bench_quantization_export.QAT_FIELDS = fields
+    try:
+        bench_quantization_export.quantize_random(model, 128)
+    finally:
+        bench_quantization_export.QAT_FIELDS = original
+    return model
 
 
 def sample(batch: int, seq: int, padded: bool = False) -> dict[str, torch.Tensor]:
@@ -153,35 +173,34 @@ def check(path: Path, model: torch.nn.Module) -> dict:
 def build(workdir: Path) -> tuple[dict[str, Path], dict[str, dict]]:
     """Every variant's graph in `workdir` (graphs already there are reused), with its checks."""
     model = load_minilm()
-    qat = load_minilm()
-    quantize_random(qat, 128)
-    names = (
-        "fp32",
-        "fp32 fused",
-        "int8 qdq",
-        "int8 qdq fused",
-        "fp32 fused+dyn",
-        "ts+opt",
-        "ts+opt+dyn",
-    )
-    paths = {name: workdir / f"{name.replace(' ', '_').replace('+', '_')}.onnx" for name in names}
+    qat = quantize(load_minilm(), float_attention=False)
+    qat_fa = quantize(load_minilm(), float_attention=True)
+    references = {
+        "int8 qdq": qat,
+        "int8 qdq fused": qat,
+        "int8 qdq-fa": qat_fa,
+        "int8 qdq-fa fused": qat_fa,
+    }
     makers = {
         "fp32": lambda path: export_sparseforge(model, path, fused=False),
         "fp32 fused": lambda path: export_sparseforge(model, path, fused=True),
         "int8 qdq": lambda path: export_sparseforge(qat, path, fused=False),
         "int8 qdq fused": lambda path: export_sparseforge(qat, path, fused=True),
+        "int8 qdq-fa": lambda path: export_sparseforge(qat_fa, path, fused=False),
+        "int8 qdq-fa fused": lambda path: export_sparseforge(qat_fa, path, fused=True),
         "fp32 fused+dyn": lambda path: quantize_dynamic(paths["fp32 fused"], path),
         "ts+opt": lambda path: export_torchscript_optimized(model, path),
         "ts+opt+dyn": lambda path: quantize_dynamic(paths["ts+opt"], path),
     }
+    paths = {name: workdir / f"{name.replace(' ', '_').replace('+', '_')}.onnx" for name in makers}
     checks = {}
     for name, path in paths.items():
         if not path.is_file():
             log(f"building {name}")
             makers[name](path)
-        checks[name] = check(path, qat if name.startswith("int8 qdq") else model)
+        checks[name] = check(path, references.get(name, model))
         log(
-            f"  {name:<15} max|diff| {checks[name]['max_abs_diff']:.2e}  "
+            f"  {name:<17} max|diff| {checks[name]['max_abs_diff']:.2e}  "
             f"nodes {checks[name]['nodes']:4d}  fused {checks[name]['fused_nodes']}"
         )
     return paths, checks
@@ -243,7 +262,7 @@ def main() -> int:
                         "x_fp32": ratio,
                     }
                 )
-                log(f"  {name:<15} {speed:9.2f} seq/s  x{ratio:.2f}")
+                log(f"  {name:<17} {speed:9.2f} seq/s  x{ratio:.2f}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
