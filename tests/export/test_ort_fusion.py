@@ -281,6 +281,24 @@ def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeyp
     assert "Attention" not in report["node_counts"] and report["verification"]["passed"]
 
 
+def test_fused_graph_onnxruntime_cannot_load_is_not_kept(tiny_model_dir, monkeypatch):
+    real_fuse = ort_fusion.fuse
+
+    def broken_fuse(graph):
+        fused, report = real_fuse(graph)
+        fused.graph.node[-1].input[0] = "no_such_tensor"
+        return fused, report
+
+    monkeypatch.setattr(ort_fusion, "fuse", broken_fuse)
+    model_dir = tiny_model_dir("text-classification", num_hidden_layers=1)
+    target = to_onnx(model_dir, "text-classification", sequence_length=16)
+    report = report_of(target)
+    assert report["ort_fusion"]["applied"] is False
+    assert "cannot run the fused graph" in report["ort_fusion"]["reason"]
+    assert report["verification"]["passed"] and "Attention" not in report["node_counts"]
+    assert sorted(p.name for p in target.iterdir() if p.name.startswith(".")) == []
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"), [([], True), (["--no_ort_fusion"], False), (["--no-ort-fusion"], False)]
 )

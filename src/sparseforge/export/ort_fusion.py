@@ -580,14 +580,9 @@ def apply_to_export(
     try:  # in its own folder: a large graph's external data must not overwrite the original's
         candidate = candidate_dir / path.name
         save_model(fused, candidate)
-        diff = verify.compare(verify.create_session(candidate), model, batches, output_names)
-        ok, _ = verify.tolerance_check(diff, quantized)
-        if not ok:
-            logger.warning(
-                "fused graph differs from PyTorch (max |diff| %.3g); keeping the unfused graph",
-                diff["max_abs_diff"],
-            )
-            reason = f"fused graph max |diff| {diff['max_abs_diff']:.3g} beyond tolerance"
+        reason = _check(candidate, model, batches, output_names, quantized)
+        if reason is not None:
+            logger.warning("%s; keeping the unfused graph", reason)
             return {"applied": False, "reason": reason, **report}
         for produced in candidate_dir.iterdir():
             os.replace(produced, path.parent / produced.name)
@@ -595,3 +590,23 @@ def apply_to_export(
         shutil.rmtree(candidate_dir, ignore_errors=True)
     logger.info("onnxruntime fusions applied: %s", report["fused_nodes"])
     return {"applied": True, **report}
+
+
+def _check(
+    path: Path,
+    model: torch.nn.Module,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    output_names: Sequence[str],
+    quantized: bool,
+) -> str | None:
+    """Why the fused graph at `path` may not replace the export (None: it matches PyTorch)."""
+    from sparseforge.export import verify
+
+    try:
+        diff = verify.compare(verify.create_session(path), model, batches, output_names)
+    except Exception as err:  # onnxruntime refuses a graph with many error types
+        return f"onnxruntime cannot run the fused graph: {type(err).__name__}: {str(err)[:300]}"
+    ok, _ = verify.tolerance_check(diff, quantized)
+    if not ok:
+        return f"fused graph max |diff| {diff['max_abs_diff']:.3g} beyond tolerance"
+    return None
