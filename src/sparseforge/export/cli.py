@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe to rebuild the model's structure (default: recipe.yaml beside the weights)",
     )
     onnx.add_argument(
+        "--no_ort_fusion",
+        "--no-ort-fusion",
+        dest="ort_fusion",
+        action="store_false",
+        help="keep the plain ONNX graph: no onnxruntime transformer fusions (contrib ops, onnxruntime only)",
+    )
+    onnx.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing output folder that is not a previous deployment",
@@ -105,6 +112,7 @@ def cli_main(argv: Sequence[str]) -> int:
         num_samples=args.num_samples,
         overwrite=args.overwrite,
         recipe=args.recipe,
+        optimize=args.ort_fusion,
     )
     report = json.loads((target / REPORT_FILE).read_text(encoding="utf-8"))
     check = report["verification"]

@@ -14,6 +14,7 @@ failed export (including a failed verification) leaves no half-written folder be
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -27,7 +28,7 @@ import onnx
 
 from sparseforge.checkpoint import RECIPE_FILE, load_task_model, require_tokenizer_files
 from sparseforge.errors import ExportError, SparseforgeError
-from sparseforge.export import verify
+from sparseforge.export import ort_fusion, verify
 from sparseforge.export.onnx_export import DEFAULT_OPSET, export_onnx
 from sparseforge.export.samples import read_texts, sample_batches
 from sparseforge.tasks import TASK_OUTPUTS, normalize_task
@@ -145,11 +146,14 @@ def to_onnx(
     num_samples: int = 8,
     overwrite: bool = False,
     recipe: str | os.PathLike | None = None,
+    optimize: bool = True,
 ) -> Path:
     """Export the model at `model_path` for `task` into a verified deployment folder; returns it.
 
     Raises ExportError when onnxruntime's outputs differ from PyTorch's beyond the tolerance
     (see `sparseforge.export.verify`); the report is then in the error message, no folder is written.
+    `optimize` applies onnxruntime's transformer fusions when the fused graph verifies
+    (`sparseforge.export.ort_fusion`); the verification below always checks the graph written.
     """
     model_path = Path(model_path)
     task = normalize_task(task)
@@ -178,9 +182,13 @@ def to_onnx(
     try:
         onnx_path = staging / MODEL_FILE
         logger.info("exporting %s (%s) to ONNX opset %d", model_path, task, opset)
-        stats = export_onnx(
-            model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops
-        )
+        with ort_fusion.fusable_attention(model) if optimize else contextlib.nullcontext():
+            stats = export_onnx(
+                model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops
+            )
+        fusion = {"applied": False, "reason": "disabled"}
+        if optimize:
+            fusion = ort_fusion.apply_to_export(onnx_path, model, batches, output_names)
         proto = onnx.load(str(onnx_path))
         if written_opset(proto) != opset:
             raise ExportError(
@@ -219,6 +227,7 @@ def to_onnx(
             },
             "verification": {**diff, "tolerance": bounds, "passed": ok},
             "rewrites": stats,
+            "ort_fusion": fusion,
             "node_counts": verify.node_counts(proto),
             "onnxruntime_optimized_node_counts": optimized_counts,
             "file_size_bytes": verify.file_size(onnx_path),
