@@ -80,9 +80,13 @@ def recipe_main(argv: Sequence[str]) -> int:
     check.add_argument("--recipe_args", "--recipe-args", default=None, help="variable overrides: JSON or k=v,k2=v2")
     check.add_argument("--steps_per_epoch", "--steps-per-epoch", type=int, default=100, help="steps per epoch for step-based fields and the table (default 100)")
     check.add_argument("--yaml", action="store_true", help="also print the evaluated recipe as YAML")
+    check.add_argument("--plot", default=None, metavar="PNG", help="draw the schedule (LR, sparsity, events) to a PNG file (needs matplotlib)")
+    check.add_argument("--log", default=None, metavar="RUN", help="with --plot: overlay the LR and sparsity a training run logged (its output folder or trainer_state.json)")
     args = parser.parse_args(list(argv))
     if args.steps_per_epoch < 1:
         parser.error("--steps_per_epoch must be >= 1")
+    if args.log and not args.plot:
+        parser.error("--log goes with --plot")
 
     from sparseforge.recipe import Recipe
     from sparseforge.schedule import describe_recipe, format_schedule, schedule_table
@@ -98,10 +102,20 @@ def recipe_main(argv: Sequence[str]) -> int:
     print(describe_recipe(recipe, args.file, args.steps_per_epoch))
     print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
     steps = _schedule_steps(recipe, args.steps_per_epoch)
+    rows = None
     if steps > MAX_TABULATED_STEPS:
         print(f"not tabulated: the schedule runs {steps:.3g} steps, more than the {MAX_TABULATED_STEPS:,} `recipe check` simulates")
     else:
-        print(format_schedule(schedule_table(recipe, args.steps_per_epoch)))
+        rows = schedule_table(recipe, args.steps_per_epoch)
+        print(format_schedule(rows))
+    if args.plot:
+        if rows is None:
+            raise SparseforgeError(f"--plot: the schedule runs {steps:.3g} steps, too many to simulate and draw")
+        from sparseforge.schedule_plot import plot_schedule, read_log_history
+
+        measured = read_log_history(args.log) if args.log else None
+        written = plot_schedule(rows, args.plot, title=str(args.file), measured=measured)
+        print(f"\nschedule plot written to {written}")
     if args.yaml:
         print("\n" + recipe.to_yaml())
     return 0

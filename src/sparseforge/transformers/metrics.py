@@ -7,14 +7,19 @@
     multi-label   micro / macro F1 of sigmoid(logits) > 0.3 (SparseML's threshold)
 
 `compute_metrics_fn(...)` returns the callable the Trainer takes as `compute_metrics`.
+Every single-label evaluation also reports `predicted_classes` and warns loudly when a model
+predicts one class for everything (a collapsed model can still score a plausible accuracy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 MULTI_LABEL_THRESHOLD = 0.3
 
@@ -105,6 +110,26 @@ def multilabel_f1(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]
     }
 
 
+def collapse_check(predicted: Iterable[Any], expected: Iterable[Any]) -> dict[str, float]:
+    """`predicted_classes`: how many distinct classes the model predicted; a warning if only one.
+
+    A model that predicts one class for every example (all-`O` in NER, one label in
+    classification) while the labels hold several has collapsed: training was too short, the
+    learning rate too high, or pruning too fast. Its accuracy can still look plausible, so say so.
+    """
+    predicted_set, expected_set = set(predicted), set(expected)
+    if len(predicted_set) == 1 and len(expected_set) > 1:
+        (only,) = predicted_set
+        logger.warning(
+            "THE MODEL PREDICTS A SINGLE CLASS (%r) FOR EVERY EVALUATED EXAMPLE, while the labels "
+            "hold %d classes: it has collapsed (too short a training, too high a learning rate, or "
+            "pruning too fast for the budget); its metrics describe a constant predictor",
+            only,
+            len(expected_set),
+        )
+    return {"predicted_classes": float(len(predicted_set))}
+
+
 def classification_metrics(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -134,6 +159,7 @@ def classification_metrics(
     result = {name: functions[name](predictions, labels) for name in names}
     if len(result) > 1:
         result["combined_score"] = float(np.mean(list(result.values())))
+    result.update(collapse_check(predictions.tolist(), labels.reshape(-1).tolist()))
     return result
 
 

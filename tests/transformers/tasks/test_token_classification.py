@@ -98,12 +98,24 @@ def test_entity_metrics_against_hand_count():
     assert result["LOC_precision"] == pytest.approx(0.5)
     # logits give the same figures as label ids
     logits = np.eye(4)[predictions]
-    assert ner_utils.entity_metrics(logits, labels, id_to_label) == {k: result[k] for k in ("accuracy", "precision", "recall", "f1")}
+    assert ner_utils.entity_metrics(logits, labels, id_to_label) == {
+        k: result[k] for k in ("accuracy", "predicted_classes", "precision", "recall", "f1")
+    }
+    assert result["predicted_classes"] == 4.0  # B-PER, I-PER, O and B-LOC all predicted somewhere
 
 
 def test_pos_tags_get_accuracy_only():
     result = ner_utils.entity_metrics(np.array([[0, 1]]), np.array([[0, 0]]), {0: "NN", 1: "VB"})
-    assert result == {"accuracy": 0.5}
+    assert result == {"accuracy": 0.5, "predicted_classes": 2.0}
+
+
+def test_all_o_predictions_are_reported_as_a_collapse(caplog):
+    id_to_label = {0: "B-PER", 1: "I-PER", 2: "O"}
+    labels = np.array([[-100, 0, 1, 2, -100], [-100, 2, 0, 2, -100]])
+    with caplog.at_level("WARNING", logger="sparseforge.transformers.metrics"):
+        result = ner_utils.entity_metrics(np.full_like(labels, 2), labels, id_to_label)
+    assert result["f1"] == 0.0 and result["predicted_classes"] == 1.0
+    assert "PREDICTS A SINGLE CLASS ('O')" in caplog.text
 
 
 # ----- the CLI ------------------------------------------------------------------------------------

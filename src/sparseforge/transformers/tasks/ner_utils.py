@@ -11,12 +11,14 @@ on the others, or with `--label_all_tokens` the label on every piece (`B-X` cont
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sparseforge.errors import DataError
+from sparseforge.transformers.metrics import collapse_check
 
 IGNORE_INDEX = -100
 DOCSTART = "-DOCSTART-"
@@ -195,6 +197,7 @@ def entity_metrics(
     total = sum(len(seq) for seq in true_seqs)
     correct = sum(t == p for ts, ps in zip(true_seqs, pred_seqs, strict=True) for t, p in zip(ts, ps, strict=True))
     result = {"accuracy": correct / total if total else 0.0}
+    result.update(collapse_check(chain.from_iterable(pred_seqs), chain.from_iterable(true_seqs)))
     if not _is_iob(list(id_to_label.values())):
         return result
     from seqeval.metrics import classification_report
