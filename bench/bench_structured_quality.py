@@ -22,7 +22,16 @@ with first-order (|w * grad|) scores, ranked across layers with at least 1 head 
 per layer, cubic over the first half of the run with an update every 2.5% of it, removes what it
 pruned at the end of that (compaction), runs QAT from 70% (observers frozen at 90%), and distils
 from the teacher throughout; the bench sets `distill_hardness=1.0` (teacher labels only, T 2.0).
---layer_distillation GAIN adds PerLayerDistillationModifier on the encoder layers' outputs.
+--layer_distillation GAIN adds PerLayerDistillationModifier on the encoder layers' outputs; it is
+off by default because it did not help unstructured GMP on this task (BENCHMARKS.md, -0.6 / +0.4
+point) and is untested here at full scale; CoFi reports it helps structured pruning, so it is the
+first thing to try if a target is missed.
+
+Budget: --train_samples 48000 x --epochs 1.0 is 3,000 steps of batch 16 (the dense run's step
+count; 24,000 of the sentences are new to the teacher). Estimated, not measured: about 25 min per
+target on 2 cores (the first half at full size with the teacher's forward, ~1.7x a dense step of
+0.33 s; then the compacted student, QAT over the last 30%), plus ~3 min of exports, dev scoring
+and timing at the end; ~17 min more without --dense_model.
 
 Measured after each run: encoder MACs per token kept vs dense; dev accuracy (all 872 sentences)
 of the QAT model in PyTorch and of its INT8 ONNX export (sparseforge's exporter, verified against
