@@ -135,7 +135,8 @@ def plan_modifiers(recipe: Recipe) -> list[Modifier]:
     if not planned:
         raise RecipeError(
             "the recipe has no modifier that runs one-shot (SparseGPTModifier, WandaPruningModifier, "
-            "QuantizationModifier, or GMP / OBS pruning with start_epoch == end_epoch)"
+            "GPTQModifier, SmoothQuantModifier, QuantizationModifier, or GMP / OBS pruning with "
+            "start_epoch == end_epoch)"
         )
     return planned
 
