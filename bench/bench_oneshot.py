@@ -32,8 +32,11 @@ dense model, the same first --calibration_samples train sentences (64 tokens) an
 sentences, and adds its rows to the table: llmc_sparsegpt50 (SparseGPTModifier 50% on the encoder
 layers' Linears) and llmc_sparsegpt50_w8a8 (the same, then QuantizationModifier scheme W8A8: int8
 per-channel weights, dynamic per-token int8 inputs; sparseforge's int8 rows use static input
-ranges). Its wall time is llm-compressor's `oneshot` call; a configuration it refuses is a row
-with its error. Threads: the same --threads.
+ranges). Its wall time is llm-compressor's `oneshot` call on a model already loaded, with the
+sentences already tokenized and nothing saved, while sparseforge's `oneshot_seconds` is the whole
+`sparseforge.oneshot` call (loading the folder, reading and tokenizing the tsv, saving the output
+folder): the comparison favours llm-compressor. A configuration it refuses is a row with its
+error. Threads: the same --threads.
 
 Reported per configuration: dev accuracy (all 872 dev sentences, PyTorch, fake-quantized where
 quantized), recovery = accuracy / dense accuracy, one-shot wall time (and training time), peak memory, mean relative

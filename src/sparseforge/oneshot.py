@@ -14,6 +14,9 @@ The recipe's modifiers run in recipe order:
 - pruning modifiers with `start_epoch == end_epoch` (GMP / magnitude, OBS) are applied at once
   through their usual lifecycle; OBS draws its gradients from the calibration samples with labels
   sampled from the model's own predictions (the true Fisher: no labels needed);
+- `SmoothQuantModifier` (first in the recipe) rescales smooth-layer outputs and the Linears that
+  read them from per-channel activation ranges, keeping only mappings that leave the float
+  outputs unchanged;
 - `QuantizationModifier` becomes post-training quantization: the same fake-quant modules as QAT,
   int8 weight scales from the weights, static activation ranges (min/max over every calibration
   token) from one pass over the samples, then frozen; it exports to the same QDQ ONNX.
@@ -50,7 +53,7 @@ from sparseforge.modifiers.pruning.calibrated import (
     is_compressible,
     weight_matrix,
 )
-from sparseforge.modifiers.quantization import QuantizationModifier
+from sparseforge.modifiers.quantization import QuantizationModifier, SmoothQuantModifier
 from sparseforge.modifiers.quantization.observers import fake_quantizers, set_observers
 from sparseforge.recipe import Recipe
 
@@ -80,8 +83,11 @@ def _is_at_once(mod: Modifier) -> bool:
     return isinstance(mod, GradualPruningModifier)
 
 
+ONE_SHOT_TYPES = (LayerwiseModifier, QuantizationModifier, SmoothQuantModifier)
+
+
 def _runs_one_shot(mod: Modifier) -> bool:
-    if isinstance(mod, (LayerwiseModifier, QuantizationModifier)):
+    if isinstance(mod, ONE_SHOT_TYPES):
         return True
     return _is_at_once(mod) and mod.start_epoch == mod.end_epoch and mod.start_step == mod.end_step
 
@@ -101,9 +107,17 @@ def split_stages(recipe: Recipe) -> tuple[Recipe, Recipe | None]:
 
 def plan_modifiers(recipe: Recipe) -> list[Modifier]:
     """The recipe's modifiers that act one-shot; RecipeError for a pruner that needs training."""
-    planned = []
+    planned: list[Modifier] = []
     for mod in recipe.instantiate():
-        if isinstance(mod, (LayerwiseModifier, QuantizationModifier)):
+        if isinstance(mod, SmoothQuantModifier) and any(
+            isinstance(m, (QuantizationModifier, LayerwiseModifier)) for m in planned
+        ):
+            raise RecipeError(
+                "must come before the pruning and quantization modifiers (it rescales the float "
+                "weights and the activation ranges they calibrate on)",
+                modifier=mod.name,
+            )
+        if isinstance(mod, ONE_SHOT_TYPES):
             planned.append(mod)
         elif _is_at_once(mod):
             same = mod.start_epoch == mod.end_epoch and mod.start_step == mod.end_step
@@ -121,7 +135,8 @@ def plan_modifiers(recipe: Recipe) -> list[Modifier]:
     if not planned:
         raise RecipeError(
             "the recipe has no modifier that runs one-shot (SparseGPTModifier, WandaPruningModifier, "
-            "QuantizationModifier, or GMP / OBS pruning with start_epoch == end_epoch)"
+            "GPTQModifier, SmoothQuantModifier, QuantizationModifier, or GMP / OBS pruning with "
+            "start_epoch == end_epoch)"
         )
     return planned
 
@@ -423,6 +438,8 @@ def prepare(
     for mod in planned:
         if isinstance(mod, LayerwiseModifier):
             mod.select_targets(model)
+        elif isinstance(mod, SmoothQuantModifier):
+            mod.check_model(model)
         else:
             mod.initialize(state)
     return planned, state
@@ -458,6 +475,8 @@ def run_oneshot(
                 _sequential_pass(model, group, batches, report)
             elif isinstance(mod, QuantizationModifier):
                 report["quantizers"] = calibrate_quantization(mod, model, batches)
+            elif isinstance(mod, SmoothQuantModifier):
+                report["smoothquant"] = mod.smooth(model, batches)
             else:
                 with torch.enable_grad():
                     _apply_at_once(mod, state, report)

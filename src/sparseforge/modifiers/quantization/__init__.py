@@ -1,5 +1,5 @@
 """Quantization-aware training: observers, fake-quant modules, schemes and the QuantizationModifier;
-GPTQ one-shot weight quantization."""
+GPTQ one-shot weight quantization and SmoothQuant."""
 
 from sparseforge.modifiers.quantization.attention import (
     ATTN_IMPLEMENTATION,
@@ -15,6 +15,7 @@ from sparseforge.modifiers.quantization.observers import (
     set_observers,
 )
 from sparseforge.modifiers.quantization.scheme import QuantizationArgs, QuantizationScheme
+from sparseforge.modifiers.quantization.smoothquant import SmoothQuantModifier
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
@@ -25,6 +26,7 @@ __all__ = [
     "QuantizationScheme",
     "QuantizedEmbedding",
     "QuantizedLinear",
+    "SmoothQuantModifier",
     "fake_quantizers",
     "attention_hook",
     "quantization_summary",

@@ -26,7 +26,8 @@ from sparseforge.modifiers.quantization.observers import FakeQuantize, check_gro
 
 
 class QuantizationArgs(BaseModel):
-    """How one tensor is quantized: bits, symmetric or not, per tensor or per output channel."""
+    """How one tensor is quantized: bits, symmetric or not, per tensor, per output channel, or
+    (weights) per group of `group_size` input columns of each row."""
 
     model_config = ConfigDict(extra="forbid")
 
