@@ -209,22 +209,26 @@ def _check_shapes(
 def _data_flow_mappings(
     model: nn.Module, batch: Mapping[str, torch.Tensor]
 ) -> list[tuple[str, list[str]]]:
-    """Each norm layer whose output tensor is itself the input of Linears, with those Linears."""
-    produced: dict[int, str] = {}
+    """Each norm layer whose output tensor is itself the input of Linears, with those Linears.
+
+    `produced` holds the output tensors themselves: an `id()` alone is reused once a tensor is
+    freed, which matched a later layer's Linear to an earlier norm."""
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
     readers: dict[str, list[str]] = {}
     handles = []
 
     def on_norm(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: Any, output: Any) -> None:
             if isinstance(output, torch.Tensor):
-                produced[id(output)] = name
+                produced[id(output)] = (name, output)
                 readers.setdefault(name, [])
 
         return hook
 
     def on_linear(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            source = produced.get(id(args[0])) if args else None
+            entry = produced.get(id(args[0])) if args else None
+            source = entry[0] if entry is not None and entry[1] is args[0] else None
             if source is not None and name not in readers[source]:
                 readers[source].append(name)
 
