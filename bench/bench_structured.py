@@ -11,8 +11,14 @@ layers, fewer layers) and exported with sparseforge's exporter (`export_onnx`):
              neurons kept, about a third of the encoder MACs (FP32, INT8 QDQ)
 
 Kept heads are drawn at random per layer (uneven positions, as training leaves them); INT8 is the
-QAT structure of the shipped recipes calibrated on random tokens. Variants are timed round-robin
-and the median is kept; figures are ratios to dense FP32 of the same shape and batch, in one run.
+QAT structure of the shipped recipes calibrated on random tokens. Each graph is written as
+`sparseforge export onnx` writes it by default (`fused`: eager attention at export, then
+onnxruntime's transformer fusions, kept when they verify; see bench_ort_fusion.py) and, for
+reference, without the fusions. `fp32 fused + ort dynamic int8` is the fused FP32 graph through
+onnxruntime's `quantize_dynamic` (INT8 without QAT: onnxruntime's own best INT8 path, the
+"hand-built" ceiling of the issue). Variants are timed round-robin and the median is kept;
+figures are ratios to dense FP32 (unfused, the plain export) of the same shape and batch, in one
+run.
 
     python bench/bench_structured.py [--quick] [--json results.json]
     python bench/bench_structured.py --tiny      # a seconds-long smoke test on a tiny shape
@@ -32,11 +38,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ort_fusion import export_sparseforge, quantize_dynamic  # noqa: E402
 from bench_quantization_export import (  # noqa: E402
     log,
     quantize_random,
     random_classifier,
-    sample,
     time_round_robin,
 )
 
@@ -79,21 +85,34 @@ def compacted(shape: dict, heads: float, neurons: float, layers: float) -> torch
 
 
 def export_variants(folder: Path, label: str, shape: dict) -> dict[str, Path]:
-    from sparseforge.export import export_onnx
-
+    """Dense FP32 (plain and fused) and, per variant, FP32 / INT8 QDQ fused, FP32 plain and the
+    fused FP32 through onnxruntime's dynamic quantization."""
     family = label.split()[0]
-    paths = {"dense fp32": folder / "dense_fp32.onnx"}
-    log(f"{label}: exporting dense FP32")
-    export_onnx(random_classifier(**shape), sample(128), ["logits"], paths["dense fp32"])
+    paths = {"dense fp32": folder / "dense_fp32.onnx", "dense fp32 fused": folder / "dense_fused.onnx"}
+    log(f"{label}: exporting dense FP32 (plain, fused)")
+    export_sparseforge(random_classifier(**shape), paths["dense fp32"], fused=False)
+    export_sparseforge(random_classifier(**shape), paths["dense fp32 fused"], fused=True)
     for index, (name, fractions) in enumerate(VARIANTS[family].items()):
-        fp32, int8 = folder / f"v{index}_fp32.onnx", folder / f"v{index}_int8.onnx"
-        log(f"{label}: exporting {name} FP32 and INT8")
-        export_onnx(compacted(shape, *fractions), sample(128), ["logits"], fp32)
+        files = {
+            f"{name} fp32": folder / f"v{index}_fp32.onnx",
+            f"{name} fp32 fused": folder / f"v{index}_fp32_fused.onnx",
+            f"{name} int8 qdq fused": folder / f"v{index}_int8_fused.onnx",
+            f"{name} fp32 fused + ort dynamic int8": folder / f"v{index}_dyn.onnx",
+        }
+        log(f"{label}: exporting {name}: FP32 plain and fused, INT8 QDQ fused, dynamic INT8")
+        export_sparseforge(compacted(shape, *fractions), files[f"{name} fp32"], fused=False)
+        export_sparseforge(compacted(shape, *fractions), files[f"{name} fp32 fused"], fused=True)
         model = compacted(shape, *fractions)
         quantize_random(model, 128)
-        export_onnx(model, sample(128), ["logits"], int8)
-        paths[f"{name} fp32"], paths[f"{name} int8"] = fp32, int8
+        export_sparseforge(model, files[f"{name} int8 qdq fused"], fused=True)
+        quantize_dynamic(files[f"{name} fp32 fused"], files[f"{name} fp32 fused + ort dynamic int8"])
+        paths.update(files)
     return paths
+
+
+def _size(path: Path) -> int:
+    """The graph file plus its external data, if the exporter wrote any beside it."""
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
 def run(shapes: dict[str, dict], workdir: Path, quick: bool) -> list[dict]:
@@ -102,7 +121,7 @@ def run(shapes: dict[str, dict], workdir: Path, quick: bool) -> list[dict]:
         folder = workdir / label.split()[0]
         folder.mkdir(parents=True, exist_ok=True)
         paths = export_variants(folder, label, shape)
-        sizes = {name: path.stat().st_size for name, path in paths.items()}
+        sizes = {name: _size(path) for name, path in paths.items()}
         for batch, seq in BATCHES:
             iterations = 2 if quick or shape["layers"] <= 2 else (6 if "BERT" in label else 12)
             log(f"{label}: timing batch {batch} x {seq} tokens, {iterations} round(s)")
