@@ -391,7 +391,7 @@ def test_teacher_checks_before_training(tmp_path, tiny_model_dir):
             model=student, args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=LR_RECIPE,
             teacher=make_tiny_model(num_labels=3),
         )
-    assert load_teacher("disable", student) == "disable" and load_teacher(None, student) == "disable"
+    assert load_teacher("disable", student) is None and load_teacher(None, student) is None
     frozen = load_teacher("self", student)
     assert frozen is not student and not frozen.training and not any(p.requires_grad for p in frozen.parameters())
 
