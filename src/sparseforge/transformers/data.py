@@ -203,6 +203,18 @@ def hold_out(raw: Any, ratio: float | None, seed: int) -> Any:
     return raw
 
 
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """A text file's lines; a missing or undecodable file is a DataError naming `what` and the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        return file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from None
+
+
 def take_first(dataset: Any, count: int | None) -> Any:
     """The first `count` examples (all when None or more than there are)."""
     if count is None or count >= len(dataset):

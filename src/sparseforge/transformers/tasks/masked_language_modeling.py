@@ -27,20 +27,9 @@ import numpy as np
 
 from sparseforge.errors import DataError, SparseforgeError
 from sparseforge.transformers.arguments import DataArguments
-from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
-from sparseforge.transformers.tasks.task_utils import (
-    TaskArgs,
-    TaskRun,
-    dataset_from_rows,
-    load_tokenizer,
-    map_split,
-    prepare_splits,
-    run_cli,
-    sample_limits,
-    sequence_length,
-    task_run,
-    wanted_splits,
-)
+from sparseforge.transformers.data import load_hub_dataset, read_data_file, read_lines, take_first
+from sparseforge.transformers.tasks import task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +70,10 @@ def read_text(path: str, flag: str, cache_dir: str | None, text_column: str | No
     `text_column` (or `text`, or the first) column of a json/jsonl/csv/parquet file."""
     file = Path(path)
     if file.suffix.lower() in (".txt", ".text", ".raw"):
-        if not file.is_file():
-            raise DataError(f"{flag} {path} does not exist")
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"cannot read {flag} {path}: {err}") from None
-        rows = [{TEXT_COLUMN: line} for line in lines if line.strip()]
+        rows = [{TEXT_COLUMN: line} for line in read_lines(path, flag) if line.strip()]
         if not rows:
             raise DataError(f"{flag} {path} holds no text")
-        return dataset_from_rows(rows)
+        return task_utils.dataset_from_rows(rows)
     return only_text(read_data_file(path, cache_dir=cache_dir, flag=flag), text_column, f"{flag} {path}")
 
 
@@ -200,7 +183,7 @@ def _perplexity_callback() -> Any:
 # ----- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train masked-language-modeling` (the task-module contract)."""
-    return run_cli(argv, task=TASK, data_arguments=MaskedLanguageModelingDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=MaskedLanguageModelingDataArguments, build=build)
 
 
 def build(args: TaskArgs) -> TaskRun:
@@ -211,13 +194,13 @@ def build(args: TaskArgs) -> TaskRun:
     from sparseforge.transformers.trainer import load_pretrained
 
     data_args: MaskedLanguageModelingDataArguments = args.data
-    raw = prepare_splits(load_mlm_datasets(data_args, args.model.cache_dir), args)
-    tokenizer = load_tokenizer(args.model, args.model_path)
+    raw = task_utils.prepare_splits(load_mlm_datasets(data_args, args.model.cache_dir), args)
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
     if tokenizer.mask_token is None:
         raise SparseforgeError(f"the tokenizer of {args.model_path} has no mask token: it cannot train a masked language model")
     model = load_pretrained(args.model_path, TASK)
-    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
-    limits, wanted = sample_limits(data_args), wanted_splits(args)
+    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     processed = {
         split: take_first(blocks_of(dataset, split, args, tokenizer, max_length), limits[split])
         for split, dataset in raw.items()
@@ -227,15 +210,9 @@ def build(args: TaskArgs) -> TaskRun:
     def compute_metrics(prediction: Any) -> dict[str, float]:
         return masked_accuracy(prediction.predictions, prediction.label_ids)
 
-    run = task_run(
-        args,
-        processed,
-        model=model,
-        tokenizer=tokenizer,
-        collator=DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=data_args.mlm_probability),
-        compute_metrics=compute_metrics,
-        sequence_length=max_length,  # the ONNX export's input length
-        preprocess_logits_for_metrics=argmax_logits,
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=data_args.mlm_probability)
+    run = task_utils.task_run(
+        args, processed, model, tokenizer, compute_metrics, max_length, collator=collator, preprocess_logits_for_metrics=argmax_logits
     )
     run.trainer.add_callback(_perplexity_callback())
     return run
@@ -246,16 +223,16 @@ def blocks_of(dataset: Any, split: str, args: TaskArgs, tokenizer: Any, max_leng
     data_args: MaskedLanguageModelingDataArguments = args.data
     if data_args.line_by_line:
         padding = "max_length" if data_args.pad_to_max_length else False
-        blocks = map_split(
+        blocks = task_utils.map_split(
             dataset, tokenize_lines, args.training, data_args, split, remove_columns=dataset.column_names,
             fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_length, "padding": padding},
         )
     else:
-        tokens = map_split(
+        tokens = task_utils.map_split(
             dataset, tokenize_texts, args.training, data_args, split, remove_columns=dataset.column_names,
             fn_kwargs={"tokenizer": tokenizer},
         )
-        blocks = map_split(tokens, group_texts, args.training, data_args, split, fn_kwargs={"block_size": max_length})
+        blocks = task_utils.map_split(tokens, group_texts, args.training, data_args, split, fn_kwargs={"block_size": max_length})
     if len(blocks) == 0:
         raise DataError(f"{split} text is shorter than one block of {max_length} tokens; lower --max_seq_length or use --line_by_line")
     return blocks

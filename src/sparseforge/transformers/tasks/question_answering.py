@@ -25,23 +25,8 @@ import numpy as np
 from sparseforge.errors import DataError, SparseforgeError
 from sparseforge.transformers.arguments import DataArguments
 from sparseforge.transformers.data import load_splits, read_data_file, take_first
-from sparseforge.transformers.tasks import qa_utils
-from sparseforge.transformers.tasks.task_utils import (
-    TaskArgs,
-    TaskRun,
-    dataset_from_rows,
-    load_tokenizer,
-    main_process_writes,
-    map_split,
-    predict_and_log,
-    prepare_splits,
-    require_fast_tokenizer,
-    run_cli,
-    sample_limits,
-    sequence_length,
-    task_run,
-    wanted_splits,
-)
+from sparseforge.transformers.tasks import qa_utils, task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +67,7 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
         except DataError as err:
             raise DataError(f"{flag}: {err}") from None
         qa_utils.check_answer_spans(rows, f"{flag} {path}")
-        return dataset_from_rows(rows)
+        return task_utils.dataset_from_rows(rows)
     dataset = read_data_file(path, cache_dir=cache_dir, flag=flag)  # csv / parquet with the same columns
     missing = [c for c in ("id", "context", "question", "answers") if c not in dataset.column_names]
     if missing:
@@ -125,7 +110,7 @@ class SquadEvaluation:
     def __call__(self, prediction: Any) -> dict[str, float]:
         start_logits, end_logits = prediction.predictions[:2]
         answers, nbest, null_diffs = self.predictions(start_logits, end_logits)
-        folder = main_process_writes(self.training_args)
+        folder = task_utils.main_process_writes(self.training_args)
         if folder is not None:
             qa_utils.write_predictions(folder, answers, nbest, null_diffs, prefix=self.prefix)
         has_references = any(len(example["answers"]["text"]) for example in self.examples)
@@ -137,28 +122,26 @@ class SquadEvaluation:
 # ----- the run -----------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train question-answering` (the task-module contract)."""
-    return run_cli(argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build)
 
 
 def build(args: TaskArgs) -> TaskRun:
     """Arguments and data -> the TaskRun: a SparseTrainer whose evaluation reports SQuAD EM/F1
     (and writes predictions.json), and test predictions post-processed with their own examples."""
-    from transformers import DataCollatorWithPadding, default_data_collator
-
     from sparseforge.transformers.trainer import load_pretrained
 
     data_args: QuestionAnsweringDataArguments = args.data
-    raw = prepare_splits(load_qa_datasets(data_args, args.model.cache_dir), args)
-    tokenizer = load_tokenizer(args.model, args.model_path)
-    require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
+    raw = task_utils.prepare_splits(load_qa_datasets(data_args, args.model.cache_dir), args)
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
+    task_utils.require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
     model = load_pretrained(args.model_path, TASK)
-    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
     if data_args.doc_stride >= max_length:
         raise SparseforgeError(f"--doc_stride {data_args.doc_stride} must be less than the sequence length {max_length}")
 
     def features_of(split: str, limit: int | None, keep_offsets: bool) -> tuple[Any, Any]:
         examples = take_first(raw[split], limit)
-        features = map_split(
+        features = task_utils.map_split(
             examples,
             qa_utils.prepare_features,
             args.training,
@@ -175,7 +158,7 @@ def build(args: TaskArgs) -> TaskRun:
         )
         return examples, features
 
-    limits, wanted = sample_limits(data_args), wanted_splits(args)
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     processed: dict[str, Any] = {}
     evaluations: dict[str, SquadEvaluation] = {}
     if wanted["train"]:
@@ -188,15 +171,6 @@ def build(args: TaskArgs) -> TaskRun:
 
     def predict(trainer: Any, dataset: Any) -> None:
         # the test windows have their own examples: post-process them with their own evaluation
-        predict_and_log(trainer, dataset, evaluations["test"])
+        task_utils.predict_and_log(trainer, dataset, evaluations["test"])
 
-    return task_run(
-        args,
-        processed,
-        model=model,
-        tokenizer=tokenizer,
-        collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
-        compute_metrics=evaluations.get("validation"),
-        sequence_length=max_length,  # the ONNX export's input length
-        predict=predict,
-    )
+    return task_utils.task_run(args, processed, model, tokenizer, evaluations.get("validation"), max_length, predict=predict)

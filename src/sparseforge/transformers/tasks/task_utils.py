@@ -160,18 +160,19 @@ class TaskRun:
 def task_run(
     args: TaskArgs,
     datasets: Mapping[str, Any],
-    *,
     model: Any,
     tokenizer: Any,
-    collator: Any,
     compute_metrics: Callable[[Any], dict[str, float]] | None,
     sequence_length: int,
+    *,
     predict: Callable[[Any, Any], None] | None = None,
     extra_eval: Mapping[str, Any] | None = None,
+    collator: Any = None,
     **trainer_kwargs: Any,
 ) -> TaskRun:
     """The SparseTrainer (recipe and teacher from `args`) and the TaskRun around it; `datasets`
-    holds the processed train / validation / test splits the run uses."""
+    holds the processed train / validation / test splits the run uses. The collator defaults to
+    `padding_collator`."""
     from sparseforge.transformers.trainer import SparseTrainer
 
     trainer = SparseTrainer(
@@ -180,7 +181,7 @@ def task_run(
         train_dataset=datasets.get("train"),  # also --one_shot's source of gradients and calibration
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=collator if collator is not None else padding_collator(args, tokenizer),
         compute_metrics=compute_metrics,
         recipe=args.recipe,
         teacher=args.teacher,
@@ -196,6 +197,16 @@ def task_run(
         extra_eval=dict(extra_eval or {}),
         predict=predict,
     )
+
+
+def padding_collator(args: TaskArgs, tokenizer: Any, dynamic: Any = None) -> Any:
+    """Inputs already padded to --max_seq_length are stacked; otherwise `dynamic` (default
+    `DataCollatorWithPadding`) pads each batch to its longest."""
+    from transformers import DataCollatorWithPadding, default_data_collator
+
+    if args.data.pad_to_max_length:
+        return default_data_collator
+    return (dynamic or DataCollatorWithPadding)(tokenizer)
 
 
 def predict_and_log(trainer: Any, dataset: Any, compute_metrics: Callable[[Any], dict[str, float]] | None = None) -> Any:

@@ -32,17 +32,8 @@ from sparseforge.transformers.data import (
     require_columns,
     take_first,
 )
-from sparseforge.transformers.tasks.task_utils import (
-    TaskArgs,
-    TaskRun,
-    load_tokenizer,
-    map_split,
-    prepare_splits,
-    run_cli,
-    sample_limits,
-    task_run,
-    wanted_splits,
-)
+from sparseforge.transformers.tasks import task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -217,14 +208,14 @@ def check_labels(raw: Any, scheme: LabelScheme, data_args: TextClassificationDat
 # ----- the run -----------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train text-classification` (the task-module contract)."""
-    return run_cli(argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build)
 
 
 def load_checked_data(args: TaskArgs) -> tuple[Any, tuple[str, str | None], LabelScheme]:
     """The raw splits (checked), the input columns and the label scheme, before any tokenizing."""
     data_args: TextClassificationDataArguments = args.data
     raw = load_raw_datasets(data_args, task_name=data_args.task_name, cache_dir=args.model.cache_dir)
-    raw = prepare_splits(raw, args, sources="--train_file, --dataset_name or --task_name")
+    raw = task_utils.prepare_splits(raw, args, sources="--train_file, --dataset_name or --task_name")
     first, second = input_columns(data_args, first_split(raw).column_names)
     wanted = [first] + ([second] if second else [])
     for split in raw:
@@ -239,8 +230,6 @@ def load_checked_data(args: TaskArgs) -> tuple[Any, tuple[str, str | None], Labe
 def build(args: TaskArgs) -> TaskRun:
     """Arguments and data -> the TaskRun: a SparseTrainer, the tokenized splits, the GLUE / label
     metrics, mnli's mismatched set as an extra evaluation, predictions as predict_results.txt."""
-    from transformers import DataCollatorWithPadding, default_data_collator
-
     from sparseforge.transformers.metrics import compute_metrics_fn
     from sparseforge.transformers.trainer import load_pretrained
 
@@ -250,7 +239,7 @@ def build(args: TaskArgs) -> TaskRun:
     if scheme.names is not None:
         config_kwargs["id2label"] = dict(enumerate(scheme.names))
         config_kwargs["label2id"] = {name: i for i, name in enumerate(scheme.names)}
-    tokenizer = load_tokenizer(args.model, args.model_path)
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
     model = load_pretrained(args.model_path, TASK, **config_kwargs)
     max_length = min(data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH, tokenizer.model_max_length)
     processed = tokenize_splits(raw, args, columns, scheme, tokenizer, max_length)
@@ -262,17 +251,9 @@ def build(args: TaskArgs) -> TaskRun:
     extra = {}
     if data_args.task_name == "mnli" and "validation_mismatched" in processed and args.training.do_eval:
         extra["mm"] = processed["validation_mismatched"]
-    return task_run(
-        args,
-        processed,
-        model=model,
-        tokenizer=tokenizer,
-        collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        sequence_length=data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-        predict=lambda trainer, dataset: write_predictions(trainer, dataset, scheme),
-        extra_eval=extra,
-    )
+    length = data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH  # the ONNX export's input length
+    return task_utils.task_run(args, processed, model, tokenizer, compute_metrics, length, extra_eval=extra,
+                    predict=lambda trainer, dataset: write_predictions(trainer, dataset, scheme))
 
 
 def tokenize_splits(
@@ -294,7 +275,7 @@ def tokenize_splits(
             encoded["labels"] = [scheme.encode(v) if _norm(v) != -1 else -1 for v in labels]
         return encoded
 
-    limits, wanted = sample_limits(data_args), wanted_splits(args)
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     label_feature = {
         "multi_label_classification": datasets.Sequence(datasets.Value("float32")),
         "regression": datasets.Value("float32"),
@@ -304,7 +285,7 @@ def tokenize_splits(
         if not wanted.get(split, split.startswith("validation_") and args.training.do_eval):
             continue
         dataset = take_first(dataset, limits.get(split, data_args.max_eval_samples))
-        processed[split] = map_split(dataset, preprocess, args.training, data_args, split, remove_columns=dataset.column_names)
+        processed[split] = task_utils.map_split(dataset, preprocess, args.training, data_args, split, remove_columns=dataset.column_names)
         # `map` keeps the raw column's type when the output reuses its name ("labels"): set it.
         if label_feature is not None and "labels" in processed[split].column_names:
             processed[split] = processed[split].cast_column("labels", label_feature)

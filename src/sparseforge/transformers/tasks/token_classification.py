@@ -29,23 +29,8 @@ from sparseforge.transformers.data import (
     require_columns,
     take_first,
 )
-from sparseforge.transformers.tasks import ner_utils
-from sparseforge.transformers.tasks.task_utils import (
-    TaskArgs,
-    TaskRun,
-    dataset_from_rows,
-    load_tokenizer,
-    main_process_writes,
-    map_split,
-    predict_and_log,
-    prepare_splits,
-    require_fast_tokenizer,
-    run_cli,
-    sample_limits,
-    sequence_length,
-    task_run,
-    wanted_splits,
-)
+from sparseforge.transformers.tasks import ner_utils, task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +65,7 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
     """A CoNLL column file (IOB1 -> IOB2) or a json/jsonl/csv/parquet file as a Dataset."""
     if ner_utils.is_conll_file(path):
         try:
-            return dataset_from_rows(ner_utils.read_conll(path))
+            return task_utils.dataset_from_rows(ner_utils.read_conll(path))
         except DataError as err:
             raise DataError(f"{flag}: {err}") from None
     return read_data_file(path, cache_dir=cache_dir, flag=flag)
@@ -143,13 +128,13 @@ def label_mapping(labels: list[str], model_config: Any) -> dict[str, int]:
 # ----- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train token-classification` (the task-module contract)."""
-    return run_cli(argv, task=TASK, data_arguments=TokenClassificationDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=TokenClassificationDataArguments, build=build)
 
 
 def load_checked_data(args: TaskArgs) -> tuple[Any, str, str, list[str]]:
     """The raw splits (rows checked, tags as names), the words and tags columns, and the labels."""
     data_args: TokenClassificationDataArguments = args.data
-    raw = prepare_splits(load_token_datasets(data_args, args.model.cache_dir), args)
+    raw = task_utils.prepare_splits(load_token_datasets(data_args, args.model.cache_dir), args)
     text_column, label_column = columns_of(data_args, first_split(raw).column_names)
     for split in raw:
         require_columns(raw[split], [text_column], split=split, flag="--text_column_name")
@@ -163,19 +148,19 @@ def load_checked_data(args: TaskArgs) -> tuple[Any, str, str, list[str]]:
 def build(args: TaskArgs) -> TaskRun:
     """Arguments and data -> the TaskRun: a SparseTrainer whose evaluation reports entity-level F1,
     and predictions written as predictions.txt (one tag per word)."""
-    from transformers import AutoConfig, DataCollatorForTokenClassification, default_data_collator
+    from transformers import AutoConfig, DataCollatorForTokenClassification
 
     from sparseforge.transformers.trainer import load_pretrained
 
     data_args: TokenClassificationDataArguments = args.data
     raw, text_column, label_column, labels = load_checked_data(args)
-    tokenizer = load_tokenizer(args.model, args.model_path)
-    require_fast_tokenizer(tokenizer, "token classification (word ids)")
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
+    task_utils.require_fast_tokenizer(tokenizer, "token classification (word ids)")
     label_to_id = label_mapping(labels, AutoConfig.from_pretrained(args.model_path))
     id_to_label = {i: label for label, i in label_to_id.items()}
     # a head with another label count is replaced by load_pretrained
     model = load_pretrained(args.model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id)
-    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
     preprocess_kwargs = {
         "tokenizer": tokenizer,
         "text_column": text_column,
@@ -186,13 +171,13 @@ def build(args: TaskArgs) -> TaskRun:
         "padding": "max_length" if data_args.pad_to_max_length else False,
         "b_to_i_label": ner_utils.b_to_i([id_to_label[i] for i in range(len(id_to_label))]),
     }
-    limits, wanted = sample_limits(data_args), wanted_splits(args)
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     processed = {}
     for split, dataset in raw.items():
         if not wanted.get(split):
             continue
         raw[split] = dataset = take_first(dataset, limits[split])
-        processed[split] = map_split(
+        processed[split] = task_utils.map_split(
             dataset, ner_utils.tokenize_and_align_labels, args.training, data_args, split,
             remove_columns=dataset.column_names, fn_kwargs=preprocess_kwargs,
         )
@@ -202,23 +187,15 @@ def build(args: TaskArgs) -> TaskRun:
         return ner_utils.entity_metrics(logits, prediction.label_ids, id_to_label, data_args.return_entity_level_metrics)
 
     def predict(trainer: Any, dataset: Any) -> None:
-        output = predict_and_log(trainer, dataset)
-        folder = main_process_writes(args.training)
+        output = task_utils.predict_and_log(trainer, dataset)
+        folder = task_utils.main_process_writes(args.training)
         if folder is not None:
             words = [list(w) for w in raw["test"][text_column]]
             lines = word_tags(output.predictions, words, tokenizer, max_length, id_to_label)
             (folder / "predictions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    return task_run(
-        args,
-        processed,
-        model=model,
-        tokenizer=tokenizer,
-        collator=default_data_collator if data_args.pad_to_max_length else DataCollatorForTokenClassification(tokenizer),
-        compute_metrics=compute_metrics,
-        sequence_length=max_length,  # the ONNX export's input length
-        predict=predict,
-    )
+    collator = task_utils.padding_collator(args, tokenizer, DataCollatorForTokenClassification)
+    return task_utils.task_run(args, processed, model, tokenizer, compute_metrics, max_length, predict=predict, collator=collator)
 
 
 def word_tags(logits: Any, words: list[list[str]], tokenizer: Any, max_length: int, id_to_label: dict[int, str]) -> list[str]:
