@@ -235,8 +235,9 @@ def test_one_resolver_for_model_recipe_and_teacher_at_every_edge(tiny_model_dir,
     zoo.add(USER_STUB, recipe_file)
     model_path, recipe_path = zoo.resolve(USER_STUB, "model"), zoo.resolve(USER_STUB, "recipe")
     assert Path(model_path).name == "model" and Path(recipe_path).name == "recipe.yaml"
+    assert zoo.resolve(USER_STUB, "teacher") == model_path
     with pytest.raises(ZooError, match="recipe but no model"):
-        zoo.resolve(SST2_DENSE, "model")  # a shipped recipe-only stub is no model or teacher
+        zoo.resolve(SST2_DENSE, "teacher")  # a shipped recipe-only stub is no model or teacher
     # the task CLIs' edge: model and recipe stubs (the recipe loaded); plain paths unchanged
     path, recipe = resolve_model_and_recipe(ModelArguments(model_name_or_path=USER_STUB), RecipeArguments(recipe=USER_STUB))
     assert path == model_path and recipe.end_epoch == 2.0

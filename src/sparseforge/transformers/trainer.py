@@ -122,7 +122,7 @@ def teacher_source(teacher: str | os.PathLike | None) -> str | None:
         return "self"
     from sparseforge.zoo import resolve
 
-    return str(resolve(str(teacher), "model"))
+    return str(resolve(str(teacher), "teacher"))
 
 
 def load_teacher(
