@@ -218,3 +218,35 @@ def test_recipe_check_accepts_stub(capsys):
     code = sparseforge_main(["recipe", "check", SST2_DENSE])
     assert code == 0
     assert "valid recipe, 2 modifier(s), max_epochs 2" in capsys.readouterr().out
+
+
+def test_one_resolver_for_model_recipe_and_teacher_at_every_edge(tiny_model_dir, recipe_file, tmp_path):
+    """zoo.resolve(value, kind) is what the task CLIs, the teacher loader and oneshot use."""
+    from sparseforge.oneshot import resolve_stubs
+    from sparseforge.transformers.arguments import (
+        ModelArguments,
+        RecipeArguments,
+        resolve_model_and_recipe,
+    )
+    from sparseforge.transformers.trainer import teacher_source
+
+    model_dir = tiny_model_dir("text-classification")
+    zoo.add(USER_STUB, model_dir)
+    zoo.add(USER_STUB, recipe_file)
+    model_path, recipe_path = zoo.resolve(USER_STUB, "model"), zoo.resolve(USER_STUB, "recipe")
+    assert Path(model_path).name == "model" and Path(recipe_path).name == "recipe.yaml"
+    assert zoo.resolve(USER_STUB, "teacher") == model_path
+    with pytest.raises(ZooError, match="recipe but no model"):
+        zoo.resolve(SST2_DENSE, "teacher")  # a shipped recipe-only stub is no model or teacher
+    # the task CLIs' edge: model and recipe stubs (the recipe loaded); plain paths unchanged
+    path, recipe = resolve_model_and_recipe(ModelArguments(model_name_or_path=USER_STUB), RecipeArguments(recipe=USER_STUB))
+    assert path == model_path and recipe.end_epoch == 2.0
+    path, recipe = resolve_model_and_recipe(ModelArguments(model_name_or_path=str(model_dir)), RecipeArguments(recipe=str(recipe_file)))
+    assert path == str(model_dir) and recipe.end_epoch == 2.0
+    # the teacher: a stub is its model folder; 'self', a folder and 'disable' keep their meaning
+    assert teacher_source(USER_STUB) == model_path
+    assert teacher_source(str(model_dir)) == str(model_dir)
+    assert teacher_source("self") == "self" and teacher_source("disable") is None and teacher_source(None) is None
+    # oneshot's public edge
+    assert resolve_stubs(USER_STUB, USER_STUB) == (model_path, recipe_path)
+    assert resolve_stubs(str(model_dir), "modifiers: []") == (str(model_dir), "modifiers: []")

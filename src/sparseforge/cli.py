@@ -90,13 +90,9 @@ def recipe_main(argv: Sequence[str]) -> int:
 
     from sparseforge.recipe import Recipe
     from sparseforge.schedule import describe_recipe, format_schedule, schedule_table
+    from sparseforge.zoo import resolve
 
-    source = args.file
-    if source.startswith("zoo:"):
-        from sparseforge.zoo import resolve_recipe
-
-        source = resolve_recipe(source)
-    recipe = Recipe.load(source, args.recipe_args)
+    recipe = Recipe.load(resolve(args.file, "recipe"), args.recipe_args)
     if not recipe.modifiers:
         raise RecipeError("the recipe defines no modifiers (groups are top-level keys whose name contains 'modifiers')", file=args.file)
     print(describe_recipe(recipe, args.file, args.steps_per_epoch))

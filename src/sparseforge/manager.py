@@ -157,7 +157,7 @@ class Manager:
         *,
         epoch: float | None = None,
         loggers: Any = None,
-        distillation_teacher: torch.nn.Module | None = None,
+        distillation_teacher: torch.nn.Module | str | None = None,
         grad_sampler: GradSampler | None = None,
         **extras: Any,
     ) -> TrainingState:
@@ -191,7 +191,7 @@ class Manager:
             optimizer=optimizer,
             steps_per_epoch=steps_per_epoch,
             step=self.schedule.step_of_epoch(self._start_epoch(epoch)),
-            teacher=distillation_teacher,
+            teacher=self._teacher_for(distillation_teacher, model),
             grad_sampler=grad_sampler,
             extras=dict(extras, loggers=loggers) if loggers is not None else dict(extras),
         )
@@ -209,6 +209,15 @@ class Manager:
         self._update_order = sorted(self._modifiers, key=lambda mod: mod.scheduled_start)
         self.update()  # SparseML applies what is due at the starting epoch before the first step
         return self.state
+
+    def _teacher_for(self, teacher: Any, model: torch.nn.Module) -> torch.nn.Module | None:
+        """The frozen teacher module (or None) the distillation modifiers receive; "self" is
+        copied only when the recipe distills."""
+        from sparseforge.modifiers.distillation import _TeacherMixin, resolve_teacher
+
+        if not any(isinstance(mod, _TeacherMixin) for mod in self._modifiers):
+            return None
+        return resolve_teacher(teacher, model)
 
     def _start_epoch(self, epoch: float | None) -> float:
         if epoch is None:

@@ -554,6 +554,17 @@ def _inputs(
     return model, tokenizer, batches
 
 
+def resolve_stubs(model: Any, recipe: Any) -> tuple[Any, Any]:
+    """The public edge: a zoo: stub given as the model or the recipe becomes its local path."""
+    from sparseforge.zoo import resolve
+
+    if isinstance(model, str):
+        model = resolve(model, "model")
+    if isinstance(recipe, str):
+        recipe = resolve(recipe, "recipe")
+    return model, recipe
+
+
 def oneshot(
     model: nn.Module | str | os.PathLike,
     recipe: Any,
@@ -574,6 +585,7 @@ def oneshot(
         raise DataError(f"num_calibration_samples must be >= 1, got {num_calibration_samples}")
     if max_seq_length < 1:
         raise DataError(f"max_seq_length must be >= 1, got {max_seq_length}")
+    model, recipe = resolve_stubs(model, recipe)
     loaded, training = split_stages(Recipe.load(recipe, recipe_args))
     planned = plan_modifiers(loaded)
     out = _check_output_dir(output_dir)

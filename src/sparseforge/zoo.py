@@ -204,18 +204,20 @@ def resolve_model(stub: str) -> str:
 def resolve(stub_or_path: str | os.PathLike, kind: str | None = None) -> str:
     """A local path for a model, teacher or recipe argument: stubs resolve, anything else passes through.
 
-    `kind` is "model" or "recipe"; without it a stub gives its model if it has one, else its recipe.
-    Non-stub values (paths, hub names, "disable", "self") are returned unchanged.
+    The one resolver every edge uses (the task CLIs, the teacher loader, `recipe check`,
+    `oneshot`), so the rest of the code sees paths only. `kind` is "model", "teacher" (a model)
+    or "recipe"; without it a stub gives its model if it has one, else its recipe. Non-stub values
+    (paths, hub names, "disable", "self") are returned unchanged.
     """
     if not is_stub(stub_or_path):
         return stub_or_path  # type: ignore[return-value]
     stub = str(stub_or_path)
-    if kind == "model":
+    if kind in ("model", "teacher"):
         return resolve_model(stub)
     if kind == "recipe":
         return resolve_recipe(stub)
     if kind is not None:
-        raise ValueError(f"kind must be 'model', 'recipe' or None, got {kind!r}")
+        raise ValueError(f"kind must be 'model', 'teacher', 'recipe' or None, got {kind!r}")
     entries = lookup(stub)
     for entry in entries:
         if entry.model is not None:

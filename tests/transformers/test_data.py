@@ -8,6 +8,7 @@ import pytest
 
 from sparseforge.errors import DataError
 from sparseforge.transformers.data import (
+    hold_out,
     load_hub_dataset,
     load_raw_datasets,
     read_data_file,
@@ -68,7 +69,7 @@ def test_offline_hub_is_one_line_error(monkeypatch):
 def test_validation_ratio_take_first_and_columns(tmp_path):
     (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(20)))
     args = SimpleNamespace(train_file=str(tmp_path / "t.csv"), validation_file=None, test_file=None, dataset_name=None, validation_ratio=0.25)
-    raw = load_raw_datasets(args, seed=1)
+    raw = hold_out(load_raw_datasets(args), args.validation_ratio, seed=1)
     assert len(raw["train"]) == 15 and len(raw["validation"]) == 5
     assert not set(raw["train"]["text"]) & set(raw["validation"]["text"])
     assert len(take_first(raw["train"], 4)) == 4 and len(take_first(raw["train"], 400)) == 15

@@ -391,9 +391,34 @@ def test_teacher_checks_before_training(tmp_path, tiny_model_dir):
             model=student, args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=LR_RECIPE,
             teacher=make_tiny_model(num_labels=3),
         )
-    assert load_teacher("disable", student) == "disable" and load_teacher(None, student) == "disable"
+    assert load_teacher("disable", student) is None and load_teacher(None, student) is None
     frozen = load_teacher("self", student)
     assert frozen is not student and not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+
+
+
+def test_teacher_is_loaded_once_frozen_and_handed_to_the_modifiers(tmp_path, tiny_model_dir):
+    """load_teacher is the one loader: 'disable'/None -> None, 'self' -> a frozen copy, a folder
+    -> the saved model frozen in eval mode; the distillation modifiers receive that module."""
+    student = make_tiny_model()
+    assert load_teacher("disable", student) is None and load_teacher("none", student) is None
+    copy_of_student = load_teacher("self", student)
+    assert copy_of_student is not student and not copy_of_student.training
+    assert all(torch.equal(a, b) for a, b in zip(copy_of_student.parameters(), student.parameters(), strict=True))
+    folder = tiny_model_dir("text-classification", name="teacher", seed=3)
+    teacher = load_teacher(str(folder), student)
+    saved = make_tiny_model(seed=3)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert torch.equal(teacher.classifier.weight, saved.classifier.weight)
+    given = make_tiny_model(seed=4).train()
+    assert load_teacher(given, student) is given and not given.training and not any(p.requires_grad for p in given.parameters())
+    trainer = SparseTrainer(model=student, args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=DISTILL_RECIPE, teacher=str(folder))
+    trainer.create_optimizer()
+    assert trainer.manager.modifiers[-1]._teacher is trainer.teacher
+    assert torch.equal(trainer.teacher.classifier.weight, saved.classifier.weight)
+    plain = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path / "p"), train_dataset=tiny_dataset(), recipe=DISTILL_RECIPE)
+    plain.create_optimizer()
+    assert plain.teacher is None and plain.manager.modifiers[-1]._teacher is None  # distillation off
 
 
 DISTILL_RECIPE = LR_RECIPE + """

@@ -1,9 +1,10 @@
 """Knowledge distillation: `DistillationModifier` (output KL) and `PerLayerDistillationModifier`
 (feature imitation), with SparseML's fields and formulas.
 
-The teacher is `state.teacher` (`Manager.modify(..., distillation_teacher=teacher)`): a module,
-`"self"` (a frozen copy of the model as it is at `modify()`), or `"disable"` / None (the modifier
-then does nothing, as in SparseML). The training loop calls
+The teacher is `state.teacher`: a frozen module, or None (the modifier then does nothing, as in
+SparseML). `Manager.modify(..., distillation_teacher=teacher)` settles it once with
+`resolve_teacher`: a module, `"self"` (a frozen copy of the model as it is at `modify()`), or
+`"disable"` / None. The training loop calls
 
     loss = manager.loss_update(loss, student_outputs=outputs, student_inputs=inputs)
 
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 
 # Inputs that only make a model compute its own loss: never fed to the teacher.
 LABEL_KEYS = frozenset({"labels", "label", "start_positions", "end_positions", "next_sentence_label"})
-# state.extras key: the frozen copy of the model that teacher "self" resolves to.
-_SELF_TEACHER = "distillation.self_teacher"
 
 
 # ----- formulas --------------------------------------------------------------------------------
@@ -120,32 +119,38 @@ def _first_tensor(value: Any) -> torch.Tensor:
     return value
 
 
+def resolve_teacher(teacher: torch.nn.Module | str | None, model: torch.nn.Module) -> torch.nn.Module | None:
+    """The one place a distillation teacher is settled: None / "disable" -> None (no
+    distillation), "self" -> a copy of `model` as it is now, a module -> itself; the module
+    returned is frozen and in eval mode. Modifiers receive what this returns."""
+    if teacher is None or (isinstance(teacher, str) and teacher == "disable"):
+        return None
+    if isinstance(teacher, str) and teacher == "self":
+        teacher = copy.deepcopy(model)
+        logger.info("self-distillation from a frozen copy of the starting model")
+    if not isinstance(teacher, torch.nn.Module):
+        raise ModelMatchError(f"distillation_teacher must be a torch module, 'self' or 'disable', got {teacher!r}")
+    teacher.eval()
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
 class _TeacherMixin:
-    """Resolving `state.teacher` and running it, shared by both distillation modifiers."""
+    """Binding `state.teacher` (a frozen module or None) and running it, shared by both
+    distillation modifiers."""
 
     _teacher: torch.nn.Module | None
     _enabled: bool
 
     def _bind_teacher(self, state: TrainingState) -> None:
         teacher = state.teacher
-        name = type(self).__name__
-        if teacher is None or (isinstance(teacher, str) and teacher == "disable"):
-            logger.warning("%s: no distillation teacher (teacher is %r): distillation is disabled", name, teacher)
+        if teacher is None:
+            logger.warning("%s: no distillation teacher: distillation is disabled", type(self).__name__)
             self._teacher, self._enabled = None, False
             return
-        if isinstance(teacher, str) and teacher == "self":
-            # One frozen copy for all the recipe's distillation modifiers (they bind together).
-            teacher = state.extras.get(_SELF_TEACHER)
-            if teacher is None:
-                teacher = state.extras[_SELF_TEACHER] = copy.deepcopy(state.model)
-                logger.info("%s: self-distillation from a frozen copy of the starting model", name)
         if not isinstance(teacher, torch.nn.Module):
-            raise ModelMatchError(
-                f"{name}: distillation_teacher must be a torch module, 'self' or 'disable', got {teacher!r}"
-            )
-        teacher.eval()
-        for param in teacher.parameters():
-            param.requires_grad_(False)
+            raise ModelMatchError(f"{type(self).__name__}: the distillation teacher must be a torch module or None, got {teacher!r}")
         self._teacher, self._enabled = teacher, True
 
     def _run_teacher(self, state: TrainingState, inputs: Mapping[str, Any], keys: list[str] | None) -> Any:

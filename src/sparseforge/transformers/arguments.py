@@ -58,7 +58,11 @@ class ModelArguments:
 
 @dataclass
 class RecipeArguments:
-    """The recipe and what to do around training: one-shot, export, best-model selection."""
+    """The recipe and what to do around training: one-shot, export, best-model selection.
+
+    Code holds an instance as `run_args`; `recipe_args` always means the variable overrides
+    (this class's `recipe_args` field, `--recipe_args`), as in SparseML.
+    """
 
     recipe: str | None = field(
         default=None, metadata=_help("Recipe file (.yaml, .yml, .md) or zoo: stub; without it, plain fine-tuning")
@@ -277,24 +281,24 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return get_last_checkpoint(str(output_dir))
 
 
-def check_output_dir(training_args: Any, recipe_args: RecipeArguments) -> str | None:
+def check_output_dir(training_args: Any, run_args: RecipeArguments) -> str | None:
     """Decide what `--output_dir` means, before training: refuse a file or an unwritable folder,
     an `--onnx_export_path` that holds someone's files, and a checkpoint that cannot be resumed;
     resume from the last sparseforge checkpoint (returned), refuse a non-empty folder without
     --overwrite_output_dir, or go on."""
     output_dir = Path(training_args.output_dir)
     _check_writable(output_dir, "--output_dir")
-    if recipe_args.onnx_export_path:
-        check_export_path(output_dir, recipe_args.onnx_export_path)
-    resume = _resume_target(output_dir, training_args, recipe_args)
+    if run_args.onnx_export_path:
+        check_export_path(output_dir, run_args.onnx_export_path)
+    resume = _resume_target(output_dir, training_args, run_args)
     if resume is not None:
         from sparseforge.transformers.trainer import check_checkpoint
 
-        check_checkpoint(resume, needs_manager_state=bool(recipe_args.recipe))
+        check_checkpoint(resume, needs_manager_state=bool(run_args.recipe))
     return resume
 
 
-def _resume_target(output_dir: Path, training_args: Any, recipe_args: RecipeArguments) -> str | None:
+def _resume_target(output_dir: Path, training_args: Any, run_args: RecipeArguments) -> str | None:
     from sparseforge.transformers.trainer import CHECKPOINT_MARKER, is_sparseforge_checkpoint
 
     if training_args.resume_from_checkpoint:
@@ -309,7 +313,7 @@ def _resume_target(output_dir: Path, training_args: Any, recipe_args: RecipeArgu
         return checkpoint
     if not output_dir.is_dir() or not any(output_dir.iterdir()):
         return None
-    if recipe_args.overwrite_output_dir:
+    if run_args.overwrite_output_dir:
         check_overwrite(output_dir)
         return None
     if not training_args.do_train:
@@ -425,30 +429,23 @@ def new_output_dir_guard(output_dir: str | os.PathLike) -> Iterator[None]:
         raise
 
 
-def resolve_model_and_recipe(model_args: ModelArguments, recipe_args: RecipeArguments) -> tuple[str, Any]:
-    """The model folder (zoo: stubs resolved) and the loaded, validated Recipe (or None), so a bad
+def resolve_model_and_recipe(model_args: ModelArguments, run_args: RecipeArguments) -> tuple[str, Any]:
+    """The model folder (a zoo: stub resolved) and the loaded, validated Recipe (or None), so a bad
     path or recipe is an error before any data is read or any folder written."""
     from sparseforge.recipe import Recipe
-    from sparseforge.zoo import is_stub, resolve_model, resolve_recipe
+    from sparseforge.zoo import resolve
 
-    model_path = model_args.model_name_or_path
-    if is_stub(model_path):
-        model_path = resolve_model(model_path)
+    model_path = str(resolve(model_args.model_name_or_path, "model"))
     if not os.path.isdir(model_path):
         raise SparseforgeError(
             f"--model_name_or_path {model_args.model_name_or_path}: no such model folder "
             "(sparseforge reads local folders and zoo: stubs; it does not download models)"
         )
-    if model_args.distill_teacher and is_stub(model_args.distill_teacher):
-        model_args.distill_teacher = resolve_model(model_args.distill_teacher)
     recipe = None
-    if recipe_args.recipe:
-        source = recipe_args.recipe
-        if is_stub(source):
-            source = resolve_recipe(source)
-        recipe = Recipe.load(source, recipe_args.recipe_args)
+    if run_args.recipe:
+        recipe = Recipe.load(str(resolve(run_args.recipe, "recipe")), run_args.recipe_args)
         if not recipe.modifiers:
-            raise SparseforgeError(f"--recipe {recipe_args.recipe} defines no modifiers")
-    elif recipe_args.recipe_args:
+            raise SparseforgeError(f"--recipe {run_args.recipe} defines no modifiers")
+    elif run_args.recipe_args:
         raise SparseforgeError("--recipe_args needs --recipe")
     return model_path, recipe

@@ -1,8 +1,9 @@
 """`sparseforge train <task> [ARGS]`: dispatch to the task's module.
 
-The contract of a task module (listed in `TASK_MODULES`): it exposes `main(argv) -> int`, parses
-its arguments with `sparseforge.transformers.arguments.parse_task_args`, builds a `SparseTrainer`
-and hands it to `sparseforge.transformers.trainer.run_task`. Task names go through
+The contract of a task module (listed in `TASK_MODULES`): it exposes `build(args) -> TaskRun` and
+`main(argv) -> int`, which hands `build` to `sparseforge.transformers.tasks.task_utils.run_cli`
+(parse and resolve the arguments once, build, then drive the TaskRun: train, evaluate, predict,
+export). Task names go through
 `sparseforge.tasks.normalize_task`, so SparseML's spellings work (`text_classification`, `glue`,
 `sentiment_analysis`, `ner`, `qa`, `mlm`, ...).
 """

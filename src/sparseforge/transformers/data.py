@@ -4,7 +4,7 @@
   gzipped, and `{"data": [...]}` files), parquet. A missing or unreadable file is a `DataError`.
 - Hub datasets (`--dataset_name`, `--task_name`) go through `datasets.load_dataset`; offline this
   is a one-line `DataError` saying to pass local files.
-- `validation_ratio` holds out part of train; `take_first` applies `--max_*_samples`.
+- `hold_out` applies `--validation_ratio`; `take_first` applies `--max_*_samples`.
 """
 
 from __future__ import annotations
@@ -150,41 +150,69 @@ def load_hub_dataset(name: str, config: str | None = None, cache_dir: str | None
         raise DataError(f"cannot load dataset '{label}' ({_short(err)}); {hint}") from None
 
 
-def load_raw_datasets(data_args: Any, *, task_name: str | None = None, cache_dir: str | None = None, seed: int = 42) -> Any:
-    """The splits named by `data_args` (files first, else hub), with `validation_ratio` applied.
+def split_files(data_args: Any) -> dict[str, str]:
+    """The local files given, by split: `--train_file`, `--validation_file`, `--test_file`."""
+    files = {split: getattr(data_args, f"{split}_file", None) for split in ("train", "validation", "test")}
+    return {split: path for split, path in files.items() if path}
+
+
+def load_splits(data_args: Any, read: Any, cache_dir: str | None, no_data: str) -> Any:
+    """Local files first (`read(path, flag, cache_dir)` each), else `--dataset_name` through
+    `datasets`; neither is the DataError `no data: <no_data>`."""
+    import datasets
+
+    files = split_files(data_args)
+    if files:
+        if getattr(data_args, "dataset_name", None):
+            logger.info("--dataset_name %s is not used: local files were given", data_args.dataset_name)
+        return datasets.DatasetDict({split: read(path, f"--{split}_file", cache_dir) for split, path in files.items()})
+    if getattr(data_args, "dataset_name", None):
+        return load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
+    raise DataError(f"no data: {no_data}")
+
+
+def load_raw_datasets(data_args: Any, *, task_name: str | None = None, cache_dir: str | None = None) -> Any:
+    """The splits named by `data_args` (files first, else hub); `hold_out` applies `validation_ratio`.
 
     Returns a `datasets.DatasetDict` with some of: train, validation, test.
     """
-    import datasets
-
-    files = {
-        "train": getattr(data_args, "train_file", None),
-        "validation": getattr(data_args, "validation_file", None),
-        "test": getattr(data_args, "test_file", None),
-    }
-    files = {split: path for split, path in files.items() if path}
-    if files:
-        raw = datasets.DatasetDict(
-            {split: read_data_file(path, task_name=task_name, cache_dir=cache_dir, flag=f"--{split}_file") for split, path in files.items()}
-        )
-    elif getattr(data_args, "dataset_name", None):
-        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
-    elif task_name:
+    if task_name and not split_files(data_args) and not getattr(data_args, "dataset_name", None):
         name, config = HUB_NAMES[task_name]
         raw = load_hub_dataset(name, config, cache_dir)
     else:
-        raise DataError("no data: pass --train_file / --validation_file, --dataset_name or --task_name")
+
+        def read(path: str, flag: str, cache: str | None) -> Any:
+            return read_data_file(path, task_name=task_name, cache_dir=cache, flag=flag)
+
+        raw = load_splits(data_args, read, cache_dir, "pass --train_file / --validation_file, --dataset_name or --task_name")
     if task_name == "mnli" and "validation" not in raw and "validation_matched" in raw:
         raw["validation"] = raw["validation_matched"]
-    ratio = getattr(data_args, "validation_ratio", None)
-    if ratio:
-        if "train" not in raw:
-            raise DataError("--validation_ratio needs a training split to hold out from")
-        if "validation" in raw:
-            logger.warning("--validation_ratio %s: the validation split is replaced by part of train", ratio)
-        parts = raw["train"].train_test_split(test_size=ratio, seed=seed)
-        raw["train"], raw["validation"] = parts["train"], parts["test"]
     return raw
+
+
+def hold_out(raw: Any, ratio: float | None, seed: int) -> Any:
+    """`--validation_ratio`: replace the validation split by a seeded part of train."""
+    if not ratio:
+        return raw
+    if "train" not in raw:
+        raise DataError("--validation_ratio needs a training split to hold out from")
+    if "validation" in raw:
+        logger.warning("--validation_ratio %s: the validation split is replaced by part of train", ratio)
+    parts = raw["train"].train_test_split(test_size=ratio, seed=seed)
+    raw["train"], raw["validation"] = parts["train"], parts["test"]
+    return raw
+
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """A text file's lines; a missing or undecodable file is a DataError naming `what` and the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        return file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from None
 
 
 def take_first(dataset: Any, count: int | None) -> Any:

@@ -46,15 +46,6 @@ def _load_folder(path: str) -> torch.nn.Module:
         ) from None
 
 
-def _folder(model: Any) -> str:
-    path = str(model)
-    if path.startswith("zoo:"):
-        from sparseforge.zoo import resolve_model as resolve_stub
-
-        path = resolve_stub(path)
-    return path
-
-
 def recipe_to_save(model: Any, recipe: Any) -> Any:
     """What the output's recipe.yaml holds: the recipe a sparseforge model folder was saved with
     (its structure, e.g. QAT, must be rebuilt on reload), then this one-shot recipe."""
@@ -62,14 +53,15 @@ def recipe_to_save(model: Any, recipe: Any) -> Any:
         return recipe
     from sparseforge.transformers.trainer import combine_recipes, saved_recipe
 
-    return combine_recipes(saved_recipe(_folder(model)), recipe)
+    return combine_recipes(saved_recipe(str(model)), recipe)
 
 
 def resolve_model(model: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
-    """(model, tokenizer) from a module or a model folder / zoo: stub (its tokenizer if none given)."""
+    """(model, tokenizer) from a module or a model folder (its tokenizer if none given); zoo:
+    stubs are resolved by `sparseforge.oneshot.oneshot`, the public edge."""
     if isinstance(model, torch.nn.Module):
         return model, tokenizer
-    path = _folder(model)
+    path = str(model)
     loaded = _load_folder(path)
     if tokenizer is None:
         import transformers
@@ -206,14 +198,9 @@ def cli_main(argv: Sequence[str]) -> int:
     from sparseforge.oneshot import oneshot
 
     args = build_parser().parse_args(list(argv))
-    recipe = args.recipe
-    if recipe.startswith("zoo:"):
-        from sparseforge.zoo import resolve_recipe
-
-        recipe = resolve_recipe(recipe)
-    result = oneshot(
+    result = oneshot(  # resolves zoo: stubs of the model and the recipe
         model=args.model_path,
-        recipe=recipe,
+        recipe=args.recipe,
         dataset=args.dataset,
         text_column=args.text_column,
         num_calibration_samples=args.num_calibration_samples,

@@ -16,13 +16,12 @@
                           then reads the state back, so a resumed run continues schedule, masks, LR
     log                   adds `manager.logs()` (LR, sparsity, distillation losses) to every log
 
-The training loop itself is the Trainer's. `run_task(...)` is the train / evaluate / save /
-export sequence every task CLI shares.
+The training loop itself is the Trainer's. The train / evaluate / save / export sequence every
+task CLI shares is `sparseforge.transformers.tasks.task_utils.drive`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import json
@@ -111,36 +110,57 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
         raise SparseforgeError(f"cannot load a {task} model from {path}: {str(err).splitlines()[0]}") from None
 
 
+NO_TEACHER = ("disable", "none", "")
+
+
+def teacher_source(teacher: str | os.PathLike | None) -> str | None:
+    """`--distill_teacher` at the edge: None for 'disable'/'none'/'' (no distillation), 'self', or
+    a local path (a zoo: stub resolved to its model folder)."""
+    if teacher is None or str(teacher).strip().lower() in NO_TEACHER:
+        return None
+    if str(teacher) == "self":
+        return "self"
+    from sparseforge.zoo import resolve
+
+    return str(resolve(str(teacher), "teacher"))
+
+
 def load_teacher(
-    teacher: torch.nn.Module | str | None,
+    teacher: torch.nn.Module | str | os.PathLike | None,
     student: torch.nn.Module,
     *,
     task: str | None = None,
     student_tokenizer: Any = None,
-) -> torch.nn.Module | str:
-    """Resolve `--distill_teacher`: a module, a folder / zoo: stub, 'self' or 'disable' (None).
+) -> torch.nn.Module | None:
+    """The distillation teacher, loaded once: a module, a folder / zoo: stub, 'self' (a frozen copy
+    of the student as it is now) or 'disable' / None.
 
-    Returns a frozen module in eval mode, or "disable". A teacher that cannot serve the student
-    (another task's head, another label count, another vocabulary) is a ModelMatchError here,
-    before any training.
+    Returns a frozen module in eval mode, or None (no distillation): what the recipe's modifiers
+    receive. A teacher that cannot serve the student (another task's head, another label count,
+    another vocabulary) is a ModelMatchError here, before any training.
     """
-    if teacher is None or (isinstance(teacher, str) and teacher.lower() in ("disable", "none", "")):
-        return "disable"
-    task = task or task_of(student)
-    if isinstance(teacher, str) and teacher == "self":
-        teacher = copy.deepcopy(student)
-    elif isinstance(teacher, (str, os.PathLike)):
-        path = str(teacher)
-        if path.startswith("zoo:"):
-            from sparseforge.zoo import resolve_model
+    from sparseforge.modifiers.distillation import resolve_teacher
 
-            path = resolve_model(path)
-        if not os.path.isdir(path):
-            raise ModelMatchError(f"--distill_teacher {teacher}: not a model folder, 'self' or 'disable'")
-        student_config = getattr(student, "config", None)
-        check_teacher_folder(path, task, getattr(student_config, "num_labels", None))
-        teacher = load_pretrained(path, task) if task else _load_any(path)
-        _check_teacher_vocab(path, student_tokenizer)
+    if not isinstance(teacher, torch.nn.Module):
+        source = teacher_source(teacher)
+        if source is None or source == "self":
+            return resolve_teacher(source, student)
+        teacher = _load_teacher_folder(source, student, task or task_of(student), student_tokenizer)
+    _check_teacher_module(teacher, student)
+    return resolve_teacher(teacher, student)
+
+
+def _load_teacher_folder(path: str, student: torch.nn.Module, task: str | None, student_tokenizer: Any) -> torch.nn.Module:
+    if not os.path.isdir(path):
+        raise ModelMatchError(f"--distill_teacher {path}: not a model folder, 'self' or 'disable'")
+    check_teacher_folder(path, task, getattr(getattr(student, "config", None), "num_labels", None))
+    teacher = load_pretrained(path, task) if task else _load_any(path)
+    _check_teacher_vocab(path, student_tokenizer)
+    return teacher
+
+
+def _check_teacher_module(teacher: Any, student: torch.nn.Module) -> None:
+    """Same head and same vocabulary as the student."""
     if not isinstance(teacher, torch.nn.Module):
         raise ModelMatchError(f"distillation teacher must be a model, a folder, 'self' or 'disable', got {teacher!r}")
     student_task, teacher_task = task_of(student), task_of(teacher)
@@ -156,10 +176,6 @@ def load_teacher(
             f"the teacher's vocabulary has {t_vocab} tokens, the student's {s_vocab}: the teacher is fed the "
             "student's token ids, so both need the same tokenizer"
         )
-    teacher.eval()
-    for param in teacher.parameters():
-        param.requires_grad_(False)
-    return teacher
 
 
 def _load_any(path: str) -> torch.nn.Module:
@@ -375,7 +391,8 @@ class SparseTrainer(Trainer):
     Args (besides the Trainer's own):
         recipe: path, YAML text, Recipe or None (plain training).
         recipe_args: variable overrides (dict, JSON, or `k=v,...`).
-        teacher: model, folder, "self" or "disable"/None, for the recipe's distillation modifiers.
+        teacher: model, folder / zoo: stub, "self" or "disable"/None, for the recipe's distillation
+            modifiers; loaded once by `load_teacher` (the modifiers get a frozen module or None).
         applied_recipe: the recipe the starting model went through (default: the `recipe.yaml`
             in the folder the model was loaded from); written first in the saved recipe.yaml.
     """
@@ -690,13 +707,13 @@ class SparseTrainer(Trainer):
         self.model.load_state_dict(state, strict=False)
 
 
-# ----- the run every task CLI shares -------------------------------------------------------------
+# ----- pieces of the run every task CLI shares (driven by tasks/task_utils.py) -----------------
 def one_shot(trainer: SparseTrainer) -> None:
     """Apply the recipe's end state at once, without training (`--one_shot`)."""
     manager = trainer.manager
     if manager is None:
         raise SparseforgeError("--one_shot needs --recipe")
-    manager.apply(trainer.model, distillation_teacher="disable", grad_sampler=trainer.grad_sampler)
+    manager.apply(trainer.model, distillation_teacher=None, grad_sampler=trainer.grad_sampler)
 
 
 def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, task: str, sequence_length: int | None = None, num_samples: int = 0) -> Path:
@@ -712,46 +729,6 @@ def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, tas
     return to_onnx(str(model_dir), task, **kwargs)
 
 
-def run_task(
-    trainer: SparseTrainer,
-    *,
-    task: str,
-    recipe_args: Any,
-    resume_from_checkpoint: str | None = None,
-    eval_datasets: Mapping[str, Any] | None = None,
-    predict_fn: Any = None,
-    sequence_length: int | None = None,
-) -> dict[str, float]:
-    """Train (or one-shot), save, evaluate into eval_results.json, predict, export: the shared
-    tail of every task CLI. `eval_datasets` maps a suffix to extra evaluation sets (e.g. mnli's
-    mismatched split); `predict_fn(trainer)` writes predictions when given; `sequence_length` is
-    the ONNX export's input length."""
-    args = trainer.args
-    metrics: dict[str, float] = {}
-    if recipe_args.best_model_after_epoch is not None:
-        trainer.add_callback(_BestModelAfterEpoch(recipe_args.best_model_after_epoch))
-    if recipe_args.one_shot:
-        one_shot(trainer)
-        trainer.save_model()
-    elif args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-        trainer.save_model()
-        train_metrics = dict(result.metrics)
-        train_metrics["train_samples"] = len(trainer.train_dataset)
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        trainer.save_state()
-    if args.do_eval and trainer.eval_dataset is not None:
-        metrics = trainer.evaluate()
-        for suffix, dataset in (eval_datasets or {}).items():
-            extra = trainer.evaluate(eval_dataset=dataset)
-            metrics.update({f"{key}_{suffix}": value for key, value in extra.items()})
-        metrics["eval_samples"] = len(trainer.eval_dataset)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)  # eval_results.json (+ all_results.json), main process only
-    if args.do_predict and predict_fn is not None:
-        predict_fn(trainer)
-    if recipe_args.onnx_export_path and args.should_save:
-        path = export_onnx(args.output_dir, recipe_args.onnx_export_path, task, sequence_length, recipe_args.num_export_samples)
-        logger.info("exported to %s", path)
-    return metrics
+def best_model_after_epoch(epoch: float) -> TrainerCallback:
+    """`--best_model_after_epoch N`: the callback that forgets best-model records before epoch N."""
+    return _BestModelAfterEpoch(epoch)

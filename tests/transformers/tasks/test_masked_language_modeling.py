@@ -37,7 +37,7 @@ def test_read_text_drops_blank_lines_and_json_columns(tmp_path):
 
 def test_validation_split_is_first_percent_and_corpora_concatenate():
     args = mlm.MaskedLanguageModelingDataArguments(train_file=str(CORPUS_A), train_file_2=str(CORPUS_B), validation_split_percentage=10)
-    raw = mlm.load_mlm_datasets(args, None, seed=0)
+    raw = mlm.load_mlm_datasets(args, None)
     everything = _lines(CORPUS_A) + _lines(CORPUS_B)
     cut = len(everything) * 10 // 100
     assert list(raw["validation"]["text"]) == everything[:cut]

@@ -26,22 +26,10 @@ from typing import Any
 import numpy as np
 
 from sparseforge.errors import DataError, SparseforgeError
-from sparseforge.transformers.arguments import (
-    DataArguments,
-    ModelArguments,
-    RecipeArguments,
-    resolve_model_and_recipe,
-)
-from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
-from sparseforge.transformers.tasks.task_utils import (
-    check_one_shot_data,
-    check_splits,
-    dataset_from_rows,
-    load_tokenizer,
-    map_split,
-    run_cli,
-    sequence_length,
-)
+from sparseforge.transformers.arguments import DataArguments
+from sparseforge.transformers.data import load_hub_dataset, read_data_file, read_lines, take_first
+from sparseforge.transformers.tasks import task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +70,10 @@ def read_text(path: str, flag: str, cache_dir: str | None, text_column: str | No
     `text_column` (or `text`, or the first) column of a json/jsonl/csv/parquet file."""
     file = Path(path)
     if file.suffix.lower() in (".txt", ".text", ".raw"):
-        if not file.is_file():
-            raise DataError(f"{flag} {path} does not exist")
-        try:
-            lines = file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataError(f"cannot read {flag} {path}: {err}") from None
-        rows = [{TEXT_COLUMN: line} for line in lines if line.strip()]
+        rows = [{TEXT_COLUMN: line} for line in read_lines(path, flag) if line.strip()]
         if not rows:
             raise DataError(f"{flag} {path} holds no text")
-        return dataset_from_rows(rows)
+        return task_utils.dataset_from_rows(rows)
     return only_text(read_data_file(path, cache_dir=cache_dir, flag=flag), text_column, f"{flag} {path}")
 
 
@@ -113,7 +95,7 @@ def split_off_validation(train: Any, percentage: int) -> tuple[Any, Any]:
     return train.select(range(cut, len(train))), train.select(range(cut))
 
 
-def load_mlm_datasets(data_args: MaskedLanguageModelingDataArguments, cache_dir: str | None, seed: int) -> Any:
+def load_mlm_datasets(data_args: MaskedLanguageModelingDataArguments, cache_dir: str | None) -> Any:
     """train (+ second corpus), validation (given, or held out of train), test."""
     import datasets
 
@@ -137,12 +119,9 @@ def load_mlm_datasets(data_args: MaskedLanguageModelingDataArguments, cache_dir:
                 raw[split] = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     else:
         raise DataError("no data: pass --train_file (.txt, json, csv...) or --dataset_name")
-    if "validation" not in raw and "train" in raw:
-        if data_args.validation_ratio:
-            parts = raw["train"].train_test_split(test_size=data_args.validation_ratio, seed=seed)
-            raw["train"], raw["validation"] = parts["train"], parts["test"]
-        elif data_args.validation_split_percentage:
-            raw["train"], raw["validation"] = split_off_validation(raw["train"], data_args.validation_split_percentage)
+    if "validation" not in raw and "train" in raw and not data_args.validation_ratio and data_args.validation_split_percentage:
+        # run_mlm's default hold-out; --validation_ratio (a seeded random part) is prepare_splits'
+        raw["train"], raw["validation"] = split_off_validation(raw["train"], data_args.validation_split_percentage)
     return datasets.DatasetDict(raw)
 
 
@@ -204,70 +183,56 @@ def _perplexity_callback() -> Any:
 # ----- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train masked-language-modeling` (the task-module contract)."""
-
-    def build(*args: Any) -> tuple[Any, dict[str, Any]]:
-        trainer = build_trainer(*args)
-        return trainer, {"sequence_length": trainer.sequence_length}
-
-    return run_cli(argv, task=TASK, data_arguments=MaskedLanguageModelingDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=MaskedLanguageModelingDataArguments, build=build)
 
 
-def build_trainer(model_args: ModelArguments, data_args: MaskedLanguageModelingDataArguments, recipe_args: RecipeArguments, training_args: Any) -> Any:
-    """Arguments and text -> a ready SparseTrainer whose evaluation reports perplexity."""
-    from transformers import DataCollatorForLanguageModeling, set_seed
+def build(args: TaskArgs) -> TaskRun:
+    """Arguments and text -> the TaskRun: a SparseTrainer whose evaluation reports masked-token
+    accuracy and perplexity (no prediction files)."""
+    from transformers import DataCollatorForLanguageModeling
 
-    from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
+    from sparseforge.transformers.trainer import load_pretrained
 
-    model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
-    set_seed(training_args.seed)
-    raw = load_mlm_datasets(data_args, model_args.cache_dir, training_args.seed)
-    check_splits(raw, training_args)
-    check_one_shot_data(raw, recipe, recipe_args.one_shot)
-    tokenizer = load_tokenizer(model_args, model_path)
+    data_args: MaskedLanguageModelingDataArguments = args.data
+    raw = task_utils.prepare_splits(load_mlm_datasets(data_args, args.model.cache_dir), args)
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
     if tokenizer.mask_token is None:
-        raise SparseforgeError(f"the tokenizer of {model_path} has no mask token: it cannot train a masked language model")
-    model = load_pretrained(model_path, TASK)
-    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
-
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
-    wanted = {"train": training_args.do_train or recipe_args.one_shot, "validation": training_args.do_eval, "test": False}
-    processed: dict[str, Any] = {}
-    for split, dataset in raw.items():
-        if not wanted.get(split):
-            continue
-        if data_args.line_by_line:
-            padding = "max_length" if data_args.pad_to_max_length else False
-            blocks = map_split(
-                dataset, tokenize_lines, training_args, data_args, split, remove_columns=dataset.column_names,
-                fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_length, "padding": padding},
-            )
-        else:
-            tokens = map_split(
-                dataset, tokenize_texts, training_args, data_args, split, remove_columns=dataset.column_names,
-                fn_kwargs={"tokenizer": tokenizer},
-            )
-            blocks = map_split(tokens, group_texts, training_args, data_args, split, fn_kwargs={"block_size": max_length})
-        if len(blocks) == 0:
-            raise DataError(f"{split} text is shorter than one block of {max_length} tokens; lower --max_seq_length or use --line_by_line")
-        processed[split] = take_first(blocks, limits[split])
-
-    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=data_args.mlm_probability)
+        raise SparseforgeError(f"the tokenizer of {args.model_path} has no mask token: it cannot train a masked language model")
+    model = load_pretrained(args.model_path, TASK)
+    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
+    processed = {
+        split: take_first(blocks_of(dataset, split, args, tokenizer, max_length), limits[split])
+        for split, dataset in raw.items()
+        if wanted.get(split) and split != "test"  # masked LM writes no predictions
+    }
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         return masked_accuracy(prediction.predictions, prediction.label_ids)
 
-    trainer = SparseTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=processed.get("train"),
-        eval_dataset=processed.get("validation"),
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=argmax_logits,
-        recipe=recipe,
-        teacher=model_args.distill_teacher,
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=data_args.mlm_probability)
+    run = task_utils.task_run(
+        args, processed, model, tokenizer, compute_metrics, max_length, collator=collator, preprocess_logits_for_metrics=argmax_logits
     )
-    trainer.add_callback(_perplexity_callback())
-    trainer.sequence_length = max_length  # the ONNX export's input length
-    return trainer
+    run.trainer.add_callback(_perplexity_callback())
+    return run
+
+
+def blocks_of(dataset: Any, split: str, args: TaskArgs, tokenizer: Any, max_length: int) -> Any:
+    """A split's text as training examples: lines (`--line_by_line`) or blocks of `max_length` tokens."""
+    data_args: MaskedLanguageModelingDataArguments = args.data
+    if data_args.line_by_line:
+        padding = "max_length" if data_args.pad_to_max_length else False
+        blocks = task_utils.map_split(
+            dataset, tokenize_lines, args.training, data_args, split, remove_columns=dataset.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_length, "padding": padding},
+        )
+    else:
+        tokens = task_utils.map_split(
+            dataset, tokenize_texts, args.training, data_args, split, remove_columns=dataset.column_names,
+            fn_kwargs={"tokenizer": tokenizer},
+        )
+        blocks = task_utils.map_split(tokens, group_texts, args.training, data_args, split, fn_kwargs={"block_size": max_length})
+    if len(blocks) == 0:
+        raise DataError(f"{split} text is shorter than one block of {max_length} tokens; lower --max_seq_length or use --line_by_line")
+    return blocks

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sparseforge.errors import DataError
+from sparseforge.transformers.data import read_lines
 from sparseforge.transformers.metrics import collapse_check
 
 IGNORE_INDEX = -100
@@ -57,12 +58,7 @@ def read_conll(path: str | Path, convert_iob1: bool = True) -> list[dict[str, An
     tags are converted from IOB1 to IOB2 (a no-op on IOB2 input) unless `convert_iob1` is False.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"CoNLL file {path} does not exist")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read CoNLL file {path}: {err}") from None
+    lines = read_lines(path, "CoNLL file")
     sentences: list[dict[str, Any]] = []
     words: list[list[str]] = []
     width: int | None = None

@@ -23,26 +23,10 @@ from typing import Any
 import numpy as np
 
 from sparseforge.errors import DataError, SparseforgeError
-from sparseforge.transformers.arguments import (
-    DataArguments,
-    ModelArguments,
-    RecipeArguments,
-    resolve_model_and_recipe,
-)
-from sparseforge.transformers.data import load_hub_dataset, read_data_file, take_first
-from sparseforge.transformers.tasks import qa_utils
-from sparseforge.transformers.tasks.task_utils import (
-    check_one_shot_data,
-    check_splits,
-    dataset_from_rows,
-    hold_out,
-    load_tokenizer,
-    main_process_writes,
-    map_split,
-    require_fast_tokenizer,
-    run_cli,
-    sequence_length,
-)
+from sparseforge.transformers.arguments import DataArguments
+from sparseforge.transformers.data import load_splits, read_data_file, take_first
+from sparseforge.transformers.tasks import qa_utils, task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +67,7 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
         except DataError as err:
             raise DataError(f"{flag}: {err}") from None
         qa_utils.check_answer_spans(rows, f"{flag} {path}")
-        return dataset_from_rows(rows)
+        return task_utils.dataset_from_rows(rows)
     dataset = read_data_file(path, cache_dir=cache_dir, flag=flag)  # csv / parquet with the same columns
     missing = [c for c in ("id", "context", "question", "answers") if c not in dataset.column_names]
     if missing:
@@ -91,21 +75,9 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
     return dataset
 
 
-def load_qa_datasets(data_args: QuestionAnsweringDataArguments, cache_dir: str | None, seed: int) -> Any:
+def load_qa_datasets(data_args: QuestionAnsweringDataArguments, cache_dir: str | None) -> Any:
     """Local SQuAD files first, else `--dataset_name` through `datasets` (offline: a one-line error)."""
-    import datasets
-
-    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
-    files = {split: path for split, path in files.items() if path}
-    if files:
-        if data_args.dataset_name:
-            logger.info("--dataset_name %s is not used: local files were given", data_args.dataset_name)
-        raw = datasets.DatasetDict({split: read_split(path, f"--{split}_file", cache_dir) for split, path in files.items()})
-    elif data_args.dataset_name:
-        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
-    else:
-        raise DataError("no data: pass --train_file / --validation_file (SQuAD json) or --dataset_name")
-    return hold_out(raw, data_args.validation_ratio, seed)
+    return load_splits(data_args, read_split, cache_dir, "pass --train_file / --validation_file (SQuAD json) or --dataset_name")
 
 
 # ----- metrics ---------------------------------------------------------------------------------------
@@ -138,7 +110,7 @@ class SquadEvaluation:
     def __call__(self, prediction: Any) -> dict[str, float]:
         start_logits, end_logits = prediction.predictions[:2]
         answers, nbest, null_diffs = self.predictions(start_logits, end_logits)
-        folder = main_process_writes(self.training_args)
+        folder = task_utils.main_process_writes(self.training_args)
         if folder is not None:
             qa_utils.write_predictions(folder, answers, nbest, null_diffs, prefix=self.prefix)
         has_references = any(len(example["answers"]["text"]) for example in self.examples)
@@ -150,38 +122,29 @@ class SquadEvaluation:
 # ----- the run -----------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train question-answering` (the task-module contract)."""
-
-    def build(*args: Any) -> tuple[Any, dict[str, Any]]:
-        trainer = build_trainer(*args)
-        return trainer, {"predict_fn": trainer.predict_fn, "sequence_length": trainer.sequence_length}
-
-    return run_cli(argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build)
 
 
-def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataArguments, recipe_args: RecipeArguments, training_args: Any) -> Any:
-    """Arguments and data -> a ready SparseTrainer whose evaluation reports SQuAD EM/F1."""
-    from transformers import DataCollatorWithPadding, default_data_collator, set_seed
+def build(args: TaskArgs) -> TaskRun:
+    """Arguments and data -> the TaskRun: a SparseTrainer whose evaluation reports SQuAD EM/F1
+    (and writes predictions.json), and test predictions post-processed with their own examples."""
+    from sparseforge.transformers.trainer import load_pretrained
 
-    from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
-
-    model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
-    set_seed(training_args.seed)
-    raw = load_qa_datasets(data_args, model_args.cache_dir, training_args.seed)
-    check_splits(raw, training_args)
-    check_one_shot_data(raw, recipe, recipe_args.one_shot)
-    tokenizer = load_tokenizer(model_args, model_path)
-    require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
-    model = load_pretrained(model_path, TASK)
-    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    data_args: QuestionAnsweringDataArguments = args.data
+    raw = task_utils.prepare_splits(load_qa_datasets(data_args, args.model.cache_dir), args)
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
+    task_utils.require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
+    model = load_pretrained(args.model_path, TASK)
+    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
     if data_args.doc_stride >= max_length:
         raise SparseforgeError(f"--doc_stride {data_args.doc_stride} must be less than the sequence length {max_length}")
 
     def features_of(split: str, limit: int | None, keep_offsets: bool) -> tuple[Any, Any]:
         examples = take_first(raw[split], limit)
-        features = map_split(
+        features = task_utils.map_split(
             examples,
             qa_utils.prepare_features,
-            training_args,
+            args.training,
             data_args,
             split,
             remove_columns=examples.column_names,
@@ -195,40 +158,19 @@ def build_trainer(model_args: ModelArguments, data_args: QuestionAnsweringDataAr
         )
         return examples, features
 
-    train_features = features_of("train", data_args.max_train_samples, False)[1] if training_args.do_train or recipe_args.one_shot else None
-    evaluation = eval_features = None
-    if training_args.do_eval:
-        eval_examples, with_offsets = features_of("validation", data_args.max_eval_samples, True)
-        evaluation = SquadEvaluation(eval_examples, with_offsets, data_args, training_args)
-        eval_features = with_offsets.remove_columns(_OFFSET_COLUMNS)
-    collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
-    trainer = SparseTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_features,
-        eval_dataset=eval_features,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=evaluation,
-        recipe=recipe,
-        teacher=model_args.distill_teacher,
-    )
-    trainer.sequence_length = max_length  # the ONNX export's input length
-    trainer.predict_fn = None
-    if training_args.do_predict:
-        test_examples, test_with_offsets = features_of("test", data_args.max_predict_samples, True)
-        test_evaluation = SquadEvaluation(test_examples, test_with_offsets, data_args, training_args, prefix="predict")
-        test_features = test_with_offsets.remove_columns(_OFFSET_COLUMNS)
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
+    processed: dict[str, Any] = {}
+    evaluations: dict[str, SquadEvaluation] = {}
+    if wanted["train"]:
+        processed["train"] = features_of("train", limits["train"], False)[1]
+    for split, prefix in (("validation", ""), ("test", "predict")):
+        if wanted[split]:
+            examples, with_offsets = features_of(split, limits[split], True)
+            evaluations[split] = SquadEvaluation(examples, with_offsets, data_args, args.training, prefix=prefix)
+            processed[split] = with_offsets.remove_columns(_OFFSET_COLUMNS)
 
-        def predict(trainer: Any) -> None:
-            # the test windows have their own examples: post-process them with their own evaluation
-            eval_metrics, trainer.compute_metrics = trainer.compute_metrics, test_evaluation
-            try:
-                output = trainer.predict(test_features, metric_key_prefix="predict")
-            finally:
-                trainer.compute_metrics = eval_metrics
-            trainer.log_metrics("predict", output.metrics)
-            trainer.save_metrics("predict", output.metrics)
+    def predict(trainer: Any, dataset: Any) -> None:
+        # the test windows have their own examples: post-process them with their own evaluation
+        task_utils.predict_and_log(trainer, dataset, evaluations["test"])
 
-        trainer.predict_fn = predict
-    return trainer
+    return task_utils.task_run(args, processed, model, tokenizer, evaluations.get("validation"), max_length, predict=predict)

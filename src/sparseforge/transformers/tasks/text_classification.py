@@ -23,12 +23,7 @@ from typing import Any
 import numpy as np
 
 from sparseforge.errors import DataError, SparseforgeError
-from sparseforge.transformers.arguments import (
-    DataArguments,
-    ModelArguments,
-    RecipeArguments,
-    resolve_model_and_recipe,
-)
+from sparseforge.transformers.arguments import DataArguments
 from sparseforge.transformers.data import (
     GLUE_TASK_COLUMNS,
     GLUE_TASK_LABELS,
@@ -37,7 +32,8 @@ from sparseforge.transformers.data import (
     require_columns,
     take_first,
 )
-from sparseforge.transformers.tasks.task_utils import check_one_shot_data, load_tokenizer, run_cli
+from sparseforge.transformers.tasks import task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -212,43 +208,14 @@ def check_labels(raw: Any, scheme: LabelScheme, data_args: TextClassificationDat
 # ----- the run -----------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train text-classification` (the task-module contract)."""
-
-    def build(model_args: Any, data_args: Any, recipe_args: Any, training_args: Any) -> tuple[Any, dict[str, Any]]:
-        trainer, extra_eval = build_trainer(model_args, data_args, recipe_args, training_args)
-        predict = None
-        if trainer.predict_dataset is not None:
-            predict = lambda t: write_predictions(t, t.predict_dataset, t.label_scheme)  # noqa: E731
-        return trainer, {
-            "eval_datasets": extra_eval,
-            "predict_fn": predict,
-            "sequence_length": data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-        }
-
-    return run_cli(argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build)
 
 
-def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> tuple[Any, dict[str, Any]]:
-    """Arguments and data -> a ready SparseTrainer (+ extra evaluation sets such as mnli-mm)."""
-    import datasets
-    from transformers import DataCollatorWithPadding, default_data_collator, set_seed
-
-    from sparseforge.transformers.metrics import compute_metrics_fn
-    from sparseforge.transformers.trainer import (
-        SparseTrainer,
-        check_teacher_folder,
-        load_pretrained,
-    )
-
-    model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
-    if model_args.distill_teacher and model_args.distill_teacher.lower() not in ("self", "disable", "none"):
-        check_teacher_folder(model_args.distill_teacher, TASK)
-    set_seed(training_args.seed)
-    raw = load_raw_datasets(data_args, task_name=data_args.task_name, cache_dir=model_args.cache_dir, seed=training_args.seed)
-    if training_args.do_train and "train" not in raw:
-        raise DataError("--do_train needs training data (--train_file, --dataset_name or --task_name)")
-    if training_args.do_eval and "validation" not in raw:
-        raise DataError("--do_eval needs evaluation data (--validation_file or --validation_ratio)")
-    check_one_shot_data(raw, recipe, recipe_args.one_shot)
+def load_checked_data(args: TaskArgs) -> tuple[Any, tuple[str, str | None], LabelScheme]:
+    """The raw splits (checked), the input columns and the label scheme, before any tokenizing."""
+    data_args: TextClassificationDataArguments = args.data
+    raw = load_raw_datasets(data_args, task_name=data_args.task_name, cache_dir=args.model.cache_dir)
+    raw = task_utils.prepare_splits(raw, args, sources="--train_file, --dataset_name or --task_name")
     first, second = input_columns(data_args, first_split(raw).column_names)
     wanted = [first] + ([second] if second else [])
     for split in raw:
@@ -257,15 +224,46 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
             require_columns(raw[split], [data_args.label_column_name], split=split, flag="--label_column_name")
     scheme = label_scheme(raw, data_args)
     check_labels(raw, scheme, data_args)
+    return raw, (first, second), scheme
 
+
+def build(args: TaskArgs) -> TaskRun:
+    """Arguments and data -> the TaskRun: a SparseTrainer, the tokenized splits, the GLUE / label
+    metrics, mnli's mismatched set as an extra evaluation, predictions as predict_results.txt."""
+    from sparseforge.transformers.metrics import compute_metrics_fn
+    from sparseforge.transformers.trainer import load_pretrained
+
+    data_args: TextClassificationDataArguments = args.data
+    raw, columns, scheme = load_checked_data(args)
     config_kwargs: dict[str, Any] = {"num_labels": scheme.num_labels, "problem_type": scheme.problem_type}
     if scheme.names is not None:
         config_kwargs["id2label"] = dict(enumerate(scheme.names))
         config_kwargs["label2id"] = {name: i for i, name in enumerate(scheme.names)}
-    tokenizer = load_tokenizer(model_args, model_path)
-    model = load_pretrained(model_path, TASK, **config_kwargs)
-
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
+    model = load_pretrained(args.model_path, TASK, **config_kwargs)
     max_length = min(data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH, tokenizer.model_max_length)
+    processed = tokenize_splits(raw, args, columns, scheme, tokenizer, max_length)
+    compute_metrics = compute_metrics_fn(
+        data_args.task_name,
+        is_regression=scheme.problem_type == "regression",
+        is_multi_label=scheme.problem_type == "multi_label_classification",
+    )
+    extra = {}
+    if data_args.task_name == "mnli" and "validation_mismatched" in processed and args.training.do_eval:
+        extra["mm"] = processed["validation_mismatched"]
+    length = data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH  # the ONNX export's input length
+    return task_utils.task_run(args, processed, model, tokenizer, compute_metrics, length, extra_eval=extra,
+                    predict=lambda trainer, dataset: write_predictions(trainer, dataset, scheme))
+
+
+def tokenize_splits(
+    raw: Any, args: TaskArgs, columns: tuple[str, str | None], scheme: LabelScheme, tokenizer: Any, max_length: int
+) -> dict[str, Any]:
+    """The splits the run uses (and mnli's extra validation sets), tokenized with encoded labels."""
+    import datasets
+
+    data_args: TextClassificationDataArguments = args.data
+    first, second = columns
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def preprocess(batch: dict[str, list[Any]]) -> dict[str, Any]:
@@ -277,54 +275,23 @@ def build_trainer(model_args: ModelArguments, data_args: TextClassificationDataA
             encoded["labels"] = [scheme.encode(v) if _norm(v) != -1 else -1 for v in labels]
         return encoded
 
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
-    processed = {}
-    for split, dataset in raw.items():
-        if split not in limits and not split.startswith("validation_"):
-            continue
-        dataset = take_first(dataset, limits.get(split, data_args.max_eval_samples))
-        with training_args.main_process_first(desc=f"tokenizing {split}"):
-            processed[split] = dataset.map(
-                preprocess,
-                batched=True,
-                remove_columns=dataset.column_names,
-                num_proc=data_args.preprocessing_num_workers,
-                load_from_cache_file=not data_args.overwrite_cache,
-                desc=f"tokenizing {split}",
-            )
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     label_feature = {
         "multi_label_classification": datasets.Sequence(datasets.Value("float32")),
         "regression": datasets.Value("float32"),
     }.get(scheme.problem_type)
-    for split, dataset in processed.items():
+    processed = {}
+    for split, dataset in raw.items():
+        if not wanted.get(split, split.startswith("validation_") and args.training.do_eval):
+            continue
+        dataset = take_first(dataset, limits.get(split, data_args.max_eval_samples))
+        processed[split] = task_utils.map_split(dataset, preprocess, args.training, data_args, split, remove_columns=dataset.column_names)
         # `map` keeps the raw column's type when the output reuses its name ("labels"): set it.
-        if label_feature is not None and "labels" in dataset.column_names:
-            processed[split] = dataset.cast_column("labels", label_feature)
+        if label_feature is not None and "labels" in processed[split].column_names:
+            processed[split] = processed[split].cast_column("labels", label_feature)
     if "test" in processed and "labels" in processed["test"].column_names:
         processed["test"] = processed["test"].remove_columns("labels")
-    collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
-    compute_metrics = compute_metrics_fn(
-        data_args.task_name,
-        is_regression=scheme.problem_type == "regression",
-        is_multi_label=scheme.problem_type == "multi_label_classification",
-    )
-    trainer = SparseTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=processed.get("train"),  # also --one_shot's source of gradients and calibration
-        eval_dataset=processed.get("validation") if training_args.do_eval else None,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
-        recipe=recipe,
-        teacher=model_args.distill_teacher,
-    )
-    trainer.predict_dataset = processed.get("test") if training_args.do_predict else None
-    trainer.label_scheme = scheme
-    extra = {}
-    if data_args.task_name == "mnli" and "validation_mismatched" in processed and training_args.do_eval:
-        extra["mm"] = processed["validation_mismatched"]
-    return trainer, extra
+    return processed
 
 
 def write_predictions(trainer: Any, dataset: Any, scheme: LabelScheme) -> None:

@@ -21,32 +21,16 @@ from typing import Any
 import numpy as np
 
 from sparseforge.errors import DataError, SparseforgeError
-from sparseforge.transformers.arguments import (
-    DataArguments,
-    ModelArguments,
-    RecipeArguments,
-    resolve_model_and_recipe,
-)
+from sparseforge.transformers.arguments import DataArguments
 from sparseforge.transformers.data import (
     first_split,
-    load_hub_dataset,
+    load_splits,
     read_data_file,
     require_columns,
     take_first,
 )
-from sparseforge.transformers.tasks import ner_utils
-from sparseforge.transformers.tasks.task_utils import (
-    check_one_shot_data,
-    check_splits,
-    dataset_from_rows,
-    hold_out,
-    load_tokenizer,
-    main_process_writes,
-    map_split,
-    require_fast_tokenizer,
-    run_cli,
-    sequence_length,
-)
+from sparseforge.transformers.tasks import ner_utils, task_utils
+from sparseforge.transformers.tasks.task_utils import TaskArgs, TaskRun
 
 logger = logging.getLogger(__name__)
 
@@ -81,24 +65,14 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
     """A CoNLL column file (IOB1 -> IOB2) or a json/jsonl/csv/parquet file as a Dataset."""
     if ner_utils.is_conll_file(path):
         try:
-            return dataset_from_rows(ner_utils.read_conll(path))
+            return task_utils.dataset_from_rows(ner_utils.read_conll(path))
         except DataError as err:
             raise DataError(f"{flag}: {err}") from None
     return read_data_file(path, cache_dir=cache_dir, flag=flag)
 
 
-def load_token_datasets(data_args: TokenClassificationDataArguments, cache_dir: str | None, seed: int) -> Any:
-    import datasets
-
-    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
-    files = {split: path for split, path in files.items() if path}
-    if files:
-        raw = datasets.DatasetDict({split: read_split(path, f"--{split}_file", cache_dir) for split, path in files.items()})
-    elif data_args.dataset_name:
-        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
-    else:
-        raise DataError("no data: pass --train_file / --validation_file (CoNLL column files or json) or --dataset_name")
-    return hold_out(raw, data_args.validation_ratio, seed)
+def load_token_datasets(data_args: TokenClassificationDataArguments, cache_dir: str | None) -> Any:
+    return load_splits(data_args, read_split, cache_dir, "pass --train_file / --validation_file (CoNLL column files or json) or --dataset_name")
 
 
 def columns_of(data_args: TokenClassificationDataArguments, columns: Sequence[str]) -> tuple[str, str]:
@@ -154,30 +128,13 @@ def label_mapping(labels: list[str], model_config: Any) -> dict[str, int]:
 # ----- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train token-classification` (the task-module contract)."""
-
-    def build(*args: Any) -> tuple[Any, dict[str, Any]]:
-        trainer = build_trainer(*args)
-        return trainer, {"predict_fn": trainer.predict_fn, "sequence_length": trainer.sequence_length}
-
-    return run_cli(argv, task=TASK, data_arguments=TokenClassificationDataArguments, build=build)
+    return task_utils.run_cli(argv, task=TASK, data_arguments=TokenClassificationDataArguments, build=build)
 
 
-def build_trainer(model_args: ModelArguments, data_args: TokenClassificationDataArguments, recipe_args: RecipeArguments, training_args: Any) -> Any:
-    """Arguments and data -> a ready SparseTrainer whose evaluation reports entity-level F1."""
-    from transformers import (
-        AutoConfig,
-        DataCollatorForTokenClassification,
-        default_data_collator,
-        set_seed,
-    )
-
-    from sparseforge.transformers.trainer import SparseTrainer, load_pretrained
-
-    model_path, recipe = resolve_model_and_recipe(model_args, recipe_args)
-    set_seed(training_args.seed)
-    raw = load_token_datasets(data_args, model_args.cache_dir, training_args.seed)
-    check_splits(raw, training_args)
-    check_one_shot_data(raw, recipe, recipe_args.one_shot)
+def load_checked_data(args: TaskArgs) -> tuple[Any, str, str, list[str]]:
+    """The raw splits (rows checked, tags as names), the words and tags columns, and the labels."""
+    data_args: TokenClassificationDataArguments = args.data
+    raw = task_utils.prepare_splits(load_token_datasets(data_args, args.model.cache_dir), args)
     text_column, label_column = columns_of(data_args, first_split(raw).column_names)
     for split in raw:
         require_columns(raw[split], [text_column], split=split, flag="--text_column_name")
@@ -185,16 +142,25 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
         check_rows(raw[split], text_column, label_column, getattr(data_args, f"{split}_file", None) or f"{split} data")
         raw[split] = tags_as_names(raw[split], label_column)
     labels = ner_utils.label_list([raw[split] for split in raw if split != "test"] or list(raw.values()), label_column)
+    return raw, text_column, label_column, labels
 
-    tokenizer = load_tokenizer(model_args, model_path)
-    require_fast_tokenizer(tokenizer, "token classification (word ids)")
-    start_config = AutoConfig.from_pretrained(model_path)
-    label_to_id = label_mapping(labels, start_config)
+
+def build(args: TaskArgs) -> TaskRun:
+    """Arguments and data -> the TaskRun: a SparseTrainer whose evaluation reports entity-level F1,
+    and predictions written as predictions.txt (one tag per word)."""
+    from transformers import AutoConfig, DataCollatorForTokenClassification
+
+    from sparseforge.transformers.trainer import load_pretrained
+
+    data_args: TokenClassificationDataArguments = args.data
+    raw, text_column, label_column, labels = load_checked_data(args)
+    tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
+    task_utils.require_fast_tokenizer(tokenizer, "token classification (word ids)")
+    label_to_id = label_mapping(labels, AutoConfig.from_pretrained(args.model_path))
     id_to_label = {i: label for label, i in label_to_id.items()}
     # a head with another label count is replaced by load_pretrained
-    model = load_pretrained(model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id)
-    max_length = sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
-    ordered = [id_to_label[i] for i in range(len(id_to_label))]
+    model = load_pretrained(args.model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id)
+    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
     preprocess_kwargs = {
         "tokenizer": tokenizer,
         "text_column": text_column,
@@ -203,18 +169,16 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
         "label_all_tokens": data_args.label_all_tokens,
         "max_seq_length": max_length,
         "padding": "max_length" if data_args.pad_to_max_length else False,
-        "b_to_i_label": ner_utils.b_to_i(ordered),
+        "b_to_i_label": ner_utils.b_to_i([id_to_label[i] for i in range(len(id_to_label))]),
     }
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
-    wanted = {"train": training_args.do_train or recipe_args.one_shot, "validation": training_args.do_eval, "test": training_args.do_predict}
+    limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     processed = {}
     for split, dataset in raw.items():
         if not wanted.get(split):
             continue
-        dataset = take_first(dataset, limits[split])
-        raw[split] = dataset
-        processed[split] = map_split(
-            dataset, ner_utils.tokenize_and_align_labels, training_args, data_args, split,
+        raw[split] = dataset = take_first(dataset, limits[split])
+        processed[split] = task_utils.map_split(
+            dataset, ner_utils.tokenize_and_align_labels, args.training, data_args, split,
             remove_columns=dataset.column_names, fn_kwargs=preprocess_kwargs,
         )
 
@@ -222,41 +186,28 @@ def build_trainer(model_args: ModelArguments, data_args: TokenClassificationData
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         return ner_utils.entity_metrics(logits, prediction.label_ids, id_to_label, data_args.return_entity_level_metrics)
 
-    collator = default_data_collator if data_args.pad_to_max_length else DataCollatorForTokenClassification(tokenizer)
-    trainer = SparseTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=processed.get("train"),
-        eval_dataset=processed.get("validation"),
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics,
-        recipe=recipe,
-        teacher=model_args.distill_teacher,
-    )
-    trainer.sequence_length = max_length  # the ONNX export's input length
-    trainer.predict_fn = None
-    if "test" in processed:
-
-        def predict(trainer: Any) -> None:
-            output = trainer.predict(processed["test"], metric_key_prefix="predict")
-            trainer.log_metrics("predict", output.metrics)
-            trainer.save_metrics("predict", output.metrics)
-            folder = main_process_writes(training_args)
-            if folder is None:
-                return
-            predicted = np.asarray(output.predictions).argmax(-1)
+    def predict(trainer: Any, dataset: Any) -> None:
+        output = task_utils.predict_and_log(trainer, dataset)
+        folder = task_utils.main_process_writes(args.training)
+        if folder is not None:
             words = [list(w) for w in raw["test"][text_column]]
-            encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-            lines = []
-            for index, row in enumerate(predicted):
-                # one tag per word, from its first piece (words cut off by truncation get none)
-                firsts: dict[int, int] = {}
-                for position, word in enumerate(encoded.word_ids(batch_index=index)):
-                    if word is not None and word not in firsts:
-                        firsts[word] = position
-                lines.append(" ".join(id_to_label[int(row[firsts[w]])] for w in sorted(firsts)))
+            lines = word_tags(output.predictions, words, tokenizer, max_length, id_to_label)
             (folder / "predictions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-        trainer.predict_fn = predict
-    return trainer
+    collator = task_utils.padding_collator(args, tokenizer, DataCollatorForTokenClassification)
+    return task_utils.task_run(args, processed, model, tokenizer, compute_metrics, max_length, predict=predict, collator=collator)
+
+
+def word_tags(logits: Any, words: list[list[str]], tokenizer: Any, max_length: int, id_to_label: dict[int, str]) -> list[str]:
+    """One line of tags per sentence, one tag per word, from the word's first piece (words cut
+    off by truncation get none)."""
+    predicted = np.asarray(logits).argmax(-1)
+    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    lines = []
+    for index, row in enumerate(predicted):
+        firsts: dict[int, int] = {}
+        for position, word in enumerate(encoded.word_ids(batch_index=index)):
+            if word is not None and word not in firsts:
+                firsts[word] = position
+        lines.append(" ".join(id_to_label[int(row[firsts[w]])] for w in sorted(firsts)))
+    return lines
