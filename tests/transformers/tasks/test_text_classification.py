@@ -85,6 +85,7 @@ def _zeros(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v == 0 for k, v in load_file(str(folder / "model.safetensors")).items() if k.startswith("bert.encoder") and v.dim() == 2}
 
 
+@pytest.mark.slow
 def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_model_dir, capsys):
     model_dir = _pruned_model(tiny_model_dir)
     teacher = tiny_model_dir("text-classification", name="teacher", seed=3)
@@ -123,6 +124,7 @@ def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_mod
     assert any("distillation/teacher_loss" in entry for entry in state["log_history"])
 
 
+@pytest.mark.slow
 def test_report_to_tensorboard_writes_sparsity_and_distillation_scalars(tmp_path, tiny_model_dir):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -194,6 +196,7 @@ def test_multi_label_reports_micro_and_macro_f1(tmp_path, tiny_model_dir):
     assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 3
 
 
+@pytest.mark.slow
 def test_glue_tsv_with_task_name_and_predictions(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     code = main(
@@ -302,6 +305,7 @@ def test_label_scheme_and_input_columns():
     assert input_columns(glue, []) == ("sentence1", "sentence2")
 
 
+@pytest.mark.slow
 def test_one_shot_then_onnx_export(tmp_path, tiny_model_dir):
     recipe = tmp_path / "gmp.yaml"
     recipe.write_text(
@@ -357,6 +361,7 @@ def _one_line_error(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 def test_onnx_export_path_never_deletes_a_users_folder(tmp_path, tiny_model_dir, capsys):
     model_dir = tiny_model_dir()
     user = tmp_path / "my_folder"
@@ -384,6 +389,7 @@ def test_onnx_export_path_never_deletes_a_users_folder(tmp_path, tiny_model_dir,
     assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(empty), "--overwrite_output_dir"]) == 0
 
 
+@pytest.mark.slow
 def test_overwrite_output_dir_replaces_only_what_sparseforge_wrote(tmp_path, tiny_model_dir, capsys):
     model_dir = tiny_model_dir()
     out = tmp_path / "out"
@@ -434,6 +440,7 @@ def test_output_dir_problems_are_one_line_errors_before_training(tmp_path, tiny_
     assert f"cannot write into {locked}" in _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_resuming_a_damaged_checkpoint_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(TRANSFER_RECIPE.replace("distillation_modifiers:\n  - !DistillationModifier {hardness: 0.5, temperature: 2.0, distill_output_keys: [logits]}\n", ""))
