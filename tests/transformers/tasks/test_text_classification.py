@@ -237,7 +237,9 @@ def test_glue_tsv_with_task_name_and_predictions(tmp_path, tiny_model_dir):
     )
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
-    assert "eval_accuracy" in results and json.loads((out / "all_results.json").read_text())["eval_samples"] == 8
+    assert json.loads((out / "all_results.json").read_text())["eval_samples"] == 8
+    # accuracy over the 8 held-out examples: a whole number of them right
+    assert results["eval_accuracy"] * 8 == pytest.approx(round(results["eval_accuracy"] * 8))
     lines = (out / "predict_results.txt").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert {line.split("\t")[1] for line in lines[1:]} <= {"negative", "positive"}
