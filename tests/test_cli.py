@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sparseforge.cli import main
 
 RECIPES = Path(__file__).parent / "fixtures" / "recipes"
@@ -46,6 +48,7 @@ def test_recipe_check_error_is_one_line_with_location(tmp_path, capsys):
     assert f"{bad}:3: modifier SetLearningRateModifier, field 'learning_rat': unknown field" in err
 
 
+@pytest.mark.slow
 def test_unknown_command_and_console_script():
     assert main(["frobnicate"]) == 2
     result = subprocess.run(

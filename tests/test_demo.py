@@ -1,6 +1,8 @@
 """The demo's own logic: a fixed, stratified split and the results table (training is exercised
 by the text-classification CLI tests; the full demo runs from the README)."""
 
+import pytest
+
 from sparseforge.demo import FAST, format_table, int8_cpu_flags, split_examples
 
 
@@ -74,6 +76,7 @@ def test_demo_runs_the_shipped_structured_recipe_scaled_by_num_epochs():
         assert max(float(getattr(m, "end_epoch", 0) or 0) for m in recipe.modifiers) == epochs
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_on_a_tiny_bert_has_the_structured_row(tmp_path, monkeypatch, capsys):
     """The whole demo (three trainings through the CLI, three verified exports, the table) with a
     tiny BERT and written articles in place of MiniLM and BBC News."""

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "sparseforge"
 
 
@@ -62,6 +64,7 @@ def test_the_checker_sees_an_offending_import(tmp_path):
     assert "sparseforge.export.verify" in imported_modules(fake)
 
 
+@pytest.mark.slow
 def test_importing_export_loads_neither_trainer_nor_loading():
     code = (
         "import sys, sparseforge.export, sparseforge.checkpoint, sparseforge.modifiers, sparseforge.recipe\n"

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sparseforge import Manager, ScheduledModifierManager, ScheduledOptimizer
+from sparseforge.errors import SparseforgeError
 from sparseforge.modifiers.base import Modifier
 from sparseforge.modifiers.pruning import ConstantPruningModifier, GMPruningModifier
 from sparseforge.modifiers.training import (
@@ -206,7 +207,7 @@ def test_python_built_modifiers_are_the_ones_that_run():
     sparseml_loop(model, manager.modify(model, optimizer, 4), 5)
     assert lr.applied_learning_rate == pytest.approx(0.1 + (4 / 4) / 2 * (0.01 - 0.1))
     assert prune.applied_sparsity == pytest.approx(0.5)
-    with pytest.raises(Exception, match="already initialized"):
+    with pytest.raises(SparseforgeError, match="already initialized"):
         Manager(mods).modify(*make(), 4)  # the objects belong to the first run
 
 

@@ -247,6 +247,7 @@ def test_one_shot_obs_from_calibration_gradients():
 
 
 # ----- post-training quantization ----------------------------------------------------------------
+@pytest.mark.slow
 def test_ptq_scales_equal_the_observed_ranges_and_the_folder_reloads_and_exports(tmp_path):
     model = make_tiny_model()
     batches = token_batches(6)

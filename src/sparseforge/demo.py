@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -206,13 +207,7 @@ def cli_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     budget = FAST if args.fast else FULL
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise SparseforgeError(f"{out} exists and is not empty; pass --overwrite or another --output_dir")
-        if not (out / "demo_results.json").exists() and not (out / "data").is_dir():
-            raise SparseforgeError(f"{out} does not look like an earlier demo; refusing to replace it")
-        shutil.rmtree(out)
-    (out / "data").mkdir(parents=True)
+    _prepare_output_dir(out, args.overwrite)
     started = time.perf_counter()
 
     train_rows, test_rows = split_examples(read_bbc_news(), args.seed)
@@ -222,10 +217,40 @@ def cli_main(argv: Sequence[str]) -> int:
     test_csv = write_csv(out / "data" / "test.csv", test_rows)
     print(f"BBC News: {len(train_rows)} train / {len(test_rows)} test articles, seed {args.seed}", flush=True)
 
+    folders = _train_models(out, budget, args.seed, train_csv, test_csv)
+    labels_by_name = json.loads((folders[0] / "config.json").read_text())["label2id"]
+    texts = [text for text, _ in test_rows]
+    labels = [int(labels_by_name[label]) for _, label in test_rows]
+    results = {
+        name: _export_and_measure(folder, budget, test_csv, texts, labels)
+        for name, folder in zip(MODELS, folders, strict=True)
+    }
+    minutes = (time.perf_counter() - started) / 60
+    cpu_flags = int8_cpu_flags()
+    (out / "demo_results.json").write_text(
+        json.dumps({"budget": budget.__dict__, "minutes": minutes, "int8_cpu_flags": cpu_flags, "results": results}, indent=2) + "\n"
+    )
+    print(format_table(results, budget, minutes, cpu_flags))
+    return 0
+
+
+def _prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """An empty `out/data`; only an earlier demo's folder is replaced, and only with --overwrite."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SparseforgeError(f"{out} exists and is not empty; pass --overwrite or another --output_dir")
+        if not (out / "demo_results.json").exists() and not (out / "data").is_dir():
+            raise SparseforgeError(f"{out} does not look like an earlier demo; refusing to replace it")
+        shutil.rmtree(out)
+    (out / "data").mkdir(parents=True)
+
+
+def _train_models(out: Path, budget: Budget, seed: int, train_csv: Path, test_csv: Path) -> tuple[Path, Path, Path]:
+    """Fine-tune the dense model, then prune+QAT and structured-prune+QAT it with it as teacher."""
     common = [
         "--train_file", str(train_csv), "--validation_file", str(test_csv),
         "--max_seq_length", str(budget.max_seq_length), "--per_device_train_batch_size", str(budget.batch_size),
-        "--per_device_eval_batch_size", "32", "--do_train", "--do_eval", "--seed", str(args.seed),
+        "--per_device_eval_batch_size", "32", "--do_train", "--do_eval", "--seed", str(seed),
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10",
         "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
     ]  # fmt: skip
@@ -242,41 +267,33 @@ def cli_main(argv: Sequence[str]) -> int:
         ["--model_name_or_path", str(dense_dir), "--output_dir", str(structured_dir), "--recipe", STRUCTURED_RECIPE,
          "--recipe_args", budget.structured_recipe_args, "--distill_teacher", str(dense_dir), *common]
     )  # fmt: skip
+    return dense_dir, sparse_dir, structured_dir
 
+
+def _export_and_measure(folder: Path, budget: Budget, test_csv: Path, texts: list[str], labels: list[int]) -> dict[str, Any]:
+    """Export one trained model to ONNX and measure its accuracy, size, speed and sparsity."""
     from sparseforge.export import to_onnx
     from sparseforge.sparsity import analyze_path, encoder_macs, structure_of_path
 
-    results = {}
-    labels_by_name = json.loads((dense_dir / "config.json").read_text())["label2id"]
-    texts = [text for text, _ in test_rows]
-    labels = [int(labels_by_name[label]) for _, label in test_rows]
-    for name, folder in zip(MODELS, (dense_dir, sparse_dir, structured_dir), strict=True):
-        print(f"$ sparseforge export onnx --model_path {folder} --task {TASK} --sequence_length {budget.max_seq_length} --data_file {test_csv}", flush=True)
-        deployment = to_onnx(folder, TASK, sequence_length=budget.max_seq_length, data_file=test_csv, text_column="text", overwrite=True)
-        torch_accuracy = json.loads((folder / "eval_results.json").read_text())["eval_accuracy"]
-        onnx_accuracy, throughput = onnx_accuracy_and_speed(deployment, texts, labels, budget.max_seq_length)
-        raw, packed = onnx_size(deployment)
-        report = json.loads((deployment / "export_report.json").read_text())
-        encoder = [t for t in analyze_path(folder).tensors if ".encoder." in t.name and len(t.shape) == 2]
-        structure = structure_of_path(folder)
-        macs, dense_macs = encoder_macs(structure, budget.max_seq_length) if structure else (1, 1)
-        results[name] = {
-            "pytorch_accuracy": torch_accuracy,
-            "onnx_accuracy": onnx_accuracy,
-            "onnx_bytes": raw,
-            "onnx_gzip_bytes": packed,
-            "throughput_examples_per_s": throughput,
-            "encoder_sparsity": sum(t.zeros for t in encoder) / max(sum(t.numel for t in encoder), 1),
-            "encoder_macs_fraction": macs / dense_macs,
-            "max_abs_diff_onnx_vs_torch": report["verification"]["max_abs_diff"],
-        }
-    minutes = (time.perf_counter() - started) / 60
-    cpu_flags = int8_cpu_flags()
-    (out / "demo_results.json").write_text(
-        json.dumps({"budget": budget.__dict__, "minutes": minutes, "int8_cpu_flags": cpu_flags, "results": results}, indent=2) + "\n"
-    )
-    print(format_table(results, budget, minutes, cpu_flags))
-    return 0
+    print(f"$ sparseforge export onnx --model_path {folder} --task {TASK} --sequence_length {budget.max_seq_length} --data_file {test_csv}", flush=True)
+    deployment = to_onnx(folder, TASK, sequence_length=budget.max_seq_length, data_file=test_csv, text_column="text", overwrite=True)
+    torch_accuracy = json.loads((folder / "eval_results.json").read_text())["eval_accuracy"]
+    onnx_accuracy, throughput = onnx_accuracy_and_speed(deployment, texts, labels, budget.max_seq_length)
+    raw, packed = onnx_size(deployment)
+    report = json.loads((deployment / "export_report.json").read_text())
+    encoder = [t for t in analyze_path(folder).tensors if ".encoder." in t.name and len(t.shape) == 2]
+    structure = structure_of_path(folder)
+    macs, dense_macs = encoder_macs(structure, budget.max_seq_length) if structure else (1, 1)
+    return {
+        "pytorch_accuracy": torch_accuracy,
+        "onnx_accuracy": onnx_accuracy,
+        "onnx_bytes": raw,
+        "onnx_gzip_bytes": packed,
+        "throughput_examples_per_s": throughput,
+        "encoder_sparsity": sum(t.zeros for t in encoder) / max(sum(t.numel for t in encoder), 1),
+        "encoder_macs_fraction": macs / dense_macs,
+        "max_abs_diff_onnx_vs_torch": report["verification"]["max_abs_diff"],
+    }
 
 
 def _table_rows(dense: dict, budget: Budget, with_macs: bool) -> list[tuple[str, Callable, Callable | None]]:

@@ -10,6 +10,7 @@ from sparseforge.cli import main
 from sparseforge.export.cli import build_parser
 
 
+@pytest.mark.slow
 def test_export_onnx_int8_ops(qat_model_dir, tmp_path, capsys):
     model_dir = qat_model_dir("question-answering")
     out = tmp_path / "deploy"
@@ -97,6 +98,7 @@ def test_bad_export_invocations_are_one_line_errors(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_report_states_the_opset_of_the_written_file(tiny_model_dir, tmp_path, capsys):
     import onnx
 

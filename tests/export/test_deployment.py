@@ -28,6 +28,7 @@ def run_onnx(folder, model, batch):
     return got, [ref[name].numpy() for name in names]
 
 
+@pytest.mark.slow
 def test_dense_export_with_real_text(tiny_model_dir, tmp_path):
     model_dir = tiny_model_dir("text-classification", num_hidden_layers=1)
     data = tmp_path / "dev.tsv"
@@ -66,6 +67,7 @@ def test_dense_export_with_real_text(tiny_model_dir, tmp_path):
     assert np.abs(got[0] - ref[0]).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_pruned_export_reports_sparsity(pruned_model_dir):
     target = to_onnx(pruned_model_dir, "text-classification", sequence_length=16)
     report = report_of(target)
@@ -79,6 +81,7 @@ def test_pruned_export_reports_sparsity(pruned_model_dir):
     assert report["verification"]["passed"]
 
 
+@pytest.mark.slow
 def test_qat_export_is_qdq_int8_and_keeps_sparsity(qat_model_dir):
     model_dir = qat_model_dir("text-classification")
     target = to_onnx(model_dir, "glue", sequence_length=16)
@@ -118,6 +121,7 @@ def test_qat_export_is_qdq_int8_and_keeps_sparsity(qat_model_dir):
     assert matches
 
 
+@pytest.mark.slow
 def test_per_channel_qat_export_runs_integer_kernels_with_a_scale_per_output_channel(qat_model_dir):
     model_dir = qat_model_dir("text-classification", per_channel=True)
     target = to_onnx(model_dir, "glue", sequence_length=16)
@@ -135,6 +139,7 @@ def test_per_channel_qat_export_runs_integer_kernels_with_a_scale_per_output_cha
     assert any(np.allclose(array, scale) for array in per_row)
 
 
+@pytest.mark.slow
 def test_failed_verification_leaves_nothing(tiny_model_dir, monkeypatch):
     model_dir = tiny_model_dir("token-classification", num_hidden_layers=1)
     monkeypatch.setattr(verify, "FP32_TOLERANCE", -1.0)
@@ -185,6 +190,7 @@ def test_replace_folder_swaps_complete_folders(tmp_path):
     assert [p.name for p in target.iterdir()] == ["new"]
 
 
+@pytest.mark.slow
 def test_an_export_that_writes_another_opset_than_asked_fails(tiny_model_dir, tmp_path, monkeypatch):
     from sparseforge.export import deployment
 

@@ -13,6 +13,7 @@ from sparseforge.export import export_onnx, verify
 from sparseforge.modifiers.quantization import QuantizationModifier, fake_quantizers
 
 
+@pytest.mark.slow
 def test_qdq_export_runs_any_shape_and_matches_fake_quant(tmp_path):
     model = make_tiny_model("token-classification", num_hidden_layers=1)
     QuantizationModifier(submodules=["bert.encoder"], reduce_range=True).apply_structure(model)

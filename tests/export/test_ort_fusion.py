@@ -76,6 +76,7 @@ def check_against_torch(path, model):
     return ok, diff
 
 
+@pytest.mark.slow
 def test_tiny_bert_export_gets_every_fusion_and_matches_torch(tmp_path):
     model = make_tiny_model("text-classification", num_hidden_layers=LAYERS)
     assert model.config._attn_implementation != "eager"  # the export switches and restores it
@@ -95,6 +96,7 @@ def test_tiny_bert_export_gets_every_fusion_and_matches_torch(tmp_path):
     assert "Attention" not in verify.node_counts(onnx.load(str(plain)))
 
 
+@pytest.mark.slow
 def test_layers_with_different_head_counts_fuse_with_their_own(tmp_path):
     model = make_tiny_model("text-classification", num_hidden_layers=LAYERS, num_attention_heads=4)
     drop_heads(model, 0, [0, 2, 3])
@@ -114,6 +116,7 @@ def test_layers_with_different_head_counts_fuse_with_their_own(tmp_path):
     assert ok, diff
 
 
+@pytest.mark.slow
 def test_mask_rewrite_needs_the_attention_mask_input(tmp_path):
     model = make_tiny_model("text-classification", num_hidden_layers=1)
     path = tmp_path / "nomask.onnx"
@@ -135,6 +138,7 @@ def report_of(folder):
     return json.loads((folder / REPORT_FILE).read_text())
 
 
+@pytest.mark.slow
 def test_to_onnx_writes_the_fused_graph_and_reports_it(tiny_model_dir):
     model_dir = tiny_model_dir("text-classification", num_hidden_layers=LAYERS)
     target = to_onnx(model_dir, "text-classification", sequence_length=16)
@@ -154,6 +158,7 @@ def test_to_onnx_writes_the_fused_graph_and_reports_it(tiny_model_dir):
     assert ok, diff
 
 
+@pytest.mark.slow
 def test_option_off_reproduces_the_plain_export(tiny_model_dir, tmp_path):
     model_dir = tiny_model_dir("text-classification", num_hidden_layers=1)
     target = to_onnx(model_dir, "text-classification", sequence_length=16, optimize=False)
@@ -199,6 +204,7 @@ def float_attention_qat_dir(tmp_path_factory):
     return factory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_qdq_export_gets_integer_attention_with_the_qat_scales(
     qat_model_dir, float_attention_qat_dir, tmp_path, per_channel
@@ -243,6 +249,7 @@ def test_qdq_export_gets_integer_attention_with_the_qat_scales(
         np.testing.assert_allclose(fused_out, plain_out, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
     """QAttention computes Q.K^T and probs.V in float: a QAT model that quantized them keeps them."""
     model = load_model(qat_model_dir("text-classification"), "text-classification")
@@ -261,6 +268,7 @@ def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
     )
 
 
+@pytest.mark.slow
 def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
 
@@ -281,6 +289,7 @@ def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeyp
     assert "Attention" not in report["node_counts"] and report["verification"]["passed"]
 
 
+@pytest.mark.slow
 def test_fused_graph_onnxruntime_cannot_load_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
 

@@ -10,6 +10,8 @@ from structured_models import make_model, train
 from sparseforge import Manager
 from sparseforge.export.deployment import REPORT_FILE, to_onnx
 
+pytestmark = pytest.mark.slow  # every test here trains, compacts and exports a model
+
 STRUCTURED = """
 pruning_modifiers:
   - !GroupPruningModifier

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
+import datasets
 import torch
 from conftest import make_tiny_model
+from transformers import TrainingArguments
 
-pytest.importorskip("datasets")
-
-import datasets  # noqa: E402
-from transformers import TrainingArguments  # noqa: E402
-
-from sparseforge.transformers.loading import load_model  # noqa: E402
-from sparseforge.transformers.trainer import SparseTrainer  # noqa: E402
+from sparseforge.transformers.loading import load_model
+from sparseforge.transformers.trainer import SparseTrainer
 
 RECIPE = """
 training_modifiers:

@@ -231,6 +231,7 @@ def _run(out, resume=None):
     return trainer, recorder.masks
 
 
+@pytest.mark.slow
 def test_resume_continues_schedule_masks_and_lr_exactly(tmp_path):
     full, full_masks = _run(tmp_path / "full")
     # checkpoint-4 is mid-pruning (epoch 0.67): masks are still changing after it.
@@ -251,6 +252,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+@pytest.mark.slow
 def test_checkpoints_are_complete_and_appear_only_when_complete(tmp_path):
     out = tmp_path / "out"
     trainer = SparseTrainer(
@@ -353,6 +355,7 @@ def _damage(folder: Path, how: str) -> str:
     raise AssertionError(how)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how",
     ["no manager state", "truncated weights", "no trainer state", "corrupt trainer state", "corrupt manager state", "truncated optimizer", "corrupt config"],
@@ -460,6 +463,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun missing")
 def test_two_process_ddp_masks_and_projections_identical_and_exact(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")

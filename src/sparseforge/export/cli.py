@@ -22,78 +22,98 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a saved model folder (QAT, pruned or dense) to <model_path>/deployment: model.onnx, "
         "config, tokenizer, recipe.yaml and export_report.json. Fails if onnxruntime and PyTorch disagree.",
     )
-    onnx.add_argument(
+    _add_model_args(onnx)
+    _add_graph_args(onnx)
+    _add_verification_args(onnx)
+    _add_output_args(onnx)
+    return parser
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model", "the model folder and what it is for")
+    group.add_argument(
         "--model_path",
         "--model-path",
         required=True,
         help="folder with config.json, weights, tokenizer (and recipe.yaml)",
     )
-    onnx.add_argument(
+    group.add_argument(
         "--task", required=True, help=f"task or SparseML alias: {', '.join(sorted(TASK_ALIASES))}"
     )
-    onnx.add_argument(
+    group.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe to rebuild the model's structure (default: recipe.yaml beside the weights)",
+    )
+
+
+def _add_graph_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("graph", "the ONNX graph written")
+    group.add_argument(
         "--sequence_length",
         "--sequence-length",
         type=int,
         default=384,
         help="sample sequence length (default 384, as SparseML); the graph's axes stay dynamic",
     )
-    onnx.add_argument(
+    group.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
         help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})",
     )
-    onnx.add_argument(
-        "--output_dir",
-        "--output-dir",
-        default=None,
-        help="deployment folder (default <model_path>/deployment)",
-    )
-    onnx.add_argument(
+    group.add_argument(
         "--int8_ops",
         "--int8-ops",
         action="store_true",
         help="rewrite quantized MatMul/Gemm to MatMulInteger ops (SparseML's form)",
     )
-    onnx.add_argument(
-        "--data_file",
-        "--data-file",
-        "--dataset",
-        default=None,
-        help="real text for verification: .tsv/.csv/.json/.jsonl",
-    )
-    onnx.add_argument(
-        "--text_column",
-        "--text-column",
-        default=None,
-        help="column of --data_file with the text (default: sentence/text/question/...)",
-    )
-    onnx.add_argument(
-        "--num_samples",
-        "--num-samples",
-        type=int,
-        default=8,
-        help="number of verification samples, >= 1 (default 8)",
-    )
-    onnx.add_argument(
-        "--recipe",
-        default=None,
-        help="recipe to rebuild the model's structure (default: recipe.yaml beside the weights)",
-    )
-    onnx.add_argument(
+    group.add_argument(
         "--no_ort_fusion",
         "--no-ort-fusion",
         dest="ort_fusion",
         action="store_false",
         help="keep the plain ONNX graph: no onnxruntime transformer fusions (contrib ops, onnxruntime only)",
     )
-    onnx.add_argument(
+
+
+def _add_verification_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("verification", "the samples onnxruntime and PyTorch are compared on")
+    group.add_argument(
+        "--data_file",
+        "--data-file",
+        "--dataset",
+        default=None,
+        help="real text for verification: .tsv/.csv/.json/.jsonl",
+    )
+    group.add_argument(
+        "--text_column",
+        "--text-column",
+        default=None,
+        help="column of --data_file with the text (default: sentence/text/question/...)",
+    )
+    group.add_argument(
+        "--num_samples",
+        "--num-samples",
+        type=int,
+        default=8,
+        help="number of verification samples, >= 1 (default 8)",
+    )
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output", "where the deployment folder goes")
+    group.add_argument(
+        "--output_dir",
+        "--output-dir",
+        default=None,
+        help="deployment folder (default <model_path>/deployment)",
+    )
+    group.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing output folder that is not a previous deployment",
     )
-    return parser
 
 
 def cli_main(argv: Sequence[str]) -> int:

@@ -21,10 +21,12 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 
 from sparseforge.checkpoint import RECIPE_FILE, load_task_model, require_tokenizer_files
 from sparseforge.errors import ExportError, SparseforgeError
@@ -159,65 +161,26 @@ def to_onnx(
     task = normalize_task(task)
     check_export_args(opset, sequence_length, num_samples)
     target = resolve_output_dir(model_path, output_dir, overwrite)
-    if (model_path / "config.json").is_file():
-        require_tokenizer_files(model_path, "--model_path")
-    model = load_task_model(model_path, task, recipe=recipe)
-    max_positions = getattr(model.config, "max_position_embeddings", None)
-    if max_positions and sequence_length > max_positions:
-        raise ExportError(
-            f"sequence_length {sequence_length} exceeds the model's max_position_embeddings {max_positions}"
-        )
-    tokenizer = _load_tokenizer(model_path)
+    model, tokenizer = _load_for_export(model_path, task, recipe, sequence_length)
     texts = read_texts(Path(data_file), num_samples, text_column) if data_file else None
     batches = sample_batches(tokenizer, task, sequence_length, texts=texts, num_samples=num_samples)
     output_names = TASK_OUTPUTS[task]
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(
-        staging, 0o777 & ~umask
-    )  # mkdtemp makes it private; a deployment is an ordinary folder
+    staging = _make_staging(target)
     try:
         onnx_path = staging / MODEL_FILE
         logger.info("exporting %s (%s) to ONNX opset %d", model_path, task, opset)
-        with ort_fusion.fusable_attention(model) if optimize else contextlib.nullcontext():
-            stats = export_onnx(
-                model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops
-            )
-        fusion = {"applied": False, "reason": "disabled"}
-        if optimize:
-            fusion = ort_fusion.apply_to_export(onnx_path, model, batches, output_names)
-        proto = onnx.load(str(onnx_path))
-        if written_opset(proto) != opset:
-            raise ExportError(
-                f"asked for opset {opset}, the exporter wrote opset {written_opset(proto)}; nothing was written to {target}"
-            )
-        quantized = verify.is_quantized_graph(proto)
-        optimized_path = staging / "ort_optimized.onnx"
-        session = verify.create_session(onnx_path, optimized_path)
-        optimized_counts = verify.node_counts(
-            onnx.load(str(optimized_path), load_external_data=False)
+        result = _export_and_verify(
+            model, batches, output_names, onnx_path, opset=opset, int8_ops=int8_ops, optimize=optimize, target=target
         )
-        for leftover in staging.glob("ort_optimized.onnx*"):
-            leftover.unlink()
-        diff = verify.compare(session, model, batches, output_names)
-        ok, bounds = verify.tolerance_check(diff, quantized)
-
-        config_src = model_path / "config.json"
-        shutil.copy2(config_src, staging / "config.json")
-        tokenizer.save_pretrained(str(staging))
-        recipe_src = Path(recipe) if recipe is not None else model_path / RECIPE_FILE
-        if recipe_src.is_file():
-            shutil.copy2(recipe_src, staging / RECIPE_FILE)
+        _copy_model_files(model_path, tokenizer, recipe, staging)
         report = {
             "generator": GENERATOR,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model_path": str(model_path),
             "task": task,
-            "precision": ("int8 integer ops" if int8_ops else "int8 QDQ") if quantized else "fp32",
-            "opset": written_opset(proto),
+            "precision": ("int8 integer ops" if int8_ops else "int8 QDQ") if result.quantized else "fp32",
+            "opset": written_opset(result.proto),
             "inputs": list(batches[0]),
             "outputs": list(output_names),
             "sequence_length": sequence_length,
@@ -225,19 +188,13 @@ def to_onnx(
                 "source": str(data_file) if data_file else "built-in sentences",
                 "count": len(batches[0]["input_ids"]),
             },
-            "verification": {**diff, "tolerance": bounds, "passed": ok},
-            "rewrites": stats,
-            "ort_fusion": fusion,
-            "node_counts": verify.node_counts(proto),
-            "onnxruntime_optimized_node_counts": optimized_counts,
-            "file_size_bytes": verify.file_size(onnx_path),
-            "weight_sparsity": verify.weight_sparsity(proto),
+            **result.report_fields(onnx_path),
         }
-        if not ok:
+        if not result.ok:
             raise ExportError(
-                f"onnxruntime differs from PyTorch beyond tolerance: max |diff| {diff['max_abs_diff']:.3g} "
-                f"(bound {bounds['max_abs_diff']:.3g}), mean {diff['mean_abs_diff']:.3g} "
-                f"(bound {bounds['mean_abs_diff']:.3g}); nothing was written to {target}"
+                f"onnxruntime differs from PyTorch beyond tolerance: max |diff| {result.diff['max_abs_diff']:.3g} "
+                f"(bound {result.bounds['max_abs_diff']:.3g}), mean {result.diff['mean_abs_diff']:.3g} "
+                f"(bound {result.bounds['mean_abs_diff']:.3g}); nothing was written to {target}"
             )
         report["files"] = sorted(entry.name for entry in staging.iterdir()) + [REPORT_FILE]
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -249,6 +206,101 @@ def to_onnx(
         "deployment written to %s (%s, max |ORT - torch| %.3g)",
         target,
         report["precision"],
-        diff["max_abs_diff"],
+        result.diff["max_abs_diff"],
     )
     return target
+
+
+def _load_for_export(
+    model_path: Path, task: str, recipe: str | os.PathLike | None, sequence_length: int
+) -> tuple[torch.nn.Module, Any]:
+    """The task model (its saved recipe's structure applied) and its tokenizer, checked before exporting."""
+    if (model_path / "config.json").is_file():
+        require_tokenizer_files(model_path, "--model_path")
+    model = load_task_model(model_path, task, recipe=recipe)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and sequence_length > max_positions:
+        raise ExportError(
+            f"sequence_length {sequence_length} exceeds the model's max_position_embeddings {max_positions}"
+        )
+    return model, _load_tokenizer(model_path)
+
+
+def _make_staging(target: Path) -> Path:
+    """An empty folder beside `target` with the permissions of an ordinary folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a deployment is an ordinary folder
+    return staging
+
+
+@dataclass
+class _Verified:
+    """What exporting and checking one graph measured (the report's verification part)."""
+
+    proto: onnx.ModelProto
+    quantized: bool
+    stats: dict[str, Any]
+    fusion: dict[str, Any]
+    optimized_counts: dict[str, int]
+    diff: dict[str, Any]
+    bounds: dict[str, float]
+    ok: bool
+
+    def report_fields(self, onnx_path: Path) -> dict[str, Any]:
+        return {
+            "verification": {**self.diff, "tolerance": self.bounds, "passed": self.ok},
+            "rewrites": self.stats,
+            "ort_fusion": self.fusion,
+            "node_counts": verify.node_counts(self.proto),
+            "onnxruntime_optimized_node_counts": self.optimized_counts,
+            "file_size_bytes": verify.file_size(onnx_path),
+            "weight_sparsity": verify.weight_sparsity(self.proto),
+        }
+
+
+def _export_and_verify(
+    model: torch.nn.Module,
+    batches: list[dict[str, Any]],
+    output_names: Any,
+    onnx_path: Path,
+    *,
+    opset: int,
+    int8_ops: bool,
+    optimize: bool,
+    target: Path,
+) -> _Verified:
+    """Write the graph to `onnx_path` (fused when `optimize` and it verifies), then compare
+    onnxruntime's outputs with PyTorch's on `batches`."""
+    with ort_fusion.fusable_attention(model) if optimize else contextlib.nullcontext():
+        stats = export_onnx(model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops)
+    fusion = {"applied": False, "reason": "disabled"}
+    if optimize:
+        fusion = ort_fusion.apply_to_export(onnx_path, model, batches, output_names)
+    proto = onnx.load(str(onnx_path))
+    if written_opset(proto) != opset:
+        raise ExportError(
+            f"asked for opset {opset}, the exporter wrote opset {written_opset(proto)}; nothing was written to {target}"
+        )
+    quantized = verify.is_quantized_graph(proto)
+    optimized_path = onnx_path.parent / "ort_optimized.onnx"
+    session = verify.create_session(onnx_path, optimized_path)
+    optimized_counts = verify.node_counts(onnx.load(str(optimized_path), load_external_data=False))
+    for leftover in onnx_path.parent.glob("ort_optimized.onnx*"):
+        leftover.unlink()
+    diff = verify.compare(session, model, batches, output_names)
+    ok, bounds = verify.tolerance_check(diff, quantized)
+    return _Verified(proto, quantized, stats, fusion, optimized_counts, diff, bounds, ok)
+
+
+def _copy_model_files(
+    model_path: Path, tokenizer: Any, recipe: str | os.PathLike | None, staging: Path
+) -> None:
+    """config.json, the tokenizer files and the recipe (given, else the model's own) into `staging`."""
+    shutil.copy2(model_path / "config.json", staging / "config.json")
+    tokenizer.save_pretrained(str(staging))
+    recipe_src = Path(recipe) if recipe is not None else model_path / RECIPE_FILE
+    if recipe_src.is_file():
+        shutil.copy2(recipe_src, staging / RECIPE_FILE)

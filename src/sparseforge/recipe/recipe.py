@@ -157,70 +157,13 @@ class Recipe:
 
     @classmethod
     def _from_tree(cls, tree: Mapping[str, Any], overrides: dict[str, Any], file: str | None) -> Recipe:
-        def line_of(mapping: Mapping, key: Any) -> int | None:
-            return mapping.line_of(key) if isinstance(mapping, LineDict) else None
-
-        global_raw: dict[str, Any] = {}
-        raw_stages: list[tuple[str | None, Mapping]] = []
-        top_groups: dict[str, Any] = {}
-        version = tree.get("version")
-        for key, value in tree.items():
-            _check_name(key, file, line_of(tree, key))
-            if key in _RESERVED_KEYS:
-                continue
-            if _is_group_key(key):
-                top_groups[key] = value
-            elif isinstance(value, Mapping) and any(_is_group_key(k) for k in value):
-                raw_stages.append((str(key), value))
-            else:
-                _reject_hidden_modifiers(key, value, file, line_of(tree, key))
-                global_raw[key] = value
-        if top_groups and raw_stages:
-            raise RecipeError(
-                "a recipe has either modifier groups at the top level or stages, not both "
-                f"(groups: {', '.join(top_groups)}; stages: {', '.join(n for n, _ in raw_stages)})",
-                file=file,
-            )
-        if top_groups:
-            raw_stages = [(None, LineDict(top_groups))]
-            if isinstance(tree, LineDict):
-                raw_stages[0][1].key_lines = {k: tree.line_of(k) for k in top_groups}
-
-        stage_var_names = {
-            k for _, body in raw_stages for k in body if not _is_group_key(k) and k not in _RESERVED_KEYS
-        }
-        unknown = sorted(set(overrides) - set(global_raw) - stage_var_names)
-        if unknown:
-            known = sorted(set(global_raw) | stage_var_names)
-            raise RecipeError(
-                f"recipe_args sets {', '.join(repr(k) for k in unknown)}, which the recipe does not define; "
-                f"its variables are: {', '.join(known) or 'none'}",
-                file=file,
-            )
-
-        def located(mapping: Mapping) -> Any:
-            return lambda name: {"file": file, "line": line_of(mapping, name)}
-
+        global_raw, raw_stages = _split_tree(tree, file)
+        _check_overrides(overrides, global_raw, raw_stages, file)
         global_vars = resolve_variables(
-            {k: overrides.get(k, v) for k, v in global_raw.items()}, where=located(tree)
+            {k: overrides.get(k, v) for k, v in global_raw.items()}, where=_located(tree, file)
         )
-        stages: list[Stage] = []
-        for stage_name, body in raw_stages:
-            stage_raw = {k: v for k, v in body.items() if not _is_group_key(k) and k not in _RESERVED_KEYS}
-            for key, value in stage_raw.items():
-                _check_name(key, file, line_of(body, key))
-                _reject_hidden_modifiers(key, value, file, line_of(body, key))
-            stage_raw = {k: overrides.get(k, v) for k, v in stage_raw.items()}
-            own = _resolve_stage_variables(stage_raw, global_vars, located(body))
-            variables = {**global_vars, **own}
-            groups: dict[str, tuple[Modifier, ...]] = {}
-            for group_name, entries in body.items():
-                if not _is_group_key(group_name):
-                    continue
-                groups[group_name] = tuple(
-                    _build_group(group_name, entries, variables, file, line_of(body, group_name))
-                )
-            stages.append(Stage(stage_name, groups, own))
+        stages = [_build_stage(name, body, overrides, global_vars, file) for name, body in raw_stages]
+        version = tree.get("version")
         metadata = tree.get(METADATA_KEY)
         return cls(
             stages,
@@ -464,6 +407,90 @@ def _base_apply_structure() -> Any:
     return BaseModifier.apply_structure
 
 
+def _line_of(mapping: Mapping, key: Any) -> int | None:
+    return mapping.line_of(key) if isinstance(mapping, LineDict) else None
+
+
+def _located(mapping: Mapping, file: str | None) -> Any:
+    """Where a variable of `mapping` is defined, for resolve_variables' error messages."""
+    return lambda name: {"file": file, "line": _line_of(mapping, name)}
+
+
+def _split_tree(
+    tree: Mapping[str, Any], file: str | None
+) -> tuple[dict[str, Any], list[tuple[str | None, Mapping]]]:
+    """The recipe's global variables and its stages; top-level groups make one unnamed stage."""
+    global_raw: dict[str, Any] = {}
+    raw_stages: list[tuple[str | None, Mapping]] = []
+    top_groups: dict[str, Any] = {}
+    for key, value in tree.items():
+        _check_name(key, file, _line_of(tree, key))
+        if key in _RESERVED_KEYS:
+            continue
+        if _is_group_key(key):
+            top_groups[key] = value
+        elif isinstance(value, Mapping) and any(_is_group_key(k) for k in value):
+            raw_stages.append((str(key), value))
+        else:
+            _reject_hidden_modifiers(key, value, file, _line_of(tree, key))
+            global_raw[key] = value
+    if top_groups and raw_stages:
+        raise RecipeError(
+            "a recipe has either modifier groups at the top level or stages, not both "
+            f"(groups: {', '.join(top_groups)}; stages: {', '.join(n for n, _ in raw_stages)})",
+            file=file,
+        )
+    if top_groups:
+        body = LineDict(top_groups)
+        if isinstance(tree, LineDict):
+            body.key_lines = {k: tree.line_of(k) for k in top_groups}
+        raw_stages = [(None, body)]
+    return global_raw, raw_stages
+
+
+def _check_overrides(
+    overrides: Mapping[str, Any],
+    global_raw: Mapping[str, Any],
+    raw_stages: list[tuple[str | None, Mapping]],
+    file: str | None,
+) -> None:
+    """recipe_args may only set variables the recipe defines (globally or in a stage)."""
+    stage_var_names = {
+        k for _, body in raw_stages for k in body if not _is_group_key(k) and k not in _RESERVED_KEYS
+    }
+    unknown = sorted(set(overrides) - set(global_raw) - stage_var_names)
+    if unknown:
+        known = sorted(set(global_raw) | stage_var_names)
+        raise RecipeError(
+            f"recipe_args sets {', '.join(repr(k) for k in unknown)}, which the recipe does not define; "
+            f"its variables are: {', '.join(known) or 'none'}",
+            file=file,
+        )
+
+
+def _build_stage(
+    stage_name: str | None,
+    body: Mapping,
+    overrides: Mapping[str, Any],
+    global_vars: Mapping[str, Any],
+    file: str | None,
+) -> Stage:
+    """One stage: its own variables (overridable) resolved over the globals, then its groups built."""
+    stage_raw = {k: v for k, v in body.items() if not _is_group_key(k) and k not in _RESERVED_KEYS}
+    for key, value in stage_raw.items():
+        _check_name(key, file, _line_of(body, key))
+        _reject_hidden_modifiers(key, value, file, _line_of(body, key))
+    stage_raw = {k: overrides.get(k, v) for k, v in stage_raw.items()}
+    own = _resolve_stage_variables(stage_raw, global_vars, _located(body, file))
+    variables = {**global_vars, **own}
+    groups: dict[str, tuple[Modifier, ...]] = {
+        group_name: tuple(_build_group(group_name, entries, variables, file, _line_of(body, group_name)))
+        for group_name, entries in body.items()
+        if _is_group_key(group_name)
+    }
+    return Stage(stage_name, groups, own)
+
+
 def _check_name(key: Any, file: str | None, line: int | None) -> None:
     """Variables, groups and stages are named by text: `&x: 1` (a key lost to an anchor) or `1: 2` is a mistake."""
     if not isinstance(key, str):
@@ -651,21 +678,28 @@ def parse_recipe_args(args: str | Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(args, str):
         raise RecipeError(f"recipe_args must be a dict or a string, got {type(args).__name__}")
     text = args.strip()
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"recipe_args is not valid JSON: {err.msg} at column {err.colno}") from None
-        except ValueError as err:  # e.g. an integer of more than 4,300 digits
-            raise RecipeError(f"recipe_args is not usable JSON: {one_line(err, 120)}") from None
-        except RecursionError:
-            parsed = None  # nested too deeply for the JSON reader: refused just below
-        if parsed is None or _nesting_depth(parsed) > MAX_YAML_DEPTH:
-            raise RecipeError(f"recipe_args JSON nests more than {MAX_YAML_DEPTH} levels deep")
-        if not isinstance(parsed, dict):
-            raise RecipeError("recipe_args JSON must be an object of variable: value")
-        return {str(k): as_number(v) for k, v in parsed.items()}
+    return _json_recipe_args(text) if text.startswith("{") else _key_value_recipe_args(text)
 
+
+def _json_recipe_args(text: str) -> dict[str, Any]:
+    """recipe_args given as a JSON object."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecipeError(f"recipe_args is not valid JSON: {err.msg} at column {err.colno}") from None
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        raise RecipeError(f"recipe_args is not usable JSON: {one_line(err, 120)}") from None
+    except RecursionError:
+        parsed = None  # nested too deeply for the JSON reader: refused just below
+    if parsed is None or _nesting_depth(parsed) > MAX_YAML_DEPTH:
+        raise RecipeError(f"recipe_args JSON nests more than {MAX_YAML_DEPTH} levels deep")
+    if not isinstance(parsed, dict):
+        raise RecipeError("recipe_args JSON must be an object of variable: value")
+    return {str(k): as_number(v) for k, v in parsed.items()}
+
+
+def _key_value_recipe_args(text: str) -> dict[str, Any]:
+    """recipe_args given as `k=v,k2=v2`; a value that is no YAML scalar stays text."""
     result: dict[str, Any] = {}
     for item in _split_top_level(text):
         if "=" not in item:

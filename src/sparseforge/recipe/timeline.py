@@ -29,10 +29,6 @@ class RunSchedule:
         if spe is not None and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
             raise RecipeError(f"steps_per_epoch must be a positive integer, got {spe!r}")
 
-    @property
-    def knows_steps(self) -> bool:
-        return self.steps_per_epoch is not None
-
     def epoch_of_step(self, step: int) -> float:
         return step / self._spe("a step count")
 

@@ -47,6 +47,7 @@ def test_gptq_is_on_the_grid_and_beats_round_to_nearest(bits):
     assert relative_error(weight, quantized, h.matrix) < relative_error(weight, rounded, h.matrix)
 
 
+@pytest.mark.slow
 def test_gptq_after_sparsegpt_reloads_and_exports(tmp_path):
     model = make_tiny_model()
     gen = torch.Generator().manual_seed(0)

@@ -94,6 +94,7 @@ def _always_predicts(model_dir, word):
     model.save_pretrained(str(model_dir))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line_by_line", [False, True])
 def test_cli_two_corpora_reports_perplexity(tiny_model_dir, tmp_path, line_by_line):
     model = tiny_model_dir("masked-language-modeling")

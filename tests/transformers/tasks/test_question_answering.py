@@ -254,6 +254,7 @@ def _train(argv):
     return sparseforge_main(["train", "question-answering", *argv, "--report_to", "none"])
 
 
+@pytest.mark.slow
 def test_seed_run_qa_command_scaled_down(tiny_model_dir, tmp_path):
     """The seed's run_qa.py command, flag for flag, with local model / teacher / data and small sizes."""
     import torch
@@ -304,6 +305,7 @@ def test_seed_run_qa_command_scaled_down(tiny_model_dir, tmp_path):
     assert any((out / "onnx").rglob("*.onnx"))
 
 
+@pytest.mark.slow
 def test_zoo_stubs_v2_and_predict(tiny_model_dir, tmp_path, monkeypatch):
     from sparseforge import zoo
 

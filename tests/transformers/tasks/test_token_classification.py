@@ -123,6 +123,7 @@ def _run(argv):
     return sparseforge_main(["train", "token-classification", *argv, "--report_to", "none", "--save_strategy", "no"])
 
 
+@pytest.mark.slow
 def test_cli_trains_on_conll_files(tiny_model_dir, tmp_path):
     model = tiny_model_dir("token-classification")
     out = tmp_path / "out"
@@ -143,6 +144,7 @@ def test_cli_trains_on_conll_files(tiny_model_dir, tmp_path):
     assert [len(line.split()) for line in lines] == [len(row["tokens"]) for row in dev]  # one tag per word
 
 
+@pytest.mark.slow
 def test_cli_json_pos_task_and_offline_dataset_error(tiny_model_dir, tmp_path, capsys):
     model = tiny_model_dir("token-classification")
     out = tmp_path / "pos"

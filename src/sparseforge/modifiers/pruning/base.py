@@ -286,30 +286,8 @@ class GradualPruningModifier(PruningModifier):
 
     @model_validator(mode="after")
     def _check_gradual(self) -> GradualPruningModifier:
-        if isinstance(self.init_sparsity, float) and not 0.0 <= self.init_sparsity <= 1.0:
-            raise ValueError(
-                f"init_sparsity must be within [0, 1] or {FROM_PARAM}, got {self.init_sparsity}"
-            )
-        finals = (
-            list(self.final_sparsity)
-            if isinstance(self.final_sparsity, dict)
-            else [self.final_sparsity]
-        )
-        for final in finals:
-            if not 0.0 <= final <= 1.0:
-                raise ValueError(f"final_sparsity values must be within [0, 1], got {final}")
-        if isinstance(self.final_sparsity, dict):
-            if as_pattern_list(self.params):
-                raise ValueError(
-                    "when final_sparsity maps sparsities to parameters, params must be [] (or left out)"
-                )
-            for final, patterns in self.final_sparsity.items():
-                if not as_pattern_list(patterns):
-                    raise ValueError(f"final_sparsity entry {final} lists no parameters")
-        elif not as_pattern_list(self.params):
-            raise ValueError(
-                "params is required: parameter names, 're:' patterns, __ALL__ or __ALL_PRUNABLE__"
-            )
+        finals = self._check_sparsity_range()
+        self._check_params_given()
         try:
             structure = parse_mask_type(self.mask_type)
         except ValueError as err:
@@ -332,6 +310,37 @@ class GradualPruningModifier(PruningModifier):
                 "global sparsity needs a single final_sparsity, not a mapping of several"
             )
         return self
+
+    def _check_sparsity_range(self) -> list[float]:
+        """init_sparsity and every final sparsity within [0, 1]; returns the final sparsities."""
+        if isinstance(self.init_sparsity, float) and not 0.0 <= self.init_sparsity <= 1.0:
+            raise ValueError(
+                f"init_sparsity must be within [0, 1] or {FROM_PARAM}, got {self.init_sparsity}"
+            )
+        finals = (
+            list(self.final_sparsity)
+            if isinstance(self.final_sparsity, dict)
+            else [self.final_sparsity]
+        )
+        for final in finals:
+            if not 0.0 <= final <= 1.0:
+                raise ValueError(f"final_sparsity values must be within [0, 1], got {final}")
+        return finals
+
+    def _check_params_given(self) -> None:
+        """Parameters come from `params` or from a final_sparsity mapping, exactly one of them."""
+        if isinstance(self.final_sparsity, dict):
+            if as_pattern_list(self.params):
+                raise ValueError(
+                    "when final_sparsity maps sparsities to parameters, params must be [] (or left out)"
+                )
+            for final, patterns in self.final_sparsity.items():
+                if not as_pattern_list(patterns):
+                    raise ValueError(f"final_sparsity entry {final} lists no parameters")
+        elif not as_pattern_list(self.params):
+            raise ValueError(
+                "params is required: parameter names, 're:' patterns, __ALL__ or __ALL_PRUNABLE__"
+            )
 
     @property
     def structure(self) -> MaskStructure:

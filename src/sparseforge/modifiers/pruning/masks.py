@@ -68,39 +68,52 @@ def parse_mask_type(value: Any) -> MaskStructure:
     if isinstance(value, MaskStructure):
         return value
     if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "unstructured":
-            return UNSTRUCTURED
-        if text in _GROUP_DIM:
-            return MaskStructure(text)
-        if text in ("block4", "block"):  # "block" is SparseML's older spelling of block4
-            return MaskStructure("block", (1, 4))
-        if text == "tensorrt":
-            return MaskStructure("nm", n=2, m=4)
-        if ":" in text:
-            parts = text.split(":")
-            if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-                n, m = int(parts[0]), int(parts[1])
-                if 0 < n < m:
-                    return MaskStructure("nm", n=n, m=m)
-            raise ValueError(
-                f"N:M mask_type needs integers 0 < N < M (N kept of every M), got {value!r}"
-            )
-        if text.startswith("[") and text.endswith("]"):
-            items = [p.strip() for p in text[1:-1].split(",")]
-            if all(p.isdigit() for p in items):
-                return parse_mask_type([int(p) for p in items])
+        structure = _parse_mask_text(value)
+        if structure is not None:
+            return structure
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        items = list(value)
-        if len(items) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items
-        ):
-            a, b = items
-            return UNSTRUCTURED if (a, b) == (1, 1) else MaskStructure("block", (a, b))
-        raise ValueError(
-            f"a block mask_type is two positive integers [rows, columns], got {value!r}"
-        )
+        return _parse_block_shape(value)
     raise ValueError(f"unknown mask_type {value!r}; valid: {MASK_TYPE_HELP}")
+
+
+def _parse_mask_text(value: str) -> MaskStructure | None:
+    """A mask_type written as text (a name, `N:M` or `[rows,columns]`); None when unrecognized."""
+    text = value.strip().lower()
+    if text == "unstructured":
+        return UNSTRUCTURED
+    if text in _GROUP_DIM:
+        return MaskStructure(text)
+    if text in ("block4", "block"):  # "block" is SparseML's older spelling of block4
+        return MaskStructure("block", (1, 4))
+    if text == "tensorrt":
+        return MaskStructure("nm", n=2, m=4)
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            n, m = int(parts[0]), int(parts[1])
+            if 0 < n < m:
+                return MaskStructure("nm", n=n, m=m)
+        raise ValueError(
+            f"N:M mask_type needs integers 0 < N < M (N kept of every M), got {value!r}"
+        )
+    if text.startswith("[") and text.endswith("]"):
+        items = [p.strip() for p in text[1:-1].split(",")]
+        if all(p.isdigit() for p in items):
+            return parse_mask_type([int(p) for p in items])
+    return None
+
+
+def _parse_block_shape(value: Sequence) -> MaskStructure:
+    """A block mask_type given as a list [rows, columns]; [1, 1] is unstructured."""
+    items = list(value)
+    if len(items) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items
+    ):
+        a, b = items
+        return UNSTRUCTURED if (a, b) == (1, 1) else MaskStructure("block", (a, b))
+    raise ValueError(
+        f"a block mask_type is two positive integers [rows, columns], got {value!r}"
+    )
 
 
 # ----- grouping ----------------------------------------------------------------------------------
