@@ -85,30 +85,28 @@ def _tsv_has_header(path: Path, task_name: str | None) -> bool:
     return "sentence" in first or "label" in first
 
 
-def read_data_file(
-    path: str | os.PathLike, *, task_name: str | None = None, cache_dir: str | None = None, flag: str = "data file"
-) -> Any:
-    """One local file as a `datasets.Dataset` (columns renamed to `datasets`' GLUE names for a GLUE task)."""
-    import datasets
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{flag} {path} does not exist")
-    ext = _extension(path)
-    kwargs: dict[str, Any] = {}
+def _reader_for(path: Path, ext: str, task_name: str | None, flag: str) -> tuple[str, dict[str, Any]]:
+    """The `datasets` builder and its options for a file extension, kept apart from loading so
+    an unsupported format is refused before `datasets` is touched."""
     if ext == ".csv":
-        builder = "csv"
-    elif ext == ".tsv":
-        builder = "csv"
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "na_filter": False}
+        return "csv", {}
+    if ext == ".tsv":
+        kwargs: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "na_filter": False}
         if not _tsv_has_header(path, task_name):
             kwargs["column_names"] = GLUE_HEADERLESS_COLUMNS[task_name]  # type: ignore[index]
-    elif ext in (".json", ".jsonl", ".json.gz", ".jsonl.gz"):
-        builder = "json"
-    elif ext == ".parquet":
-        builder = "parquet"
-    else:
-        raise DataError(f"{flag} {path}: unsupported format '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
+        return "csv", kwargs
+    if ext in (".json", ".jsonl", ".json.gz", ".jsonl.gz"):
+        return "json", {}
+    if ext == ".parquet":
+        return "parquet", {}
+    raise DataError(f"{flag} {path}: unsupported format '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
+
+
+def _load_quietly(builder: str, path: Path, ext: str, kwargs: dict[str, Any], cache_dir: str | None, flag: str) -> Any:
+    """`datasets.load_dataset` with its logging and progress bars silenced (restored afterwards),
+    so a bad file is reported once, as a one-line DataError, instead of as a reader traceback."""
+    import datasets
+
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file is reported once, below
     bars = datasets.utils.are_progress_bars_disabled()
@@ -125,14 +123,33 @@ def read_data_file(
         datasets.logging.set_verbosity(verbosity)
         if not bars:
             datasets.enable_progress_bars()
+    return dataset
+
+
+def _rename_glue_tsv_columns(dataset: Any, task_name: str) -> Any:
+    """GLUE's original tsv column names -> the `datasets` names the task code reads; a column
+    already holding a target name is dropped first so the rename cannot collide."""
+    renames = {old: new for old, new in GLUE_TSV_RENAMES[task_name].items() if old in dataset.column_names}
+    for new in renames.values():
+        if new in dataset.column_names:
+            dataset = dataset.remove_columns(new)
+    return dataset.rename_columns(renames)
+
+
+def read_data_file(
+    path: str | os.PathLike, *, task_name: str | None = None, cache_dir: str | None = None, flag: str = "data file"
+) -> Any:
+    """One local file as a `datasets.Dataset` (columns renamed to `datasets`' GLUE names for a GLUE task)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path} does not exist")
+    ext = _extension(path)
+    builder, kwargs = _reader_for(path, ext, task_name, flag)
+    dataset = _load_quietly(builder, path, ext, kwargs, cache_dir, flag)
     if len(dataset) == 0:
         raise DataError(f"{flag} {path} holds no examples")
     if ext == ".tsv" and task_name in GLUE_TSV_RENAMES:
-        renames = {old: new for old, new in GLUE_TSV_RENAMES[task_name].items() if old in dataset.column_names}
-        for new in renames.values():
-            if new in dataset.column_names:
-                dataset = dataset.remove_columns(new)
-        dataset = dataset.rename_columns(renames)
+        dataset = _rename_glue_tsv_columns(dataset, task_name)
     return dataset
 
 

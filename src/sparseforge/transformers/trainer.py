@@ -294,12 +294,9 @@ def _check_archives(folder: Path) -> None:
             raise SparseforgeError(f"{file} is damaged (member {bad} fails its checksum); resume from an earlier checkpoint")
 
 
-def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> dict[str, Any] | None:
-    """Refuse to resume from a checkpoint that is incomplete or damaged, naming the file, before
-    anything is trained. Returns the recipe state (`manager_state.pt`) when `needs_manager_state`."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise SparseforgeError(f"--resume_from_checkpoint {folder}: not a folder")
+def _required_files(folder: Path, needs_manager_state: bool) -> list[str]:
+    """The files a resumable checkpoint must hold: the trainer state, the recipe state when a
+    recipe runs, and every file the checkpoint's own marker lists (a damaged marker is refused)."""
     required = [TRAINER_STATE_FILE, *([MANAGER_STATE_NAME] if needs_manager_state else [])]
     marker = folder / CHECKPOINT_MARKER
     if marker.is_file():
@@ -307,10 +304,12 @@ def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> d
             required += [name for name in json.loads(marker.read_text(encoding="utf-8"))["files"] if name != CHECKPOINT_MARKER]
         except (ValueError, KeyError, TypeError):
             raise SparseforgeError(f"{marker} is damaged (not the JSON sparseforge writes)") from None
-    for name in dict.fromkeys(required):
-        if not (folder / name).is_file():
-            why = "the recipe's state (schedule, masks) cannot be restored" if name == MANAGER_STATE_NAME else "the checkpoint is incomplete"
-            raise SparseforgeError(f"cannot resume from {folder}: {name} is missing ({why}); resume from a complete checkpoint-N")
+    return required
+
+
+def _check_json_files(folder: Path) -> None:
+    """The checkpoint's JSON files (trainer state, config) must parse as the objects Hugging Face
+    reads back; a truncated one fails here, naming the file, instead of deep inside `train()`."""
     for name in (TRAINER_STATE_FILE, "config.json"):
         if not (folder / name).is_file():
             continue
@@ -320,6 +319,19 @@ def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> d
             raise SparseforgeError(f"{folder / name} is damaged (not JSON: {err})") from None
         if not isinstance(content, dict) or (name == TRAINER_STATE_FILE and not isinstance(content.get("global_step"), int)):
             raise SparseforgeError(f"{folder / name} is damaged (not the JSON object a checkpoint holds)")
+
+
+def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> dict[str, Any] | None:
+    """Refuse to resume from a checkpoint that is incomplete or damaged, naming the file, before
+    anything is trained. Returns the recipe state (`manager_state.pt`) when `needs_manager_state`."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SparseforgeError(f"--resume_from_checkpoint {folder}: not a folder")
+    for name in dict.fromkeys(_required_files(folder, needs_manager_state)):
+        if not (folder / name).is_file():
+            why = "the recipe's state (schedule, masks) cannot be restored" if name == MANAGER_STATE_NAME else "the checkpoint is incomplete"
+            raise SparseforgeError(f"cannot resume from {folder}: {name} is missing ({why}); resume from a complete checkpoint-N")
+    _check_json_files(folder)
     _check_weights(folder)
     _check_archives(folder)
     if not needs_manager_state:

@@ -49,6 +49,36 @@ def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
     return converted
 
 
+def _sentence_row(words: Sequence[Sequence[str]], width: int | None, index: int, convert_iob1: bool) -> dict[str, Any]:
+    """One sentence's row from its word lines, kept apart from the line loop: which tag columns a
+    file fills depends on its width (2: NER only, 4: POS, chunk, NER)."""
+    row: dict[str, Any] = {"id": str(index), "tokens": [w[0] for w in words]}
+    if width == 2:
+        row["ner_tags"] = [w[1] for w in words]
+    else:
+        for task, column in CONLL_COLUMNS.items():
+            row[f"{task}_tags"] = [w[column] for w in words]
+    if convert_iob1:
+        for key in ("ner_tags", "chunk_tags"):
+            if key in row:
+                row[key] = iob1_to_iob2(row[key])
+    return row
+
+
+def _line_width(path: Path, number: int, line: str, parts: Sequence[str], width: int | None) -> int:
+    """The file's column count, fixed by its first word line; a line of another width is a
+    DataError naming the file and line, so a ragged file fails before training."""
+    if width is None:
+        width = len(parts)
+        if width not in (2, 4):
+            raise DataError(
+                f"{path}:{number}: expected 'token POS chunk NER' (4 columns) or 'token tag' (2 columns), got {len(parts)}"
+            )
+    if len(parts) != width:
+        raise DataError(f"{path}:{number}: {len(parts)} columns where the file has {width}: {line!r}")
+    return width
+
+
 def read_conll(path: str | Path, convert_iob1: bool = True) -> list[dict[str, Any]]:
     """Sentences of a CoNLL column file as rows {id, tokens, pos_tags, chunk_tags, ner_tags}.
 
@@ -64,37 +94,16 @@ def read_conll(path: str | Path, convert_iob1: bool = True) -> list[dict[str, An
     width: int | None = None
 
     def flush() -> None:
-        if not words:
-            return
-        row: dict[str, Any] = {"id": str(len(sentences)), "tokens": [w[0] for w in words]}
-        if width == 2:
-            row["ner_tags"] = [w[1] for w in words]
-        else:
-            for task, column in CONLL_COLUMNS.items():
-                row[f"{task}_tags"] = [w[column] for w in words]
-        if convert_iob1:
-            for key in ("ner_tags", "chunk_tags"):
-                if key in row:
-                    row[key] = iob1_to_iob2(row[key])
-        sentences.append(row)
-        words.clear()
+        if words:
+            sentences.append(_sentence_row(words, width, len(sentences), convert_iob1))
+            words.clear()
 
     for number, line in enumerate(lines, start=1):
         parts = line.split()
-        if not parts:
+        if not parts or parts[0] == DOCSTART:
             flush()
             continue
-        if parts[0] == DOCSTART:
-            flush()
-            continue
-        if width is None:
-            width = len(parts)
-            if width not in (2, 4):
-                raise DataError(
-                    f"{path}:{number}: expected 'token POS chunk NER' (4 columns) or 'token tag' (2 columns), got {len(parts)}"
-                )
-        if len(parts) != width:
-            raise DataError(f"{path}:{number}: {len(parts)} columns where the file has {width}: {line!r}")
+        width = _line_width(path, number, line, parts, width)
         words.append(parts)
     flush()
     if not sentences:

@@ -45,14 +45,10 @@ def _answers_of(qa: Mapping[str, Any], where: str) -> dict[str, list]:
     return {"text": [str(t) for t in texts], "answer_start": [int(s) for s in starts]}
 
 
-def read_squad(path: str | Path) -> list[dict[str, Any]]:
-    """Examples of a SQuAD v1.1/v2.0 file as flat rows (id, title, context, question, answers).
-
-    Accepts the official nested json (`{"data": [{"title", "paragraphs": [...]}]}`), or flat
-    rows with those five fields as a json list, `{"data": [rows]}`, or json lines (`.gz` too).
-    Unanswerable v2 questions (`is_impossible`) get empty answers.
-    """
-    path = Path(path)
+def _squad_entries(path: Path) -> list[Any]:
+    """The file's top-level entries (articles or flat rows), kept apart from turning them into
+    examples: reading, json lines vs one document and the `{"data": [...]}` wrapper are file
+    layout, each a DataError naming the file."""
     if not path.is_file():
         raise DataError(f"SQuAD file not found: {path}")
     try:
@@ -69,39 +65,62 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
         rows = rows["data"]
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a list of articles or examples")
+    return rows
+
+
+def _article_examples(path: Path, article: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The questions of one article of the official nested layout (paragraphs -> qas), which
+    share the article's title and each paragraph's context."""
     examples: list[dict[str, Any]] = []
-    for index, row in enumerate(rows):
+    for paragraph in article["paragraphs"]:
+        for qa in paragraph["qas"]:
+            where = f"{path}: question {qa.get('id', '?')}"
+            examples.append(
+                {
+                    "id": str(qa["id"]),
+                    "title": str(article.get("title", "")),
+                    "context": paragraph["context"],
+                    "question": qa["question"],
+                    "answers": _answers_of(qa, where),
+                }
+            )
+    return examples
+
+
+def _flat_example(path: Path, index: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row (the `datasets` squad layout); its id defaults to its position, and a row
+    without context or question is a DataError naming the entry and the layouts accepted."""
+    missing = [key for key in ("context", "question") if key not in row]
+    if missing:
+        raise DataError(
+            f"{path}: entry {index} lacks {', '.join(missing)}; rows need id, context, question, answers "
+            "(or use the official SQuAD layout with data/paragraphs/qas)"
+        )
+    return {
+        "id": str(row.get("id", index)),
+        "title": str(row.get("title", "")),
+        "context": row["context"],
+        "question": row["question"],
+        "answers": _answers_of(row, f"{path}: entry {index}"),
+    }
+
+
+def read_squad(path: str | Path) -> list[dict[str, Any]]:
+    """Examples of a SQuAD v1.1/v2.0 file as flat rows (id, title, context, question, answers).
+
+    Accepts the official nested json (`{"data": [{"title", "paragraphs": [...]}]}`), or flat
+    rows with those five fields as a json list, `{"data": [rows]}`, or json lines (`.gz` too).
+    Unanswerable v2 questions (`is_impossible`) get empty answers.
+    """
+    path = Path(path)
+    examples: list[dict[str, Any]] = []
+    for index, row in enumerate(_squad_entries(path)):
         if not isinstance(row, Mapping):
             raise DataError(f"{path}: entry {index} is not an object")
         if "paragraphs" in row:  # official nested layout
-            for paragraph in row["paragraphs"]:
-                for qa in paragraph["qas"]:
-                    where = f"{path}: question {qa.get('id', '?')}"
-                    examples.append(
-                        {
-                            "id": str(qa["id"]),
-                            "title": str(row.get("title", "")),
-                            "context": paragraph["context"],
-                            "question": qa["question"],
-                            "answers": _answers_of(qa, where),
-                        }
-                    )
+            examples.extend(_article_examples(path, row))
         else:
-            missing = [key for key in ("context", "question") if key not in row]
-            if missing:
-                raise DataError(
-                    f"{path}: entry {index} lacks {', '.join(missing)}; rows need id, context, question, answers "
-                    "(or use the official SQuAD layout with data/paragraphs/qas)"
-                )
-            examples.append(
-                {
-                    "id": str(row.get("id", index)),
-                    "title": str(row.get("title", "")),
-                    "context": row["context"],
-                    "question": row["question"],
-                    "answers": _answers_of(row, f"{path}: entry {index}"),
-                }
-            )
+            examples.append(_flat_example(path, index, row))
     if not examples:
         raise DataError(f"{path}: no questions found")
     return examples
@@ -214,6 +233,84 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
+def _window_spans(
+    offsets: Sequence[Any], starts: np.ndarray, ends: np.ndarray, n_best_size: int, max_answer_length: int
+) -> list[dict[str, Any]]:
+    """Candidate spans of one window from its top starts and ends: the cut to spans inside the
+    context (positions with offsets), ordered and at most `max_answer_length` tokens long."""
+    spans: list[dict[str, Any]] = []
+    top_starts = np.argsort(starts)[::-1][:n_best_size]
+    top_ends = np.argsort(ends)[::-1][:n_best_size]
+    for s in top_starts:
+        for e in top_ends:
+            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
+                continue
+            spans.append(
+                {
+                    "offsets": (offsets[s][0], offsets[e][1]),
+                    "score": float(starts[s] + ends[e]),
+                    "start_logit": float(starts[s]),
+                    "end_logit": float(ends[e]),
+                }
+            )
+    return spans
+
+
+def _question_candidates(
+    windows: Sequence[int],
+    features: Sequence[Mapping[str, Any]],
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best_size: int,
+    max_answer_length: int,
+) -> tuple[list[dict[str, Any]], float | None]:
+    """The spans of all windows of one question and its lowest null score (CLS start + end), the
+    two things the answer is chosen from; None when the question has no window."""
+    min_null: float | None = None
+    candidates: list[dict[str, Any]] = []
+    for index in windows:
+        offsets = features[index]["offset_mapping"]
+        starts = np.asarray(start_logits[index])[: len(offsets)]
+        ends = np.asarray(end_logits[index])[: len(offsets)]
+        null = float(starts[0] + ends[0])
+        if min_null is None or null < min_null:
+            min_null = null
+        candidates.extend(_window_spans(offsets, starts, ends, n_best_size, max_answer_length))
+    return candidates, min_null
+
+
+def _nbest_list(
+    candidates: list[dict[str, Any]], context: str, min_null: float | None, with_null: bool, n_best_size: int
+) -> list[dict[str, Any]]:
+    """The n-best list written to `nbest_predictions.json`: best spans with their text, the null
+    answer among them for v2, never empty, each with its softmax probability."""
+    candidates.sort(key=lambda c: c["score"], reverse=True)
+    candidates = candidates[:n_best_size]
+    for candidate in candidates:
+        candidate["text"] = context[candidate["offsets"][0] : candidate["offsets"][1]]
+    if with_null and min_null is not None:
+        candidates.append({"offsets": (0, 0), "score": min_null, "start_logit": None, "end_logit": None, "text": ""})
+        candidates.sort(key=lambda c: c["score"], reverse=True)
+        candidates = candidates[: max(n_best_size, 1)]
+    if not candidates:
+        candidates = [{"offsets": (0, 0), "score": 0.0, "start_logit": 0.0, "end_logit": 0.0, "text": ""}]
+    probabilities = _softmax(np.array([c["score"] for c in candidates]))
+    for candidate, probability in zip(candidates, probabilities, strict=True):
+        candidate["probability"] = float(probability)
+        candidate["offsets"] = list(candidate["offsets"])
+    return candidates
+
+
+def _v2_answer(candidates: Sequence[Mapping[str, Any]], min_null: float | None, threshold: float) -> tuple[str, float]:
+    """SQuAD v2's choice between the best span and no answer: (answer text, null score minus
+    best span score); "" when no span exists or the null score wins by more than `threshold`."""
+    best_span = next((c for c in candidates if c["start_logit"] is not None), None)
+    if best_span is None:
+        return "", 0.0
+    diff = float((min_null or 0.0) - best_span["score"])
+    return ("" if diff > threshold else best_span["text"]), diff
+
+
 def postprocess_predictions(
     examples: Sequence[Mapping[str, Any]],
     features: Sequence[Mapping[str, Any]],
@@ -244,57 +341,14 @@ def postprocess_predictions(
     nbest: dict[str, list[dict[str, Any]]] = {}
     null_diffs: dict[str, float] = {}
     for example in examples:
-        context = example["context"]
-        min_null: float | None = None
-        candidates: list[dict[str, Any]] = []
-        for index in by_example.get(example["id"], []):
-            offsets = features[index]["offset_mapping"]
-            starts = np.asarray(start_logits[index])[: len(offsets)]
-            ends = np.asarray(end_logits[index])[: len(offsets)]
-            null = float(starts[0] + ends[0])
-            if min_null is None or null < min_null:
-                min_null = null
-            top_starts = np.argsort(starts)[::-1][:n_best_size]
-            top_ends = np.argsort(ends)[::-1][:n_best_size]
-            for s in top_starts:
-                for e in top_ends:
-                    if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_answer_length:
-                        continue
-                    candidates.append(
-                        {
-                            "offsets": (offsets[s][0], offsets[e][1]),
-                            "score": float(starts[s] + ends[e]),
-                            "start_logit": float(starts[s]),
-                            "end_logit": float(ends[e]),
-                        }
-                    )
-        candidates.sort(key=lambda c: c["score"], reverse=True)
-        candidates = candidates[:n_best_size]
-        for candidate in candidates:
-            candidate["text"] = context[candidate["offsets"][0] : candidate["offsets"][1]]
-        if version_2_with_negative and min_null is not None:
-            candidates.append({"offsets": (0, 0), "score": min_null, "start_logit": None, "end_logit": None, "text": ""})
-            candidates.sort(key=lambda c: c["score"], reverse=True)
-            candidates = candidates[: max(n_best_size, 1)]
-        if not candidates:
-            candidates = [{"offsets": (0, 0), "score": 0.0, "start_logit": 0.0, "end_logit": 0.0, "text": ""}]
-        probabilities = _softmax(np.array([c["score"] for c in candidates]))
-        for candidate, probability in zip(candidates, probabilities, strict=True):
-            candidate["probability"] = float(probability)
-            candidate["offsets"] = list(candidate["offsets"])
+        windows = by_example.get(example["id"], [])
+        candidates, min_null = _question_candidates(windows, features, start_logits, end_logits, n_best_size, max_answer_length)
+        candidates = _nbest_list(candidates, example["context"], min_null, version_2_with_negative, n_best_size)
         nbest[example["id"]] = candidates
-
-        if not version_2_with_negative:
+        if version_2_with_negative:
+            predictions[example["id"]], null_diffs[example["id"]] = _v2_answer(candidates, min_null, null_score_diff_threshold)
+        else:
             predictions[example["id"]] = candidates[0]["text"]
-            continue
-        best_span = next((c for c in candidates if c["start_logit"] is not None), None)
-        if best_span is None:
-            predictions[example["id"]] = ""
-            null_diffs[example["id"]] = 0.0
-            continue
-        diff = float((min_null or 0.0) - best_span["score"])
-        null_diffs[example["id"]] = diff
-        predictions[example["id"]] = "" if diff > null_score_diff_threshold else best_span["text"]
     return predictions, nbest, null_diffs
 
 
