@@ -68,7 +68,9 @@ def quantize_random(model: torch.nn.Module, seq: int) -> None:
     from sparseforge.modifiers.quantization import QuantizationModifier, set_observers
     from sparseforge.recipe import Recipe
 
-    modifier = Recipe.load("modifiers:\n  - !QuantizationModifier" + QAT_FIELDS + "\n").instantiate()[0]
+    modifier = Recipe.load(
+        "modifiers:\n  - !QuantizationModifier" + QAT_FIELDS + "\n"
+    ).instantiate()[0]
     assert isinstance(modifier, QuantizationModifier)
     modifier.apply_structure(model)
     set_observers(model, True)
@@ -272,7 +274,9 @@ def accuracy_part(workdir: Path, steps_per_epoch: int, batch_size: int) -> dict:
     }
 
 
-def qat_fine_tune(manager, model, tokenizer, train, dev, steps_per_epoch: int, batch_size: int) -> dict:
+def qat_fine_tune(
+    manager, model, tokenizer, train, dev, steps_per_epoch: int, batch_size: int
+) -> dict:
     """One FP32 epoch, then one QAT epoch (the recipe starts QAT at epoch 1); dev accuracy after each."""
     train_texts, train_labels = train
     optimizer = manager.modify(
@@ -306,7 +310,11 @@ def qat_fine_tune(manager, model, tokenizer, train, dev, steps_per_epoch: int, b
     model.eval()
     qat_accuracy = torch_accuracy(model, tokenizer, *dev)
     log(f"  QAT PyTorch (fake quant) dev accuracy {qat_accuracy:.4f}")
-    return {"train_examples": int(len(order)), "fp32_accuracy": fp32_accuracy, "qat_accuracy": qat_accuracy}
+    return {
+        "train_examples": int(len(order)),
+        "fp32_accuracy": fp32_accuracy,
+        "qat_accuracy": qat_accuracy,
+    }
 
 
 def export_and_compare(saved: Path, tokenizer, dev) -> dict:

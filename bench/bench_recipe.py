@@ -70,10 +70,14 @@ def manager_only_overhead(steps: int = 5000) -> float:
 
 def make_model(kind: str):
     if kind == "tiny-linear":
-        return torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)), (torch.randn(4, 16),)
+        return torch.nn.Sequential(
+            torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+        ), (torch.randn(4, 16),)
     from transformers import BertConfig, BertForSequenceClassification
 
-    config = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+    config = BertConfig(
+        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536
+    )
     model = BertForSequenceClassification(config)
     return model, (torch.randint(0, config.vocab_size, (8, 64)),)
 
@@ -84,7 +88,9 @@ def step_overhead(kind: str, steps: int, blocks: int = 4) -> tuple[float, float]
     torch.manual_seed(0)
     model, inputs = make_model(kind)
     plain_opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    managed_opt = Manager.from_recipe(LR_RECIPE).modify(model, torch.optim.AdamW(model.parameters(), lr=5e-5), steps_per_epoch=max(steps // 4, 1))
+    managed_opt = Manager.from_recipe(LR_RECIPE).modify(
+        model, torch.optim.AdamW(model.parameters(), lr=5e-5), steps_per_epoch=max(steps // 4, 1)
+    )
 
     def run(optimizer, n):
         start = time.perf_counter()
@@ -110,7 +116,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     if SEEDS.is_dir():
         paths = sorted(SEEDS.glob("*"))
         print(f"recipes: seeds from {SEEDS}")

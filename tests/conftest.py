@@ -80,7 +80,9 @@ def make_tiny_model(task: str = "text-classification", seed: int = 0, **config_o
     return cls(tiny_bert_config(**config_overrides)).eval()
 
 
-def save_tiny_model(directory: Path, task: str = "text-classification", seed: int = 0, **config_overrides):
+def save_tiny_model(
+    directory: Path, task: str = "text-classification", seed: int = 0, **config_overrides
+):
     """Save a tiny model plus tokenizer as a Hugging Face folder; returns the folder."""
     model = make_tiny_model(task, seed=seed, **config_overrides)
     directory.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,14 @@ def tiny_tokenizer(tmp_path):
 def tiny_model_dir(tmp_path):
     """Factory fixture: tiny_model_dir(task, **config) -> path of a saved tiny model with tokenizer."""
 
-    def factory(task: str = "text-classification", name: str | None = None, seed: int = 0, **config_overrides):
-        return save_tiny_model(tmp_path / (name or task.replace("-", "_")), task, seed=seed, **config_overrides)
+    def factory(
+        task: str = "text-classification",
+        name: str | None = None,
+        seed: int = 0,
+        **config_overrides,
+    ):
+        return save_tiny_model(
+            tmp_path / (name or task.replace("-", "_")), task, seed=seed, **config_overrides
+        )
 
     return factory

@@ -22,12 +22,45 @@ SHIPPED = TESTS.parent / "src" / "sparseforge" / "recipes"
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w.])")
 _HOSTILE_NUMBERS = [
-    "1e999", "-1e999", ".nan", ".NaN", ".inf", "-.inf", "nan", "-1", "-5", "-0.5", "0", "1e-400",
-    "1" * 5000, "9" * 400, "99999999999999999999999", "eval(10.0**400)", "eval((10**10000)**1000)",
-    "eval(2**256)", "eval(10**77 * 10**77)", "eval(1e308 * 10)", "eval(1/0)", "eval(int(1e300))",
-    "eval(round(5, -10**70))", "eval(float(10**300) ** 2)", "eval((-8) ** 0.5)", "!!bool maybe",
-    "!!int 1x", "!!float abc", "!!timestamp 2020-99-99", "['1']", "[1, '2']", "{}", "[]", "null",
-    "re:(", "'re:(*'", "eval(x)", "eval(num_epochs ** num_epochs ** num_epochs)", "2001-12-14",
+    "1e999",
+    "-1e999",
+    ".nan",
+    ".NaN",
+    ".inf",
+    "-.inf",
+    "nan",
+    "-1",
+    "-5",
+    "-0.5",
+    "0",
+    "1e-400",
+    "1" * 5000,
+    "9" * 400,
+    "99999999999999999999999",
+    "eval(10.0**400)",
+    "eval((10**10000)**1000)",
+    "eval(2**256)",
+    "eval(10**77 * 10**77)",
+    "eval(1e308 * 10)",
+    "eval(1/0)",
+    "eval(int(1e300))",
+    "eval(round(5, -10**70))",
+    "eval(float(10**300) ** 2)",
+    "eval((-8) ** 0.5)",
+    "!!bool maybe",
+    "!!int 1x",
+    "!!float abc",
+    "!!timestamp 2020-99-99",
+    "['1']",
+    "[1, '2']",
+    "{}",
+    "[]",
+    "null",
+    "re:(",
+    "'re:(*'",
+    "eval(x)",
+    "eval(num_epochs ** num_epochs ** num_epochs)",
+    "2001-12-14",
 ]
 _FLIP_CHARS = list(":-[]{}&*!|>#%@`'\"\n\t \x00\x01\x7f\ufeff,?=<") + ["<!--", "---", "\r"]
 
@@ -111,13 +144,17 @@ def _hostile_block(rng: random.Random) -> str:
     if kind == 6:
         return "self: &self [*self]\n"
     if kind == 7:
-        return "sq0: 10\n" + "".join(f"sq{i}: eval(sq{i - 1} ** 2)\n" for i in range(1, rng.choice([5, 20, 60])))
+        return "sq0: 10\n" + "".join(
+            f"sq{i}: eval(sq{i - 1} ** 2)\n" for i in range(1, rng.choice([5, 20, 60]))
+        )
     return "parens: eval(" + "(" * depth + "1" + ")" * depth + ")\n"
 
 
 def mutate(rng: random.Random, text: str) -> tuple[str, str]:
     """One mutation of `text`: (kind, mutated text)."""
-    kind = rng.choice(["flip", "delete", "duplicate", "number", "number", "hostile", "truncate", "comments"])
+    kind = rng.choice(
+        ["flip", "delete", "duplicate", "number", "number", "hostile", "truncate", "comments"]
+    )
     if not text.strip():
         return "hostile", _hostile_block(rng)
     if kind == "flip":
@@ -158,7 +195,9 @@ class FuzzReport:
 
     outcomes: Counter = field(default_factory=Counter)
     by_kind: Counter = field(default_factory=Counter)  # (first mutation kind, outcome) -> count
-    failures: list[tuple[str, str, str, str]] = field(default_factory=list)  # (seed, kind, outcome, text)
+    failures: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # (seed, kind, outcome, text)
     slowest: tuple[float, str, str, str] = (0.0, "", "", "")  # (seconds, seed, kind, text)
     seconds: float = 0.0
 
@@ -198,23 +237,33 @@ def _reload_outcome(recipe: object) -> str:
         again = Recipe.from_text(recipe.to_yaml())  # type: ignore[attr-defined]
     except Exception as err:  # noqa: BLE001
         return f"saved recipe does not load back: {type(err).__name__}: {str(err)[:200]}"
-    if [m.recipe_fields() for m in again.modifiers] != [m.recipe_fields() for m in recipe.modifiers]:  # type: ignore[attr-defined]
+    if [m.recipe_fields() for m in again.modifiers] != [
+        m.recipe_fields() for m in recipe.modifiers
+    ]:  # type: ignore[attr-defined]
         return "saved recipe loads back different"
     return "loaded"
 
 
 def run_fuzz(
-    count: int, seed: int = 0, time_limit: float = 1.0, progress: Callable[[int], None] | None = None
+    count: int,
+    seed: int = 0,
+    time_limit: float = 1.0,
+    progress: Callable[[int], None] | None = None,
 ) -> FuzzReport:
     """Load `count` mutations; an input fails if it raises anything but RecipeError or takes over
     `time_limit` seconds of CPU time (CPU, not wall clock, so a busy machine does not fail it)."""
     report = FuzzReport()
-    for name, text in seed_recipes().items():  # warm up: the first load imports every modifier module
+    for (
+        name,
+        text,
+    ) in seed_recipes().items():  # warm up: the first load imports every modifier module
         load_outcome(text, markdown=name.endswith(".md"), hard_limit=60.0)
     start = time.perf_counter()
     for index, (name, kind, text) in enumerate(mutations(count, seed)):
         cpu = time.process_time()
-        outcome = load_outcome(text, markdown=name.endswith(".md"), hard_limit=max(10 * time_limit, 5.0))
+        outcome = load_outcome(
+            text, markdown=name.endswith(".md"), hard_limit=max(10 * time_limit, 5.0)
+        )
         spent = time.process_time() - cpu
         if outcome in ("loaded", "RecipeError") and spent > time_limit:
             outcome = f"slow ({spent:.2f} s CPU)"

@@ -26,7 +26,14 @@ def test_recipe_check_prints_modifiers_and_schedule(capsys):
 
 
 def test_recipe_check_applies_recipe_args_and_prints_yaml(capsys):
-    args = ["recipe", "check", str(RECIPES / "transfer_style.yaml"), "--recipe_args", "num_epochs=20", "--yaml"]
+    args = [
+        "recipe",
+        "check",
+        str(RECIPES / "transfer_style.yaml"),
+        "--recipe_args",
+        "num_epochs=20",
+        "--yaml",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "max_epochs 20" in out and "end_epoch: 20.0" in out
@@ -64,7 +71,9 @@ def test_unknown_command_and_console_script():
 
 def test_recipe_check_names_a_fractional_end(tmp_path, capsys):
     recipe = tmp_path / "short.yaml"
-    recipe.write_text("training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 1.5}\n")
+    recipe.write_text(
+        "training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 1.5}\n"
+    )
     assert main(["recipe", "check", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert "valid recipe, 1 modifier(s), max_epochs 2 (ends at epoch 1.5)" in out
@@ -81,15 +90,26 @@ def test_recipe_check_yaml_syntax_error_is_one_line_with_line_and_column(tmp_pat
 def test_recipe_check_refuses_hostile_recipes_and_recipe_args_in_one_line(tmp_path, capsys):
     bomb = tmp_path / "bomb.yaml"
     levels = ["a: &a [" + ",".join(['"lol"'] * 9) + "]"]
-    levels += [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
-    bomb.write_text("\n".join(levels) + "\ntraining_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n")
+    levels += [
+        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    ]
+    bomb.write_text(
+        "\n".join(levels)
+        + "\ntraining_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
+    )
     nan = tmp_path / "nan.yaml"
-    nan.write_text("training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .nan}\n")
+    nan.write_text(
+        "training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .nan}\n"
+    )
     deep_args = '{"num_epochs": ' + "[" * 5000 + "]" * 5000 + "}"
     cases = [
         ([str(bomb)], "alias"),
         ([str(nan)], "field 'end_epoch': must be a finite number, got nan"),
-        ([str(RECIPES / "transfer_style.yaml"), "--recipe_args", deep_args], "nests more than 64 levels deep"),
+        (
+            [str(RECIPES / "transfer_style.yaml"), "--recipe_args", deep_args],
+            "nests more than 64 levels deep",
+        ),
     ]
     for argv, expected in cases:
         assert main(["recipe", "check", *argv]) == 2
@@ -100,9 +120,14 @@ def test_recipe_check_refuses_hostile_recipes_and_recipe_args_in_one_line(tmp_pa
 def test_recipe_check_does_not_simulate_an_absurd_schedule(tmp_path, capsys):
     for end in ("end_epoch: 1e300", "end_step: 99999999999999999999"):
         recipe = tmp_path / "long.yaml"
-        recipe.write_text(f"training_modifiers:\n  - !EpochRangeModifier {{start_epoch: 0, {end}}}\n")
+        recipe.write_text(
+            f"training_modifiers:\n  - !EpochRangeModifier {{start_epoch: 0, {end}}}\n"
+        )
         start = time.perf_counter()
         assert main(["recipe", "check", str(recipe)]) == 0
         assert time.perf_counter() - start < 5.0
         out = capsys.readouterr().out
-        assert "valid recipe, 1 modifier(s)" in out and "more than the 1,000,000 `recipe check` simulates" in out
+        assert (
+            "valid recipe, 1 modifier(s)" in out
+            and "more than the 1,000,000 `recipe check` simulates" in out
+        )

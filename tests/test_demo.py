@@ -7,7 +7,11 @@ from sparseforge.demo import FAST, format_table, int8_cpu_flags, split_examples
 
 
 def test_split_is_stratified_deterministic_and_disjoint():
-    examples = [(f"{topic} article {i}", topic) for topic in ("sport", "tech", "business") for i in range(50)]
+    examples = [
+        (f"{topic} article {i}", topic)
+        for topic in ("sport", "tech", "business")
+        for i in range(50)
+    ]
     train, test = split_examples(examples, seed=42)
     assert split_examples(examples, seed=42) == (train, test)
     assert split_examples(examples, seed=7) != (train, test)
@@ -26,12 +30,16 @@ def test_table_reports_ratios():
     assert "0.978x" in table and "0.80" in table
 
     assert "int8 dot-product instructions of this CPU: unknown" in table
-    assert "none of avx512_vnni" in format_table({"dense FP32": row, "sparse INT8": sparse}, FAST, 3.0, [])
+    assert "none of avx512_vnni" in format_table(
+        {"dense FP32": row, "sparse INT8": sparse}, FAST, 3.0, []
+    )
 
 
 def test_int8_cpu_flags_read_from_cpuinfo(tmp_path):
     intel = tmp_path / "intel"
-    intel.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512bw avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512_vnni\n")
+    intel.write_text(
+        "processor\t: 0\nflags\t\t: fpu avx2 avx512bw avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512_vnni\n"
+    )
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n")
     amd = tmp_path / "amd"
@@ -48,10 +56,24 @@ def test_table_has_the_structured_column_with_its_throughput_and_macs():
     sparse = dict(row, onnx_bytes=24e6, throughput_examples_per_s=60.0, encoder_sparsity=0.8)
     structured = dict(row, pytorch_accuracy=0.81, onnx_accuracy=0.72, onnx_bytes=10e6, onnx_gzip_bytes=8e6,
                       throughput_examples_per_s=140.0, encoder_macs_fraction=0.34)  # fmt: skip
-    table = format_table({"dense FP32": row, "sparse INT8": sparse, "structured INT8": structured}, FAST, 9.0, ["avx_vnni"])
+    table = format_table(
+        {"dense FP32": row, "sparse INT8": sparse, "structured INT8": structured},
+        FAST,
+        9.0,
+        ["avx_vnni"],
+    )
     lines = table.splitlines()
     header = next(line for line in lines if "dense FP32" in line)
-    assert header.split() == ["dense", "FP32", "sparse", "INT8", "ratio", "structured", "INT8", "ratio"]
+    assert header.split() == [
+        "dense",
+        "FP32",
+        "sparse",
+        "INT8",
+        "ratio",
+        "structured",
+        "INT8",
+        "ratio",
+    ]
     throughput = next(line for line in lines if line.startswith("throughput"))
     assert throughput.split()[-4:] == ["60.0", "1.50x", "140.0", "3.50x"]
     accuracy = next(line for line in lines if line.startswith("accuracy, ONNX"))
@@ -90,7 +112,9 @@ def test_demo_end_to_end_on_a_tiny_bert_has_the_structured_row(tmp_path, monkeyp
     model = save_tiny_model(tmp_path / "tiny", num_attention_heads=4, intermediate_size=128)
     rng = random.Random(0)
     topics = ["sport", "tech", "business", "politics", "entertainment"]
-    articles = [(f"{topic} {' '.join(rng.sample(WORDS, 8))}", topic) for topic in topics for _ in range(16)]
+    articles = [
+        (f"{topic} {' '.join(rng.sample(WORDS, 8))}", topic) for topic in topics for _ in range(16)
+    ]
     speed = demo.onnx_accuracy_and_speed
     monkeypatch.setattr(demo, "model_path", lambda: str(model))
     monkeypatch.setattr(demo, "read_bbc_news", lambda: articles)
@@ -101,8 +125,16 @@ def test_demo_end_to_end_on_a_tiny_bert_has_the_structured_row(tmp_path, monkeyp
     assert list(results) == ["dense FP32", "sparse INT8", "structured INT8"]
     structured = results["structured INT8"]
     # the bbc_news recipe's defaults: half the heads and 76% of the neurons removed for real
-    assert 0.3 < structured["encoder_macs_fraction"] < 0.5 and results["dense FP32"]["encoder_macs_fraction"] == 1.0
-    assert structured["encoder_sparsity"] == 0.0 and results["sparse INT8"]["encoder_sparsity"] > 0.7
-    assert structured["onnx_bytes"] < results["sparse INT8"]["onnx_bytes"] and structured["throughput_examples_per_s"] > 0
+    assert (
+        0.3 < structured["encoder_macs_fraction"] < 0.5
+        and results["dense FP32"]["encoder_macs_fraction"] == 1.0
+    )
+    assert (
+        structured["encoder_sparsity"] == 0.0 and results["sparse INT8"]["encoder_sparsity"] > 0.7
+    )
+    assert (
+        structured["onnx_bytes"] < results["sparse INT8"]["onnx_bytes"]
+        and structured["throughput_examples_per_s"] > 0
+    )
     table = capsys.readouterr().out
     assert "structured INT8" in table and "encoder multiply-accumulates (seq 64)" in table

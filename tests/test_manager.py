@@ -36,7 +36,10 @@ def make(seed=0):
 
 def train(model, optimizer, steps, data_seed=0, start=0, record=None):
     gen = torch.Generator().manual_seed(data_seed)
-    batches = [(torch.randn(8, 4, generator=gen), torch.randint(0, 2, (8,), generator=gen)) for _ in range(start + steps)]
+    batches = [
+        (torch.randn(8, 4, generator=gen), torch.randint(0, 2, (8,), generator=gen))
+        for _ in range(start + steps)
+    ]
     for x, y in batches[start:]:
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
@@ -90,11 +93,17 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
     lrs = []
     train(model_a, wrapped_a, cut, record=lrs)
     torch.save(
-        {"model": model_a.state_dict(), "optimizer": optimizer_a.state_dict(), "manager": manager_a.state_dict()},
+        {
+            "model": model_a.state_dict(),
+            "optimizer": optimizer_a.state_dict(),
+            "manager": manager_a.state_dict(),
+        },
         tmp_path / "ckpt.pt",
     )
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    model_b, optimizer_b = make(seed=123)  # different init: everything must come from the checkpoint
+    model_b, optimizer_b = make(
+        seed=123
+    )  # different init: everything must come from the checkpoint
     model_b.load_state_dict(saved["model"])
     optimizer_b.load_state_dict(saved["optimizer"])
     manager_b = Manager.from_recipe(RECIPE)
@@ -110,7 +119,9 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
 
 def test_errors_surface_at_modify_before_training():
     model, optimizer = make()
-    manager = Manager.from_recipe("m_modifiers:\n  - !TrainableParamsModifier {params: [bert.encoder.layer.0.weight], trainable: false}\n")
+    manager = Manager.from_recipe(
+        "m_modifiers:\n  - !TrainableParamsModifier {params: [bert.encoder.layer.0.weight], trainable: false}\n"
+    )
     with pytest.raises(ModelMatchError, match=r"matches no parameter.*0\.weight, 2\.weight"):
         manager.modify(model, optimizer, 10)
     with pytest.raises(SparseforgeError, match="steps_per_epoch"):
@@ -161,7 +172,9 @@ def test_two_managers_of_one_recipe_share_no_state():
     assert second.schedule.steps_per_epoch == 10 and first.schedule.steps_per_epoch == 4
     # the recipe's specs were never bound or written to (no private-field writes)
     for spec in recipe.modifiers:
-        assert spec.is_spec and spec._rt.schedule is None and not spec.started and not spec.initialized
+        assert (
+            spec.is_spec and spec._rt.schedule is None and not spec.started and not spec.initialized
+        )
 
 
 def test_initializing_a_manager_or_a_modifier_twice_is_an_error():
@@ -215,9 +228,13 @@ def test_recipe_check_shows_the_end_of_a_step_based_recipe(tmp_path, capsys):
 
 
 def test_a_failed_initialize_leaves_a_manager_that_can_bind_again():
-    manager = Manager("m_modifiers:\n  - !TrainableParamsModifier {params: ['2.weight'], trainable: false}\n")
+    manager = Manager(
+        "m_modifiers:\n  - !TrainableParamsModifier {params: ['2.weight'], trainable: false}\n"
+    )
     with pytest.raises(ModelMatchError):
-        manager.modify(torch.nn.Linear(4, 2), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), 4)
+        manager.modify(
+            torch.nn.Linear(4, 2), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), 4
+        )
     assert manager.state is None
     model, optimizer = make()
     manager.modify(model, optimizer, 4)  # the right model now

@@ -49,7 +49,10 @@ def make(seed=0):
 def sparseml_loop(model, optimizer, steps, start=0, loss_update=None):
     """SparseML's usual loop: forward, backward, optimizer.step(); no manager call of its own."""
     gen = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(8, 4, generator=gen), torch.randint(0, 2, (8,), generator=gen)) for _ in range(start + steps)]
+    batches = [
+        (torch.randn(8, 4, generator=gen), torch.randint(0, 2, (8,), generator=gen))
+        for _ in range(start + steps)
+    ]
     for x, y in batches[start:]:
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -92,7 +95,10 @@ def test_load_state_dict_reapplies_masks_to_the_weights_at_once():
     model, optimizer = make()
     manager = Manager(GMP)
     sparseml_loop(model, manager.modify(model, optimizer, 4), 6)
-    saved, masks = manager.state_dict(), {k: v.clone() for k, v in manager.modifiers[2].masks.items()}
+    saved, masks = (
+        manager.state_dict(),
+        {k: v.clone() for k, v in manager.modifiers[2].masks.items()},
+    )
     resumed, resumed_optimizer = make(seed=5)  # dense weights: nothing pruned yet
     other = Manager(GMP)
     other.modify(resumed, resumed_optimizer, 4)
@@ -139,7 +145,9 @@ def test_manager_calls_with_module_optimizer_epoch_and_steps_per_epoch():
         x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
         optimizer.zero_grad()
         manager.update(model, optimizer, epoch, spe)
-        loss = manager.loss_update(torch.nn.functional.cross_entropy(model(x), y), model, optimizer, epoch, spe)
+        loss = manager.loss_update(
+            torch.nn.functional.cross_entropy(model(x), y), model, optimizer, epoch, spe
+        )
         loss.backward()
         manager.optimizer_pre_step(model, optimizer, epoch, spe)
         optimizer.step()
@@ -176,7 +184,9 @@ def test_save_str_staging_and_iteration(tmp_path):
     path = manager.save(tmp_path / "recipe.yaml")
     assert Manager(str(path)).recipe.modifiers == manager.recipe.modifiers
     assert list(manager.iter_modifiers()) == manager.modifiers and manager.num_stages() == 1
-    composed = ScheduledModifierManager.compose_staged(manager, FREEZE, save_path=tmp_path / "both.yaml")
+    composed = ScheduledModifierManager.compose_staged(
+        manager, FREEZE, save_path=tmp_path / "both.yaml"
+    )
     assert composed.num_stages() == 2 and composed.max_epochs == 6
     assert Manager(str(tmp_path / "both.yaml")).max_epochs == 6
     model, _ = make()
@@ -201,7 +211,9 @@ def test_python_built_modifiers_are_the_ones_that_run():
     assert (constant.params, constant.end_epoch) == ("__ALL_PRUNABLE__", 3.0)
     mods = [EpochRangeModifier(0.0, 2.0), lr, prune, TrainableParamsModifier(["2.bias"], False)]
     manager = ScheduledModifierManager(mods)
-    assert manager.modifiers == mods and all(a is b for a, b in zip(manager.modifiers, mods, strict=True))
+    assert manager.modifiers == mods and all(
+        a is b for a, b in zip(manager.modifiers, mods, strict=True)
+    )
     assert lr.applied_learning_rate is None and prune.applied_sparsity is None
     model, optimizer = make()
     sparseml_loop(model, manager.modify(model, optimizer, 4), 5)
@@ -213,6 +225,10 @@ def test_python_built_modifiers_are_the_ones_that_run():
 
 def test_load_list_and_str_round_trip_a_recipe():
     mods = Modifier.load_list(GMP)
-    assert [type(m) for m in mods] == [EpochRangeModifier, LearningRateFunctionModifier, GMPruningModifier]
+    assert [type(m) for m in mods] == [
+        EpochRangeModifier,
+        LearningRateFunctionModifier,
+        GMPruningModifier,
+    ]
     text = "".join(str(mod) for mod in mods)
     assert Modifier.load_list(text) == mods

@@ -28,7 +28,11 @@ STRUCTURED = (
     "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/structured_quant-none",
     "zoo:nlp/sentiment_analysis/minilm-l6/pytorch/huggingface/sst2/structured_quant-none",
 )
-OUTPUT_KEYS = {"question-answering": ["start_logits", "end_logits"], "text-classification": ["logits"], "token-classification": ["logits"]}
+OUTPUT_KEYS = {
+    "question-answering": ["start_logits", "end_logits"],
+    "text-classification": ["logits"],
+    "token-classification": ["logits"],
+}
 
 
 def stub_of(path: Path) -> str:
@@ -41,7 +45,11 @@ def names(recipe: Recipe) -> list[str]:
 
 def test_every_guide_stub_is_shipped():
     shipped = {stub_of(path) for path in SHIPPED}
-    expected = {f"zoo:nlp/{key}/{variant}" for key in GUIDE_TASKS for variant in ("base-none", "pruned90_quant-none")}
+    expected = {
+        f"zoo:nlp/{key}/{variant}"
+        for key in GUIDE_TASKS
+        for variant in ("base-none", "pruned90_quant-none")
+    }
     assert expected | {DEMO, DEMO_DENSE} | set(STRUCTURED) == shipped
 
 
@@ -92,10 +100,16 @@ def one_training_step(manager, model, teacher, task):
     import torch
 
     optimizer = manager.modify(
-        model, torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0), steps_per_epoch=2, distillation_teacher=teacher
+        model,
+        torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.0),
+        steps_per_epoch=2,
+        distillation_teacher=teacher,
     )
     generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(5, 100, (2, 8), generator=generator), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    inputs = {
+        "input_ids": torch.randint(5, 100, (2, 8), generator=generator),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+    }
     if task == "question-answering":
         inputs |= {"start_positions": torch.tensor([1, 2]), "end_positions": torch.tensor([3, 4])}
     elif task == "token-classification":
@@ -142,9 +156,13 @@ def test_sparse_transfer_recipe_fits_a_bert_of_its_task(key):
     for name, was_zero in zeros.items():  # lr 1.0 would have moved every weight that trains
         assert params[name][was_zero].abs().max() == 0, name
         assert (params[name][~was_zero] != 0).all(), name
-    assert [group["weight_decay"] for group in optimizer.param_groups] == [pytest.approx(recipe.variables["weight_decay"])] * len(optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [
+        pytest.approx(recipe.variables["weight_decay"])
+    ] * len(optimizer.param_groups)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(recipe.variables["init_lr"])
-    assert recipe.variables["distill_hardness"] == 1.0 and loss != pytest.approx(task_loss.item())  # teacher-only loss
+    assert recipe.variables["distill_hardness"] == 1.0 and loss != pytest.approx(
+        task_loss.item()
+    )  # teacher-only loss
 
 
 def test_demo_recipe_prunes_to_80_with_qat_and_distillation():
@@ -163,9 +181,14 @@ def test_demo_recipe_prunes_to_80_with_qat_and_distillation():
     pruned = [
         name
         for name, _ in model.named_parameters()
-        if "encoder.layer" in name and (name.endswith("dense.weight") or ("attention.self" in name and name.endswith(".weight")))
+        if "encoder.layer" in name
+        and (
+            name.endswith("dense.weight") or ("attention.self" in name and name.endswith(".weight"))
+        )
     ]
-    assert len(pruned) == 2 * 6  # 2 layers x (query, key, value, attention output, intermediate, output)
+    assert (
+        len(pruned) == 2 * 6
+    )  # 2 layers x (query, key, value, attention output, intermediate, output)
     for name, param in model.named_parameters():
         sparsity = float((param == 0).float().mean())
         if name in pruned:

@@ -77,7 +77,9 @@ def test_add_model_folder_and_resolve(tiny_model_dir, recipe_file):
     zoo.add(USER_STUB, recipe_file)
     model_path = Path(zoo.resolve_model(USER_STUB))
     assert (model_path / "config.json").read_bytes() == (model_dir / "config.json").read_bytes()
-    assert sorted(p.name for p in model_path.iterdir()) == sorted(p.name for p in model_dir.iterdir())
+    assert sorted(p.name for p in model_path.iterdir()) == sorted(
+        p.name for p in model_dir.iterdir()
+    )
     assert zoo.resolve(USER_STUB) == str(model_path)  # model preferred when kind is not given
     assert zoo.resolve(USER_STUB, kind="recipe").endswith("recipe.yaml")
 
@@ -100,7 +102,10 @@ def test_add_refuses_overwrite_bad_input_and_leaves_nothing(tmp_path, recipe_fil
     broken = tmp_path / "broken.yaml"
     broken.write_text("training_modifiers:\n  - !NoSuchModifier\n      start_epoch: 0\n")
     stub = "zoo:nlp/x/y/pytorch/huggingface/z/broken"
-    with pytest.raises(RecipeError, match=r"broken.yaml:2: modifier NoSuchModifier: unknown modifier !NoSuchModifier") as info:
+    with pytest.raises(
+        RecipeError,
+        match=r"broken.yaml:2: modifier NoSuchModifier: unknown modifier !NoSuchModifier",
+    ) as info:
         zoo.add(stub, broken)
     assert (info.value.file, info.value.line) == (str(broken), 2)
     assert not list((registry / "nlp" / "x").rglob("recipe*"))
@@ -207,7 +212,9 @@ def test_cli_add_list_show_remove(recipe_file, capsys):
 
 
 def test_cli_unknown_stub_is_one_line_error(capsys):
-    code = sparseforge_main(["zoo", "show", "zoo:nlp/sentiment_analysis/obert-base/pytorch/huggingface/sst2/pruned95"])
+    code = sparseforge_main(
+        ["zoo", "show", "zoo:nlp/sentiment_analysis/obert-base/pytorch/huggingface/sst2/pruned95"]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("sparseforge zoo: error: unknown zoo stub")
@@ -220,7 +227,9 @@ def test_recipe_check_accepts_stub(capsys):
     assert "valid recipe, 2 modifier(s), max_epochs 2" in capsys.readouterr().out
 
 
-def test_one_resolver_for_model_recipe_and_teacher_at_every_edge(tiny_model_dir, recipe_file, tmp_path):
+def test_one_resolver_for_model_recipe_and_teacher_at_every_edge(
+    tiny_model_dir, recipe_file, tmp_path
+):
     """zoo.resolve(value, kind) is what the task CLIs, the teacher loader and oneshot use."""
     from sparseforge.oneshot import resolve_stubs
     from sparseforge.transformers.arguments import (
@@ -239,14 +248,22 @@ def test_one_resolver_for_model_recipe_and_teacher_at_every_edge(tiny_model_dir,
     with pytest.raises(ZooError, match="recipe but no model"):
         zoo.resolve(SST2_DENSE, "teacher")  # a shipped recipe-only stub is no model or teacher
     # the task CLIs' edge: model and recipe stubs (the recipe loaded); plain paths unchanged
-    path, recipe = resolve_model_and_recipe(ModelArguments(model_name_or_path=USER_STUB), RecipeArguments(recipe=USER_STUB))
+    path, recipe = resolve_model_and_recipe(
+        ModelArguments(model_name_or_path=USER_STUB), RecipeArguments(recipe=USER_STUB)
+    )
     assert path == model_path and recipe.end_epoch == 2.0
-    path, recipe = resolve_model_and_recipe(ModelArguments(model_name_or_path=str(model_dir)), RecipeArguments(recipe=str(recipe_file)))
+    path, recipe = resolve_model_and_recipe(
+        ModelArguments(model_name_or_path=str(model_dir)), RecipeArguments(recipe=str(recipe_file))
+    )
     assert path == str(model_dir) and recipe.end_epoch == 2.0
     # the teacher: a stub is its model folder; 'self', a folder and 'disable' keep their meaning
     assert teacher_source(USER_STUB) == model_path
     assert teacher_source(str(model_dir)) == str(model_dir)
-    assert teacher_source("self") == "self" and teacher_source("disable") is None and teacher_source(None) is None
+    assert (
+        teacher_source("self") == "self"
+        and teacher_source("disable") is None
+        and teacher_source(None) is None
+    )
     # oneshot's public edge
     assert resolve_stubs(USER_STUB, USER_STUB) == (model_path, recipe_path)
     assert resolve_stubs(str(model_dir), "modifiers: []") == (str(model_dir), "modifiers: []")

@@ -23,13 +23,31 @@ if TYPE_CHECKING:
 # subcommand -> (module:function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("sparseforge.cli:recipe_main", "check a recipe and print its schedule"),
-    "analyze": ("sparseforge.sparsity:cli_main", "print per-parameter sparsity of a model or checkpoint"),
-    "compact": ("sparseforge.compact:cli_main", "remove pruned heads, FFN neurons and layers from a saved model for real"),
-    "oneshot": ("sparseforge.transformers.oneshot_cli:cli_main", "compress a trained model without training: SparseGPT, Wanda, PTQ"),
-    "export": ("sparseforge.export.cli:cli_main", "export a trained model to a verified ONNX deployment folder"),
-    "train": ("sparseforge.transformers.cli:cli_main", "train with a recipe: text-classification, token-classification, ..."),
+    "analyze": (
+        "sparseforge.sparsity:cli_main",
+        "print per-parameter sparsity of a model or checkpoint",
+    ),
+    "compact": (
+        "sparseforge.compact:cli_main",
+        "remove pruned heads, FFN neurons and layers from a saved model for real",
+    ),
+    "oneshot": (
+        "sparseforge.transformers.oneshot_cli:cli_main",
+        "compress a trained model without training: SparseGPT, Wanda, PTQ",
+    ),
+    "export": (
+        "sparseforge.export.cli:cli_main",
+        "export a trained model to a verified ONNX deployment folder",
+    ),
+    "train": (
+        "sparseforge.transformers.cli:cli_main",
+        "train with a recipe: text-classification, token-classification, ...",
+    ),
     "zoo": ("sparseforge.zoo:cli_main", "manage zoo: stubs in the local registry"),
-    "demo": ("sparseforge.demo:cli_main", "offline end-to-end demo: MiniLM sparse transfer on BBC News"),
+    "demo": (
+        "sparseforge.demo:cli_main",
+        "offline end-to-end demo: MiniLM sparse transfer on BBC News",
+    ),
 }
 
 # `recipe check` simulates every optimizer step for its table; a recipe's 1e300 epochs would never end.
@@ -50,9 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"sparseforge: unknown command '{command}'; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"sparseforge: unknown command '{command}'; commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
-    logging.basicConfig(level=os.environ.get("SPARSEFORGE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("SPARSEFORGE_LOG_LEVEL", "INFO"),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     target, _ = COMMANDS[command]
     module_name, function_name = target.split(":")
     try:
@@ -61,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SparseforgeError as err:
         if os.environ.get("SPARSEFORGE_DEBUG"):
             raise
-        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, always
+        message = " ".join(
+            line.strip() for line in str(err).splitlines() if line.strip()
+        )  # one line, always
         print(f"sparseforge {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -77,11 +103,31 @@ def recipe_main(argv: Sequence[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="validate a recipe and print its modifiers and schedule")
     check.add_argument("file", help="recipe file (.yaml, .yml, .md) or zoo: stub")
-    check.add_argument("--recipe_args", "--recipe-args", default=None, help="variable overrides: JSON or k=v,k2=v2")
-    check.add_argument("--steps_per_epoch", "--steps-per-epoch", type=int, default=100, help="steps per epoch for step-based fields and the table (default 100)")
-    check.add_argument("--yaml", action="store_true", help="also print the evaluated recipe as YAML")
-    check.add_argument("--plot", default=None, metavar="PNG", help="draw the schedule (LR, sparsity, events) to a PNG file (needs matplotlib)")
-    check.add_argument("--log", default=None, metavar="RUN", help="with --plot: overlay the LR and sparsity a training run logged (its output folder or trainer_state.json)")
+    check.add_argument(
+        "--recipe_args", "--recipe-args", default=None, help="variable overrides: JSON or k=v,k2=v2"
+    )
+    check.add_argument(
+        "--steps_per_epoch",
+        "--steps-per-epoch",
+        type=int,
+        default=100,
+        help="steps per epoch for step-based fields and the table (default 100)",
+    )
+    check.add_argument(
+        "--yaml", action="store_true", help="also print the evaluated recipe as YAML"
+    )
+    check.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="draw the schedule (LR, sparsity, events) to a PNG file (needs matplotlib)",
+    )
+    check.add_argument(
+        "--log",
+        default=None,
+        metavar="RUN",
+        help="with --plot: overlay the LR and sparsity a training run logged (its output folder or trainer_state.json)",
+    )
     args = parser.parse_args(list(argv))
     if args.steps_per_epoch < 1:
         parser.error("--steps_per_epoch must be >= 1")
@@ -94,19 +140,26 @@ def recipe_main(argv: Sequence[str]) -> int:
 
     recipe = Recipe.load(resolve(args.file, "recipe"), args.recipe_args)
     if not recipe.modifiers:
-        raise RecipeError("the recipe defines no modifiers (groups are top-level keys whose name contains 'modifiers')", file=args.file)
+        raise RecipeError(
+            "the recipe defines no modifiers (groups are top-level keys whose name contains 'modifiers')",
+            file=args.file,
+        )
     print(describe_recipe(recipe, args.file, args.steps_per_epoch))
     print(f"\nschedule (steps_per_epoch={args.steps_per_epoch}):")
     steps = _schedule_steps(recipe, args.steps_per_epoch)
     rows = None
     if steps > MAX_TABULATED_STEPS:
-        print(f"not tabulated: the schedule runs {steps:.3g} steps, more than the {MAX_TABULATED_STEPS:,} `recipe check` simulates")
+        print(
+            f"not tabulated: the schedule runs {steps:.3g} steps, more than the {MAX_TABULATED_STEPS:,} `recipe check` simulates"
+        )
     else:
         rows = schedule_table(recipe, args.steps_per_epoch)
         print(format_schedule(rows))
     if args.plot:
         if rows is None:
-            raise SparseforgeError(f"--plot: the schedule runs {steps:.3g} steps, too many to simulate and draw")
+            raise SparseforgeError(
+                f"--plot: the schedule runs {steps:.3g} steps, too many to simulate and draw"
+            )
         from sparseforge.schedule_plot import plot_schedule, read_log_history
 
         measured = read_log_history(args.log) if args.log else None

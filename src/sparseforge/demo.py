@@ -39,8 +39,12 @@ from sparseforge.errors import SparseforgeError
 logger = logging.getLogger(__name__)
 
 DENSE_RECIPE = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/base-none"
-SPARSE_RECIPE = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/pruned80_quant-none"
-STRUCTURED_RECIPE = "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/structured_quant-none"
+SPARSE_RECIPE = (
+    "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/pruned80_quant-none"
+)
+STRUCTURED_RECIPE = (
+    "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/structured_quant-none"
+)
 TASK = "text-classification"
 
 
@@ -139,7 +143,12 @@ def train(args: list[str]) -> None:
 
 
 def onnx_accuracy_and_speed(
-    deployment: Path, texts: list[str], labels: list[int], max_seq_length: int, batch_size: int = 32, seconds: float = 6.0
+    deployment: Path,
+    texts: list[str],
+    labels: list[int],
+    max_seq_length: int,
+    batch_size: int = 32,
+    seconds: float = 6.0,
 ) -> tuple[float, float]:
     """Accuracy of the exported model on `texts`, and its onnxruntime throughput (examples/s)."""
     import onnxruntime as ort
@@ -148,11 +157,19 @@ def onnx_accuracy_and_speed(
     tokenizer = AutoTokenizer.from_pretrained(str(deployment))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(deployment / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(deployment / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     input_names = {i.name for i in session.get_inputs()}
 
     def feed(batch: list[str]) -> dict[str, np.ndarray]:
-        encoded = tokenizer(batch, truncation=True, max_length=max_seq_length, padding="max_length", return_tensors="np")
+        encoded = tokenizer(
+            batch,
+            truncation=True,
+            max_length=max_seq_length,
+            padding="max_length",
+            return_tensors="np",
+        )
         return {name: encoded[name].astype(np.int64) for name in input_names if name in encoded}
 
     correct = 0
@@ -200,10 +217,20 @@ def int8_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
 
 def cli_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparseforge demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="sparseforge-demo", help="where models, exports and results go")
-    parser.add_argument("--fast", action="store_true", help="a smaller run: fewer articles, shorter inputs, fewer epochs")
+    parser.add_argument(
+        "--output_dir", default="sparseforge-demo", help="where models, exports and results go"
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="a smaller run: fewer articles, shorter inputs, fewer epochs",
+    )
     parser.add_argument("--seed", type=int, default=42, help="data split and training seed")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir from an earlier demo")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --output_dir from an earlier demo",
+    )
     args = parser.parse_args(list(argv))
     budget = FAST if args.fast else FULL
     out = Path(args.output_dir)
@@ -215,7 +242,10 @@ def cli_main(argv: Sequence[str]) -> int:
     test_rows = test_rows[: budget.test_examples] if budget.test_examples else test_rows
     train_csv = write_csv(out / "data" / "train.csv", train_rows)
     test_csv = write_csv(out / "data" / "test.csv", test_rows)
-    print(f"BBC News: {len(train_rows)} train / {len(test_rows)} test articles, seed {args.seed}", flush=True)
+    print(
+        f"BBC News: {len(train_rows)} train / {len(test_rows)} test articles, seed {args.seed}",
+        flush=True,
+    )
 
     folders = _train_models(out, budget, args.seed, train_csv, test_csv)
     labels_by_name = json.loads((folders[0] / "config.json").read_text())["label2id"]
@@ -228,7 +258,16 @@ def cli_main(argv: Sequence[str]) -> int:
     minutes = (time.perf_counter() - started) / 60
     cpu_flags = int8_cpu_flags()
     (out / "demo_results.json").write_text(
-        json.dumps({"budget": budget.__dict__, "minutes": minutes, "int8_cpu_flags": cpu_flags, "results": results}, indent=2) + "\n"
+        json.dumps(
+            {
+                "budget": budget.__dict__,
+                "minutes": minutes,
+                "int8_cpu_flags": cpu_flags,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     print(format_table(results, budget, minutes, cpu_flags))
     return 0
@@ -238,14 +277,20 @@ def _prepare_output_dir(out: Path, overwrite: bool) -> None:
     """An empty `out/data`; only an earlier demo's folder is replaced, and only with --overwrite."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise SparseforgeError(f"{out} exists and is not empty; pass --overwrite or another --output_dir")
+            raise SparseforgeError(
+                f"{out} exists and is not empty; pass --overwrite or another --output_dir"
+            )
         if not (out / "demo_results.json").exists() and not (out / "data").is_dir():
-            raise SparseforgeError(f"{out} does not look like an earlier demo; refusing to replace it")
+            raise SparseforgeError(
+                f"{out} does not look like an earlier demo; refusing to replace it"
+            )
         shutil.rmtree(out)
     (out / "data").mkdir(parents=True)
 
 
-def _train_models(out: Path, budget: Budget, seed: int, train_csv: Path, test_csv: Path) -> tuple[Path, Path, Path]:
+def _train_models(
+    out: Path, budget: Budget, seed: int, train_csv: Path, test_csv: Path
+) -> tuple[Path, Path, Path]:
     """Fine-tune the dense model, then prune+QAT and structured-prune+QAT it with it as teacher."""
     common = [
         "--train_file", str(train_csv), "--validation_file", str(test_csv),
@@ -254,7 +299,11 @@ def _train_models(out: Path, budget: Budget, seed: int, train_csv: Path, test_cs
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", "10",
         "--dataloader_num_workers", "0", "--dataloader_pin_memory", "false",
     ]  # fmt: skip
-    dense_dir, sparse_dir, structured_dir = out / "dense", out / "sparse_int8", out / "structured_int8"
+    dense_dir, sparse_dir, structured_dir = (
+        out / "dense",
+        out / "sparse_int8",
+        out / "structured_int8",
+    )
     train(
         ["--model_name_or_path", model_path(), "--output_dir", str(dense_dir), "--recipe", DENSE_RECIPE,
          "--recipe_args", budget.dense_recipe_args, *common]
@@ -270,18 +319,34 @@ def _train_models(out: Path, budget: Budget, seed: int, train_csv: Path, test_cs
     return dense_dir, sparse_dir, structured_dir
 
 
-def _export_and_measure(folder: Path, budget: Budget, test_csv: Path, texts: list[str], labels: list[int]) -> dict[str, Any]:
+def _export_and_measure(
+    folder: Path, budget: Budget, test_csv: Path, texts: list[str], labels: list[int]
+) -> dict[str, Any]:
     """Export one trained model to ONNX and measure its accuracy, size, speed and sparsity."""
     from sparseforge.export import to_onnx
     from sparseforge.sparsity import analyze_path, encoder_macs, structure_of_path
 
-    print(f"$ sparseforge export onnx --model_path {folder} --task {TASK} --sequence_length {budget.max_seq_length} --data_file {test_csv}", flush=True)
-    deployment = to_onnx(folder, TASK, sequence_length=budget.max_seq_length, data_file=test_csv, text_column="text", overwrite=True)
+    print(
+        f"$ sparseforge export onnx --model_path {folder} --task {TASK} --sequence_length {budget.max_seq_length} --data_file {test_csv}",
+        flush=True,
+    )
+    deployment = to_onnx(
+        folder,
+        TASK,
+        sequence_length=budget.max_seq_length,
+        data_file=test_csv,
+        text_column="text",
+        overwrite=True,
+    )
     torch_accuracy = json.loads((folder / "eval_results.json").read_text())["eval_accuracy"]
-    onnx_accuracy, throughput = onnx_accuracy_and_speed(deployment, texts, labels, budget.max_seq_length)
+    onnx_accuracy, throughput = onnx_accuracy_and_speed(
+        deployment, texts, labels, budget.max_seq_length
+    )
     raw, packed = onnx_size(deployment)
     report = json.loads((deployment / "export_report.json").read_text())
-    encoder = [t for t in analyze_path(folder).tensors if ".encoder." in t.name and len(t.shape) == 2]
+    encoder = [
+        t for t in analyze_path(folder).tensors if ".encoder." in t.name and len(t.shape) == 2
+    ]
     structure = structure_of_path(folder)
     macs, dense_macs = encoder_macs(structure, budget.max_seq_length) if structure else (1, 1)
     return {
@@ -296,7 +361,9 @@ def _export_and_measure(folder: Path, budget: Budget, test_csv: Path, texts: lis
     }
 
 
-def _table_rows(dense: dict, budget: Budget, with_macs: bool) -> list[tuple[str, Callable, Callable | None]]:
+def _table_rows(
+    dense: dict, budget: Budget, with_macs: bool
+) -> list[tuple[str, Callable, Callable | None]]:
     """(label, value of a model, its ratio to dense or None) for every row of the table."""
 
     def ratio(key: str, digits: int = 2) -> Callable:
@@ -320,16 +387,26 @@ def _table_rows(dense: dict, budget: Budget, with_macs: bool) -> list[tuple[str,
              lambda row: f"{row['encoder_macs_fraction']:.0%}",
              lambda row: f"{1 / row['encoder_macs_fraction']:.2f}x fewer")
         )  # fmt: skip
-    rows.append(("export check: max |ONNX - PyTorch|", lambda row: f"{row['max_abs_diff_onnx_vs_torch']:.2g}", None))
+    rows.append(
+        (
+            "export check: max |ONNX - PyTorch|",
+            lambda row: f"{row['max_abs_diff_onnx_vs_torch']:.2g}",
+            None,
+        )
+    )
     return rows
 
 
-def format_table(results: dict[str, dict], budget: Budget, minutes: float, cpu_flags: list[str] | None = None) -> str:
+def format_table(
+    results: dict[str, dict], budget: Budget, minutes: float, cpu_flags: list[str] | None = None
+) -> str:
     """The demo's table: one column per model of MODELS in `results`, each but dense with its ratio."""
     names = [name for name in MODELS if name in results]
     dense = results["dense FP32"]
     with_macs = all("encoder_macs_fraction" in results[name] for name in names)
-    header = [""] + [column for name in names for column in ([name] if name == "dense FP32" else [name, "ratio"])]
+    header = [""] + [
+        column for name in names for column in ([name] if name == "dense FP32" else [name, "ratio"])
+    ]
     table = [header]
     for label, value, ratio in _table_rows(dense, budget, with_macs):
         cells = [label]
@@ -340,11 +417,15 @@ def format_table(results: dict[str, dict], budget: Budget, minutes: float, cpu_f
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"\nsparseforge demo: all-MiniLM-L6-v2 on BBC News ({minutes:.1f} min)"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
     if cpu_flags is None:
         lines.append("int8 dot-product instructions of this CPU: unknown (no /proc/cpuinfo)")
     elif cpu_flags:
         lines.append(f"int8 dot-product instructions of this CPU: {', '.join(cpu_flags)}")
     else:
-        lines.append(f"int8 dot-product instructions of this CPU: none of {', '.join(INT8_CPU_FLAGS)}; int8 gains less speed here")
+        lines.append(
+            f"int8 dot-product instructions of this CPU: none of {', '.join(INT8_CPU_FLAGS)}; int8 gains less speed here"
+        )
     return "\n".join(lines)

@@ -142,8 +142,14 @@ class Manager:
     ) -> Manager:
         """SparseML's `compose_staged` (see `Recipe.compose_staged`); saved to `save_path` if given."""
         base = base_recipe.recipe if isinstance(base_recipe, Manager) else base_recipe
-        additional = additional_recipe.recipe if isinstance(additional_recipe, Manager) else additional_recipe
-        manager = cls(Recipe.compose_staged(base, additional, keep_original_epochs, steps_per_epoch))
+        additional = (
+            additional_recipe.recipe
+            if isinstance(additional_recipe, Manager)
+            else additional_recipe
+        )
+        manager = cls(
+            Recipe.compose_staged(base, additional, keep_original_epochs, steps_per_epoch)
+        )
         if save_path is not None:
             manager.save(save_path)
         return manager
@@ -174,7 +180,9 @@ class Manager:
             if steps_per_epoch is not None and not _is_number(steps_per_epoch):
                 loggers, steps_per_epoch = steps_per_epoch, None
         if self.state is not None:
-            raise SparseforgeError("the manager is already initialized; build a new Manager for another run")
+            raise SparseforgeError(
+                "the manager is already initialized; build a new Manager for another run"
+            )
         self._steps_known = steps_per_epoch is not None
         if steps_per_epoch is None:
             if self.recipe.uses_steps:
@@ -183,8 +191,14 @@ class Manager:
                     "(initialize(model, optimizer, steps_per_epoch) or modify(...))"
                 )
             steps_per_epoch = 1
-        if not isinstance(steps_per_epoch, int) or isinstance(steps_per_epoch, bool) or steps_per_epoch < 1:
-            raise SparseforgeError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+        if (
+            not isinstance(steps_per_epoch, int)
+            or isinstance(steps_per_epoch, bool)
+            or steps_per_epoch < 1
+        ):
+            raise SparseforgeError(
+                f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}"
+            )
         self.schedule = RunSchedule(steps_per_epoch)
         self.state = TrainingState(
             model=model,
@@ -225,7 +239,10 @@ class Manager:
         if not _is_number(epoch) or epoch < 0:
             raise SparseforgeError(f"epoch must be a number >= 0, got {epoch!r}")
         if math.isinf(epoch):  # SparseML's apply(epoch=inf): the end of the recipe
-            return max(self.recipe.end_epoch_at(self.schedule.steps_per_epoch if self.schedule else None), 0.0)
+            return max(
+                self.recipe.end_epoch_at(self.schedule.steps_per_epoch if self.schedule else None),
+                0.0,
+            )
         return float(epoch)
 
     def modify(
@@ -250,7 +267,9 @@ class Manager:
             self._position(optimizer, epoch, steps_per_epoch)
         return ScheduledOptimizer(optimizer, self)
 
-    def apply(self, module: torch.nn.Module, epoch: float = math.inf, finalize: bool = True, **kwargs: Any) -> None:
+    def apply(
+        self, module: torch.nn.Module, epoch: float = math.inf, finalize: bool = True, **kwargs: Any
+    ) -> None:
         """SparseML's one-shot `apply`: every modifier as it stands at `epoch` (default: the end)."""
         self.initialize(module, None, kwargs.pop("steps_per_epoch", 1), epoch=epoch, **kwargs)
         if finalize:
@@ -258,15 +277,23 @@ class Manager:
 
     def _require_state(self) -> TrainingState:
         if self.state is None:
-            raise SparseforgeError("the manager is not initialized: call manager.modify(model, optimizer, steps_per_epoch) first")
+            raise SparseforgeError(
+                "the manager is not initialized: call manager.modify(model, optimizer, steps_per_epoch) first"
+            )
         return self.state
 
-    def _position(self, optimizer: Any = None, epoch: float | None = None, steps_per_epoch: int | None = None) -> TrainingState:
+    def _position(
+        self, optimizer: Any = None, epoch: float | None = None, steps_per_epoch: int | None = None
+    ) -> TrainingState:
         """SparseML's calls carry the optimizer, epoch and steps_per_epoch: take what they change."""
         state = self._require_state()
         if optimizer is not None and state.optimizer is None:
-            state.optimizer = optimizer.optimizer if isinstance(optimizer, ScheduledOptimizer) else optimizer
-        if steps_per_epoch is not None and (not self._steps_known or steps_per_epoch != state.steps_per_epoch):
+            state.optimizer = (
+                optimizer.optimizer if isinstance(optimizer, ScheduledOptimizer) else optimizer
+            )
+        if steps_per_epoch is not None and (
+            not self._steps_known or steps_per_epoch != state.steps_per_epoch
+        ):
             current = state.epoch if epoch is None else epoch
             self.schedule = RunSchedule(steps_per_epoch)
             self._steps_known = True
@@ -306,7 +333,11 @@ class Manager:
             mod.mask_gradients(state)
 
     def optimizer_pre_step(
-        self, module: Any = None, optimizer: Any = None, epoch: float | None = None, steps_per_epoch: int | None = None
+        self,
+        module: Any = None,
+        optimizer: Any = None,
+        epoch: float | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         state = self._position(optimizer, epoch, steps_per_epoch)
         self.update()
@@ -314,7 +345,11 @@ class Manager:
             mod.optimizer_pre_step(state)
 
     def optimizer_post_step(
-        self, module: Any = None, optimizer: Any = None, epoch: float | None = None, steps_per_epoch: int | None = None
+        self,
+        module: Any = None,
+        optimizer: Any = None,
+        epoch: float | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         state = self._position(optimizer, epoch, steps_per_epoch)
         for mod in self._modifiers:
@@ -417,7 +452,10 @@ class ScheduledModifierManager(Manager):
         if extra:
             # SparseML runs the very objects it was given: they join this manager's instances.
             manager.recipe = manager.recipe.with_modifiers(extra)
-            manager._modifiers = [*manager._modifiers, *(mod.instantiate() if mod.is_spec else mod for mod in extra)]
+            manager._modifiers = [
+                *manager._modifiers,
+                *(mod.instantiate() if mod.is_spec else mod for mod in extra),
+            ]
             manager._owns_modifiers = False
         return manager
 

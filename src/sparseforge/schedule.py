@@ -23,7 +23,9 @@ class ScheduleRow:
     events: list[str]
 
 
-def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | None = None) -> list[ScheduleRow]:
+def schedule_table(
+    recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | None = None
+) -> list[ScheduleRow]:
     """One row per whole epoch (and per event epoch) from 0 to the recipe's end (`end_epoch`).
 
     The learning rate is simulated by running the recipe's LR modifiers over every step on a
@@ -44,7 +46,9 @@ def schedule_table(recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | 
     lr_mods = [mod for mod in modifiers if type(mod).controls_learning_rate]
     dummy = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([dummy], lr=base_lr if base_lr is not None else 0.0)
-    state = TrainingState(model=torch.nn.Module(), optimizer=optimizer, steps_per_epoch=steps_per_epoch)
+    state = TrainingState(
+        model=torch.nn.Module(), optimizer=optimizer, steps_per_epoch=steps_per_epoch
+    )
     for mod in lr_mods:
         mod.initialize(state)
     lr_mods.sort(key=lambda mod: mod.scheduled_start)
@@ -74,9 +78,13 @@ def describe_recipe(recipe: Recipe, label: str, steps_per_epoch: int) -> str:
     max_epochs = recipe.max_epochs_at(steps_per_epoch)
     ends = f" (ends at epoch {end:g})" if end != max_epochs else ""
     unit = f" with steps_per_epoch={steps_per_epoch}" if recipe.uses_steps else ""
-    lines = [f"{label}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {max_epochs}{ends}{unit}"]
+    lines = [
+        f"{label}: valid recipe, {len(recipe.modifiers)} modifier(s), max_epochs {max_epochs}{ends}{unit}"
+    ]
     if any(stage.name for stage in recipe.stages):
-        lines.append("stages hold absolute epochs (as in SparseML); compose_staged is what moves a recipe after another")
+        lines.append(
+            "stages hold absolute epochs (as in SparseML); compose_staged is what moves a recipe after another"
+        )
     for stage in recipe.stages:
         if stage.name:
             start, stop = stage.span(steps_per_epoch)
@@ -101,8 +109,14 @@ def format_schedule(rows: list[ScheduleRow]) -> str:
         cells += [f"{row.values[key]:.4g}" if key in row.values else "-" for key in value_keys]
         cells.append("; ".join(row.events))
         lines.append(cells)
-    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header) - 1)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header[:-1], widths, strict=True)) + "  " + header[-1]]
+    widths = [
+        max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header) - 1)
+    ]
+    out = [
+        "  ".join(h.ljust(w) for h, w in zip(header[:-1], widths, strict=True)) + "  " + header[-1]
+    ]
     for line in lines:
-        out.append("  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1])
+        out.append(
+            "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+        )
     return "\n".join(out)

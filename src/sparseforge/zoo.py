@@ -120,13 +120,19 @@ def _inside(root: Path, path: Path) -> Path | None:
     return real
 
 
-def _entry_in(source: str, root: Path, segments: Sequence[str], recipe_type: str | None = None) -> ZooEntry | None:
+def _entry_in(
+    source: str, root: Path, segments: Sequence[str], recipe_type: str | None = None
+) -> ZooEntry | None:
     folder = _inside(root, root.joinpath(*segments))
     if folder is None or not folder.is_dir():
         return None
     names = [f"recipe_{recipe_type}{suffix}" for suffix in RECIPE_SUFFIXES] if recipe_type else []
     recipe = next(
-        (found for name in names + list(RECIPE_FILES) if (found := _inside(root, folder / name)) and found.is_file()),
+        (
+            found
+            for name in names + list(RECIPE_FILES)
+            if (found := _inside(root, folder / name)) and found.is_file()
+        ),
         None,
     )
     model = _inside(root, folder / MODEL_DIR)
@@ -169,7 +175,11 @@ def _unknown(stub: str, what: str) -> ZooError:
     known = sorted({entry.stub for entry in list_entries()})
     segments, _ = parse_stub(stub)
     near = difflib.get_close_matches(_canonical(segments), known, n=3, cutoff=0.6)
-    hint = f"; nearest known: {', '.join(near)}" if near else (f"; {len(known)} stubs are known" if known else "")
+    hint = (
+        f"; nearest known: {', '.join(near)}"
+        if near
+        else (f"; {len(known)} stubs are known" if known else "")
+    )
     return ZooError(
         f"unknown {what} stub '{stub}' (sparseforge does not download; add it with "
         f"`sparseforge zoo add {stub} PATH`, registry {registry_root()}){hint}"
@@ -183,7 +193,9 @@ def resolve_recipe(stub: str) -> str:
         if entry.recipe is not None:
             return str(entry.recipe)
     if entries:
-        raise ZooError(f"stub '{stub}' holds a model but no recipe ({entries[0].path}); add one with `sparseforge zoo add {stub} RECIPE_FILE`")
+        raise ZooError(
+            f"stub '{stub}' holds a model but no recipe ({entries[0].path}); add one with `sparseforge zoo add {stub} RECIPE_FILE`"
+        )
     raise _unknown(stub, "recipe")
 
 
@@ -253,7 +265,9 @@ def add(stub: str, path: str | os.PathLike, force: bool = False) -> ZooEntry:
             raise ZooError(f"zoo add: {source} is not a Hugging Face model folder (no config.json)")
         target = entry_dir / MODEL_DIR
         if target.exists() and not force:
-            raise ZooError(f"zoo add: {_canonical(segments)} already has a model; pass --force to replace it")
+            raise ZooError(
+                f"zoo add: {_canonical(segments)} already has a model; pass --force to replace it"
+            )
         staging = Path(tempfile.mkdtemp(prefix=".add-", dir=entry_dir))
         try:
             shutil.copytree(source, staging / MODEL_DIR, symlinks=False)
@@ -265,10 +279,16 @@ def add(stub: str, path: str | os.PathLike, force: bool = False) -> ZooEntry:
     else:
         suffix = source.suffix.lower()
         if suffix not in RECIPE_SUFFIXES:
-            raise ZooError(f"zoo add: {source} is neither a model folder nor a recipe file ({', '.join(RECIPE_SUFFIXES)})")
-        existing_recipes = [entry_dir / name for name in RECIPE_FILES if (entry_dir / name).exists()]
+            raise ZooError(
+                f"zoo add: {source} is neither a model folder nor a recipe file ({', '.join(RECIPE_SUFFIXES)})"
+            )
+        existing_recipes = [
+            entry_dir / name for name in RECIPE_FILES if (entry_dir / name).exists()
+        ]
         if existing_recipes and not force:
-            raise ZooError(f"zoo add: {_canonical(segments)} already has a recipe; pass --force to replace it")
+            raise ZooError(
+                f"zoo add: {_canonical(segments)} already has a recipe; pass --force to replace it"
+            )
         from sparseforge.recipe import Recipe
 
         Recipe.load(str(source))  # a broken recipe is refused now, not at training time
@@ -295,11 +315,17 @@ def remove(stub: str) -> Path:
 # ----- CLI -----------------------------------------------------------------------------------
 def cli_main(argv: Sequence[str]) -> int:
     """`sparseforge zoo add|list|show|remove`."""
-    parser = argparse.ArgumentParser(prog="sparseforge zoo", description="Manage zoo: stubs in the local registry.")
+    parser = argparse.ArgumentParser(
+        prog="sparseforge zoo", description="Manage zoo: stubs in the local registry."
+    )
     sub = parser.add_subparsers(dest="action", required=True)
-    p_add = sub.add_parser("add", help="copy a model folder or a recipe file into the registry under STUB")
+    p_add = sub.add_parser(
+        "add", help="copy a model folder or a recipe file into the registry under STUB"
+    )
     p_add.add_argument("stub")
-    p_add.add_argument("path", help="Hugging Face model folder (with config.json) or recipe file (.yaml/.yml/.md)")
+    p_add.add_argument(
+        "path", help="Hugging Face model folder (with config.json) or recipe file (.yaml/.yml/.md)"
+    )
     p_add.add_argument("--force", action="store_true", help="replace what the stub already holds")
     p_list = sub.add_parser("list", help="list known stubs (user registry and shipped recipes)")
     p_list.add_argument("contains", nargs="?", default=None, help="only stubs containing this text")

@@ -135,7 +135,9 @@ def test_per_channel_qat_export_runs_integer_kernels_with_a_scale_per_output_cha
     query = model.bert.encoder.layer[0].attention.self.query
     scale = query.weight_fake_quant.scale.detach().numpy()
     assert scale.shape == (32,) and len(np.unique(scale)) > 1  # one scale per output row
-    per_row = [array for array in stored.values() if array.dtype == np.float32 and array.shape == (32,)]
+    per_row = [
+        array for array in stored.values() if array.dtype == np.float32 and array.shape == (32,)
+    ]
     assert any(np.allclose(array, scale) for array in per_row)
 
 
@@ -191,11 +193,21 @@ def test_replace_folder_swaps_complete_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_export_that_writes_another_opset_than_asked_fails(tiny_model_dir, tmp_path, monkeypatch):
+def test_an_export_that_writes_another_opset_than_asked_fails(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     from sparseforge.export import deployment
 
     real_export = deployment.export_onnx
-    monkeypatch.setattr(deployment, "export_onnx", lambda *a, opset, **kw: real_export(*a, opset=18, **kw))
+    monkeypatch.setattr(
+        deployment, "export_onnx", lambda *a, opset, **kw: real_export(*a, opset=18, **kw)
+    )
     with pytest.raises(ExportError, match="asked for opset 20, the exporter wrote opset 18"):
-        to_onnx(tiny_model_dir("text-classification"), "text-classification", sequence_length=16, opset=20, output_dir=tmp_path / "d")
+        to_onnx(
+            tiny_model_dir("text-classification"),
+            "text-classification",
+            sequence_length=16,
+            opset=20,
+            output_dir=tmp_path / "d",
+        )
     assert not (tmp_path / "d").exists()

@@ -42,7 +42,11 @@ def test_start_updates_by_frequency_and_end_at_exact_epochs():
     mod = Recorder(start_epoch=1.0, end_epoch=2.0, update_frequency=0.5)
     run(mod, 12)
     assert mod._events == [
-        ("start", 1.0), ("update", 1.0), ("update", 1.5), ("update", 2.0), ("end", 2.0)
+        ("start", 1.0),
+        ("update", 1.0),
+        ("update", 1.5),
+        ("update", 2.0),
+        ("end", 2.0),
     ]
     assert mod.started and mod.ended and not mod.active
 
@@ -60,7 +64,13 @@ def test_step_bounds_are_resolved_by_the_run_schedule():
         _ = mod.scheduled_start  # unknown until the run's steps_per_epoch is
     run(mod, 8, spe=4)
     assert (mod.scheduled_start, mod.scheduled_end) == (0.5, 1.5)
-    assert mod._events == [("start", 0.5), ("update", 0.5), ("update", 1.0), ("update", 1.5), ("end", 1.5)]
+    assert mod._events == [
+        ("start", 0.5),
+        ("update", 0.5),
+        ("update", 1.0),
+        ("update", 1.5),
+        ("end", 1.5),
+    ]
     assert mod.epoch_bounds() == [0.5, 1.5]
 
 
@@ -108,7 +118,9 @@ def test_a_spec_is_immutable_and_never_runs():
     with pytest.raises(RecipeError, match="immutable"):
         spec.end_epoch = 5
     with pytest.raises(SparseforgeError, match="Manager\\(recipe\\) makes the instances"):
-        spec.initialize(TrainingState(model=torch.nn.Linear(1, 1), optimizer=None, steps_per_epoch=1))
+        spec.initialize(
+            TrainingState(model=torch.nn.Linear(1, 1), optimizer=None, steps_per_epoch=1)
+        )
     live = spec.instantiate()
     assert not live.is_spec and live == spec and live is not spec
     live.end_epoch = 5  # a manager's own instance may be changed
@@ -118,7 +130,13 @@ def test_a_spec_is_immutable_and_never_runs():
 def test_positional_arguments_in_sparsemls_order():
     assert EpochRangeModifier(0.0, 10.0) == EpochRangeModifier(start_epoch=0.0, end_epoch=10.0)
     lr = LearningRateFunctionModifier("linear", 0.1, 0.01, 0.0, 5.0)
-    assert (lr.lr_func, lr.init_lr, lr.final_lr, lr.start_epoch, lr.end_epoch) == ("linear", 0.1, 0.01, 0.0, 5.0)
+    assert (lr.lr_func, lr.init_lr, lr.final_lr, lr.start_epoch, lr.end_epoch) == (
+        "linear",
+        0.1,
+        0.01,
+        0.0,
+        5.0,
+    )
     with pytest.raises(TypeError, match="takes 2 positional"):
         EpochRangeModifier(0.0, 1.0, 2.0)
     with pytest.raises(TypeError, match="two values for 'start_epoch'"):
@@ -128,7 +146,9 @@ def test_positional_arguments_in_sparsemls_order():
 
 
 def test_str_is_recipe_yaml_and_load_list_reads_it_back():
-    mod = LearningRateFunctionModifier(lr_func="cosine", init_lr=0.1, final_lr=0.0, start_epoch=1, end_epoch=4)
+    mod = LearningRateFunctionModifier(
+        lr_func="cosine", init_lr=0.1, final_lr=0.0, start_epoch=1, end_epoch=4
+    )
     text = str(mod)
     assert text.startswith("- !LearningRateFunctionModifier") and "init_lr: 0.1" in text
     (again,) = Modifier.load_list(text)

@@ -79,24 +79,38 @@ def test_distillation_loss_mixes_task_loss_by_hardness():
         teacher,
     )
     task_loss = torch.tensor(0.8)
-    inputs = {"input_ids": torch.ones(2, 4, dtype=torch.long), "token_type_ids": torch.zeros(2, 4), "labels": torch.tensor([0, 1])}
-    loss = manager.loss_update(task_loss, student_outputs={"loss": task_loss, "logits": torch.tensor(STUDENT)}, student_inputs=inputs)
+    inputs = {
+        "input_ids": torch.ones(2, 4, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 4),
+        "labels": torch.tensor([0, 1]),
+    }
+    loss = manager.loss_update(
+        task_loss,
+        student_outputs={"loss": task_loss, "logits": torch.tensor(STUDENT)},
+        student_inputs=inputs,
+    )
     expected = 0.25 * 0.8 + 0.75 * _hand_kl(STUDENT, TEACHER, 3.0)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # The teacher got only what its forward accepts: no token_type_ids (not in its signature), no labels.
     assert teacher.seen["input_ids"] is inputs["input_ids"]
-    assert manager.logs()["distillation/teacher_loss"] == pytest.approx(_hand_kl(STUDENT, TEACHER, 3.0), rel=1e-5)
+    assert manager.logs()["distillation/teacher_loss"] == pytest.approx(
+        _hand_kl(STUDENT, TEACHER, 3.0), rel=1e-5
+    )
 
 
 def test_mean_over_output_keys_and_precomputed_teacher_outputs():
-    mod = DistillationModifier(hardness=1.0, temperature=2.0, distill_output_keys=["start_logits", "end_logits"])
+    mod = DistillationModifier(
+        hardness=1.0, temperature=2.0, distill_output_keys=["start_logits", "end_logits"]
+    )
     student = {"start_logits": torch.tensor(STUDENT), "end_logits": torch.tensor(TEACHER)}
     teacher = {"start_logits": torch.tensor(TEACHER), "end_logits": torch.tensor(STUDENT)}
     expected = (_hand_kl(STUDENT, TEACHER, 2.0) + _hand_kl(TEACHER, STUDENT, 2.0)) / 2
     assert mod.distillation_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
     # Default keys: every `*logits` output, never the scalar loss.
     mod_default = DistillationModifier(hardness=1.0, temperature=2.0)
-    assert mod_default.distillation_loss({"loss": torch.tensor(1.0), **student}, teacher).item() == pytest.approx(expected, rel=1e-5)
+    assert mod_default.distillation_loss(
+        {"loss": torch.tensor(1.0), **student}, teacher
+    ).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_shape_mismatch_and_missing_key_are_model_match_errors():
@@ -104,7 +118,9 @@ def test_shape_mismatch_and_missing_key_are_model_match_errors():
     with pytest.raises(ModelMatchError, match="shape"):
         mod.distillation_loss({"logits": torch.zeros(2, 3)}, {"logits": torch.zeros(2, 4)})
     with pytest.raises(ModelMatchError, match="not among"):
-        DistillationModifier(distill_output_keys=["nope"]).distillation_loss({"logits": torch.zeros(2, 3)}, {})
+        DistillationModifier(distill_output_keys=["nope"]).distillation_loss(
+            {"logits": torch.zeros(2, 3)}, {}
+        )
 
 
 def test_schedule_and_disable():
@@ -115,19 +131,34 @@ def test_schedule_and_disable():
     inputs = {"input_ids": torch.ones(2, 2, dtype=torch.long)}
     seen = []
     for _ in range(6):  # epochs 0, 0.5, 1, 1.5, 2, 2.5
-        seen.append(manager.loss_update(torch.tensor(0.5), student_outputs=outputs, student_inputs=inputs).item())
+        seen.append(
+            manager.loss_update(
+                torch.tensor(0.5), student_outputs=outputs, student_inputs=inputs
+            ).item()
+        )
         manager.optimizer_pre_step()
         manager.optimizer_post_step()
     kl = _hand_kl(STUDENT, TEACHER, 2.0)
     assert seen == pytest.approx([0.5, 0.5, kl, kl, 0.5, 0.5], rel=1e-5)
-    disabled = _manager("distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0}", model, "disable")
-    assert disabled.loss_update(torch.tensor(0.5), student_outputs=outputs, student_inputs=inputs).item() == 0.5
+    disabled = _manager(
+        "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0}", model, "disable"
+    )
+    assert (
+        disabled.loss_update(
+            torch.tensor(0.5), student_outputs=outputs, student_inputs=inputs
+        ).item()
+        == 0.5
+    )
 
 
 def test_self_teacher_is_a_frozen_copy_of_the_starting_model():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 3)
-    manager = _manager("distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 1.0}", model, "self")
+    manager = _manager(
+        "distillation_modifiers:\n  - !DistillationModifier {hardness: 1.0, temperature: 1.0}",
+        model,
+        "self",
+    )
     with torch.no_grad():
         model.weight.add_(1.0)  # the student moves on; the teacher must not
     teacher = manager.modifiers[0]._teacher
@@ -139,7 +170,10 @@ def test_filter_teacher_inputs():
     teacher = Fixed(TEACHER)
     inputs = {"input_ids": 1, "attention_mask": 2, "token_type_ids": 3, "labels": 4}
     assert filter_teacher_inputs(teacher, inputs, None) == {"input_ids": 1, "attention_mask": 2}
-    assert filter_teacher_inputs(teacher, inputs, ["input_ids", "labels"]) == {"input_ids": 1, "labels": 4}
+    assert filter_teacher_inputs(teacher, inputs, ["input_ids", "labels"]) == {
+        "input_ids": 1,
+        "labels": 4,
+    }
     with pytest.raises(ModelMatchError, match="teacher_input_keys"):
         filter_teacher_inputs(teacher, inputs, ["pixel_values"])
 
@@ -150,8 +184,12 @@ def test_recipe_validation():
     with pytest.raises(RecipeError, match="temperature"):
         Recipe.load("modifiers:\n  - !DistillationModifier {temperature: 0}")
     with pytest.raises(RecipeError, match="pair one to one"):
-        Recipe.load("modifiers:\n  - !PerLayerDistillationModifier {student_layer_names: [a], teacher_layer_names: [a, b]}")
-    text = Recipe.load("modifiers:\n  - !DistillationModifier {hardness: 0.4, distill_output_keys: [logits]}").to_yaml()
+        Recipe.load(
+            "modifiers:\n  - !PerLayerDistillationModifier {student_layer_names: [a], teacher_layer_names: [a, b]}"
+        )
+    text = Recipe.load(
+        "modifiers:\n  - !DistillationModifier {hardness: 0.4, distill_output_keys: [logits]}"
+    ).to_yaml()
     assert Recipe.load(text).modifiers[0].hardness == 0.4
 
 
@@ -185,30 +223,47 @@ def test_per_layer_projection_trains_with_the_optimizer_but_is_not_saved():
     torch.manual_seed(0)
     student, teacher = TwoLayer(3), TwoLayer(5)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
-    manager = Manager("modifiers:\n  - !PerLayerDistillationModifier {normalize: false, student_layer_names: [first]}")
+    manager = Manager(
+        "modifiers:\n  - !PerLayerDistillationModifier {normalize: false, student_layer_names: [first]}"
+    )
     scheduled = manager.modify(student, optimizer, 1, distillation_teacher=teacher)
     mod = manager.modifiers[0]
     projection = mod.projection_parameters()
     assert [tuple(p.shape) for p in projection] == [(5, 3)]
     assert any(p is projection[0] for group in optimizer.param_groups for p in group["params"])
-    assert not any(k.startswith("_projection") or k.endswith("projection") for k in student.state_dict())
+    assert not any(
+        k.startswith("_projection") or k.endswith("projection") for k in student.state_dict()
+    )
     x = torch.randn(4, 2)
     before = projection[0].detach().clone()
     out = student(x)
-    loss = manager.loss_update(out["logits"].sum() * 0, student_outputs=out, student_inputs={"x": x})
+    loss = manager.loss_update(
+        out["logits"].sum() * 0, student_outputs=out, student_inputs={"x": x}
+    )
     loss.backward()
     scheduled.step()
     assert not torch.equal(before, projection[0])
     state = manager.state_dict()
-    restored = Manager("modifiers:\n  - !PerLayerDistillationModifier {normalize: false, student_layer_names: [first]}")
-    restored.modify(TwoLayer(3), torch.optim.SGD(TwoLayer(3).parameters(), lr=0.1), 1, distillation_teacher=teacher)
+    restored = Manager(
+        "modifiers:\n  - !PerLayerDistillationModifier {normalize: false, student_layer_names: [first]}"
+    )
+    restored.modify(
+        TwoLayer(3),
+        torch.optim.SGD(TwoLayer(3).parameters(), lr=0.1),
+        1,
+        distillation_teacher=teacher,
+    )
     restored.load_state_dict(state)
     assert torch.equal(restored.modifiers[0].projection_parameters()[0], projection[0])
 
 
 def test_per_layer_unknown_layer_is_an_error():
     with pytest.raises(ModelMatchError, match="nope"):
-        _manager("modifiers:\n  - !PerLayerDistillationModifier {student_layer_names: [nope]}", TwoLayer(2), TwoLayer(2))
+        _manager(
+            "modifiers:\n  - !PerLayerDistillationModifier {student_layer_names: [nope]}",
+            TwoLayer(2),
+            TwoLayer(2),
+        )
 
 
 class Counting(TwoLayer):
@@ -237,8 +292,12 @@ def test_output_and_per_layer_distillation_share_one_teacher_run_per_loss_update
     for call in (1, 2):
         x = torch.randn(3, 2)
         outputs = student(x)
-        loss = manager.loss_update(torch.tensor(0.3), student_outputs=outputs, student_inputs={"x": x})
-        assert teacher.calls == call  # once per call, not once per modifier, and again on new inputs
+        loss = manager.loss_update(
+            torch.tensor(0.3), student_outputs=outputs, student_inputs={"x": x}
+        )
+        assert (
+            teacher.calls == call
+        )  # once per call, not once per modifier, and again on new inputs
         with torch.no_grad():
             kl = kl_logsoftmax(outputs["logits"], teacher.second(teacher.first(x)), 1.0)
             mse = (student.first(x) - teacher.first(x)).square().mean()

@@ -39,7 +39,10 @@ def test_arithmetic(expr, expected):
 
 
 def test_bare_name_returns_non_numeric_value():
-    assert safe_eval("params", lookup_from({"params": ["a.weight", "re:b.*"]})) == ["a.weight", "re:b.*"]
+    assert safe_eval("params", lookup_from({"params": ["a.weight", "re:b.*"]})) == [
+        "a.weight",
+        "re:b.*",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -100,7 +103,10 @@ def timed(expr, values=None):
 @pytest.mark.parametrize(
     ("expr", "expected"),
     [
-        ("(10**10000)**1000", r"eval\(\(10\*\*10000\)\*\*1000\): 10 \*\* 10000 would exceed 256 bits"),
+        (
+            "(10**10000)**1000",
+            r"eval\(\(10\*\*10000\)\*\*1000\): 10 \*\* 10000 would exceed 256 bits",
+        ),
         ("10.0**400", r"eval\(10.0\*\*400\): the result is too large to represent \(overflow\)"),
         ("2**256", r"the result: the integer is too large \(257 bits"),
         ("1e999", r"a constant: must be a finite number, got inf"),
@@ -131,12 +137,18 @@ def test_a_chain_of_squares_stops_at_the_limit():
     with pytest.raises(RecipeError, match=r"would exceed 256 bits|the integer is too large"):
         resolve_variables(raw)
     assert time.perf_counter() - start < 1.0
-    assert resolve_variables({k: raw[k] for k in ("v0", "v1", "v2", "v3", "v4", "v5", "v6")})["v6"] == 10**64
+    assert (
+        resolve_variables({k: raw[k] for k in ("v0", "v1", "v2", "v3", "v4", "v5", "v6")})["v6"]
+        == 10**64
+    )
 
 
 def test_long_and_deep_expressions_are_refused_by_their_limits():
     message, seconds = timed("+".join(["1"] * 3000))
-    assert f"is 5,999 characters long; an expression may have at most {MAX_EXPRESSION_CHARS:,}" in message
+    assert (
+        f"is 5,999 characters long; an expression may have at most {MAX_EXPRESSION_CHARS:,}"
+        in message
+    )
     assert seconds < 1.0
     assert "nests more than 32 operations deep" in timed("+".join(["1"] * 40))[0]
     assert "too many nested parentheses" in timed("(" * 300 + "1" + ")" * 300)[0]
@@ -146,7 +158,9 @@ def test_long_and_deep_expressions_are_refused_by_their_limits():
 
 def test_a_1000_variable_chain_is_refused_by_the_chain_limit():
     raw = {f"v{i}": f"eval(v{i + 1} + 1)" for i in range(1000)} | {"v1000": 1}
-    with pytest.raises(RecipeError, match=rf"more than {MAX_VARIABLE_CHAIN} deep \(v0 -> v1 -> v2 -> \.\.\."):
+    with pytest.raises(
+        RecipeError, match=rf"more than {MAX_VARIABLE_CHAIN} deep \(v0 -> v1 -> v2 -> \.\.\."
+    ):
         resolve_variables(raw)
     short = {f"v{i}": f"eval(v{i + 1} + 1)" for i in range(20)} | {"v20": 1}
     assert resolve_variables(short)["v0"] == 21

@@ -17,7 +17,9 @@ def test_the_mutations_cover_the_shipped_and_seed_recipes_and_every_kind():
 def test_every_mutation_loads_or_raises_recipe_error_in_time():
     report = run_fuzz(COUNT, seed=20, time_limit=1.0)
     shown = [(name, kind, outcome, text[:300]) for name, kind, outcome, text in report.failures[:5]]
-    assert not report.failures, f"{len(report.failures)} of {COUNT} inputs broke the contract: {shown}"
+    assert not report.failures, (
+        f"{len(report.failures)} of {COUNT} inputs broke the contract: {shown}"
+    )
     # both outcomes occur: the mutations neither all break the recipes nor all leave them valid
     assert report.outcomes["loaded"] > COUNT // 10 and report.outcomes["RecipeError"] > COUNT // 10
     assert sum(report.outcomes.values()) == COUNT

@@ -13,17 +13,29 @@ from sparseforge.recipe.limits import (
 
 
 def test_number_problem():
-    assert number_problem(2**MAX_INT_BITS - 1) is None and number_problem(-(2**MAX_INT_BITS - 1)) is None
+    assert (
+        number_problem(2**MAX_INT_BITS - 1) is None
+        and number_problem(-(2**MAX_INT_BITS - 1)) is None
+    )
     assert "too large (257 bits" in number_problem(2**MAX_INT_BITS)
     assert number_problem(float("nan")) == "must be a finite number, got nan"
     assert number_problem(float("-inf")) == "must be a finite number, got -inf"
-    assert number_problem(True) is None and number_problem(1.5e308) is None and number_problem("x") is None
+    assert (
+        number_problem(True) is None
+        and number_problem(1.5e308) is None
+        and number_problem("x") is None
+    )
 
 
 def test_field_value_problem_looks_inside_lists_and_dicts():
-    assert field_value_problem({"a": [1, {"b": float("nan")}]}) == "must be a finite number, got nan"
+    assert (
+        field_value_problem({"a": [1, {"b": float("nan")}]}) == "must be a finite number, got nan"
+    )
     assert "not a valid regular expression" in field_value_problem(["re:ok.*", "re:(?P<x"])
-    assert field_value_problem(["re:bert\\.encoder\\.layer\\.\\d+\\..*", "plain(name", {"k": 3}]) is None
+    assert (
+        field_value_problem(["re:bert\\.encoder\\.layer\\.\\d+\\..*", "plain(name", {"k": 3}])
+        is None
+    )
     nested: list = []
     for _ in range(100):
         nested = [nested]
@@ -45,7 +57,9 @@ def test_recipe_errors_only_keeps_the_contract():
 
     with pytest.raises(RecipeError, match="nests too deeply"):
         recurse(0)
-    with pytest.raises(RecipeError, match=r"unexpected TypeError: unsupported operand.*a sparseforge bug"):
+    with pytest.raises(
+        RecipeError, match=r"unexpected TypeError: unsupported operand.*a sparseforge bug"
+    ):
         type_error()
     with pytest.raises(ModelMatchError, match="kept as it is"):
         model_match()

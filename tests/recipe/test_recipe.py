@@ -39,7 +39,12 @@ def pruning_like_modifier():
 def test_markdown_front_matter_with_licence_comment_and_anchors():
     recipe = Recipe.load(RECIPES / "seed_style.md")
     kinds = [type(mod) for mod in recipe.modifiers]
-    assert kinds == [EpochRangeModifier, LearningRateFunctionModifier, LearningRateFunctionModifier, SetWeightDecayModifier]
+    assert kinds == [
+        EpochRangeModifier,
+        LearningRateFunctionModifier,
+        LearningRateFunctionModifier,
+        SetWeightDecayModifier,
+    ]
     epoch_range, lr_main, lr_qat, decay = recipe.modifiers
     assert (epoch_range.start_epoch, epoch_range.end_epoch) == (0.0, 40.0)
     assert (lr_main.start_epoch, lr_main.end_epoch, lr_main.init_lr) == (0.0, 30.0, 5e-5)
@@ -56,7 +61,12 @@ def test_transfer_guide_style_with_eval_flow_style_and_yaml11_floats():
     assert lr_main.init_lr == 1.5e-4 and isinstance(lr_main.init_lr, float)
     assert lr_main.final_lr == 0.0 and isinstance(lr_main.final_lr, float)
     # flow style `- !X {a: 1}` parses like block style
-    assert (lr_qat.lr_func, lr_qat.start_epoch, lr_qat.end_epoch, lr_qat.init_lr) == ("cosine", 8.0, 13.0, 8e-5)
+    assert (lr_qat.lr_func, lr_qat.start_epoch, lr_qat.end_epoch, lr_qat.init_lr) == (
+        "cosine",
+        8.0,
+        13.0,
+        8e-5,
+    )
     # eval(name) of a non-numeric variable yields its value
     assert trainable.params == ["re:bert.embeddings.*"] and trainable.end_epoch == 2.0
     assert decay.weight_decay == 0.01
@@ -101,12 +111,22 @@ def test_staged_recipe_holds_absolute_epochs_and_stage_variables_override():
 
 
 def test_recipe_args_override_variables_in_every_form():
-    for args in ({"num_epochs": 10}, '{"num_epochs": 10}', "num_epochs=10", "num_epochs=10,init_lr=0.001"):
+    for args in (
+        {"num_epochs": 10},
+        '{"num_epochs": 10}',
+        "num_epochs=10",
+        "num_epochs=10,init_lr=0.001",
+    ):
         recipe = Recipe.load(RECIPES / "transfer_style.yaml", args)
         assert recipe.modifiers[0].end_epoch == 10.0
         assert recipe.modifiers[2].end_epoch == 10.0
         assert recipe.max_epochs == 10
-    assert Recipe.load(RECIPES / "transfer_style.yaml", "num_epochs=10,init_lr=0.001").modifiers[1].init_lr == 0.001
+    assert (
+        Recipe.load(RECIPES / "transfer_style.yaml", "num_epochs=10,init_lr=0.001")
+        .modifiers[1]
+        .init_lr
+        == 0.001
+    )
 
 
 def test_recipe_args_for_an_undefined_variable_is_an_error():
@@ -121,7 +141,9 @@ def test_to_yaml_round_trips_to_equal_modifiers():
         assert "eval(" not in text and text.startswith("version: 1.1.0")
         again = Recipe.load(text)
         assert again.modifiers == recipe.modifiers, name
-        assert [m.scheduled_start for m in again.modifiers] == [m.scheduled_start for m in recipe.modifiers]
+        assert [m.scheduled_start for m in again.modifiers] == [
+            m.scheduled_start for m in recipe.modifiers
+        ]
         assert again.max_epochs == recipe.max_epochs
         assert again.to_yaml() == text
 
@@ -144,7 +166,10 @@ def test_dict_and_modifier_list_sources():
     from_dict = Recipe.load(data, {"num_epochs": 4})
     assert [type(m) for m in from_dict.modifiers] == [EpochRangeModifier, SetLearningRateModifier]
     assert from_dict.max_epochs == 4
-    mods = [EpochRangeModifier(start_epoch=0, end_epoch=2), SetLearningRateModifier(learning_rate=0.1)]
+    mods = [
+        EpochRangeModifier(start_epoch=0, end_epoch=2),
+        SetLearningRateModifier(learning_rate=0.1),
+    ]
     recipe = Recipe.load(mods)
     assert recipe.modifiers == mods and recipe.max_epochs == 2
     with pytest.raises(RecipeError, match="tagged modifier"):
@@ -158,9 +183,14 @@ def test_top_level_list_and_the_sparseml_v0_modifiers_key():
 
 
 def test_max_epochs_is_sparseml_ceiling():
-    recipe = Recipe.load("m_modifiers:\n  - !SetLearningRateModifier {start_epoch: 2.5, learning_rate: 0.1}\n")
+    recipe = Recipe.load(
+        "m_modifiers:\n  - !SetLearningRateModifier {start_epoch: 2.5, learning_rate: 0.1}\n"
+    )
     assert recipe.max_epochs == 3
-    assert Recipe.load("m_modifiers:\n  - !SetLearningRateModifier {learning_rate: 0.1}\n").max_epochs == -1
+    assert (
+        Recipe.load("m_modifiers:\n  - !SetLearningRateModifier {learning_rate: 0.1}\n").max_epochs
+        == -1
+    )
 
 
 # ----- errors: each names the file, the line, the modifier and the field ---------------------
@@ -178,12 +208,17 @@ def test_unknown_modifier_is_located(tmp_path):
         Recipe.load(path)
     err = info.value
     assert err.file == str(path) and err.line == 3
-    assert "unknown modifier !EpochRangeModifer" in str(err) and "did you mean EpochRangeModifier" in str(err)
+    assert "unknown modifier !EpochRangeModifer" in str(
+        err
+    ) and "did you mean EpochRangeModifier" in str(err)
     assert str(err).count("EpochRangeModifier") == 1  # each suggestion once (it was listed twice)
 
 
 def test_unimplemented_sparseml_modifier_says_so():
-    with pytest.raises(RecipeError, match="SparseML modifier that is not implemented|not implemented in sparseforge"):
+    with pytest.raises(
+        RecipeError,
+        match="SparseML modifier that is not implemented|not implemented in sparseforge",
+    ):
         Recipe.load("m_modifiers:\n  - !RigLPruningModifier {start_epoch: 0}\n")
 
 
@@ -202,7 +237,10 @@ def test_unknown_field_is_located_with_suggestion(tmp_path):
 
 
 def test_invalid_value_is_located(tmp_path):
-    path = write(tmp_path, "m_modifiers:\n  - !LearningRateFunctionModifier\n    start_epoch: 0\n    end_epoch: 2\n    lr_func: stepwise\n    init_lr: 0.1\n    final_lr: 0.0\n")
+    path = write(
+        tmp_path,
+        "m_modifiers:\n  - !LearningRateFunctionModifier\n    start_epoch: 0\n    end_epoch: 2\n    lr_func: stepwise\n    init_lr: 0.1\n    final_lr: 0.0\n",
+    )
     with pytest.raises(RecipeError) as info:
         Recipe.load(path)
     assert (info.value.line, info.value.field) == (5, "lr_func")
@@ -210,7 +248,10 @@ def test_invalid_value_is_located(tmp_path):
 
 
 def test_bad_eval_inside_a_modifier_is_located(tmp_path):
-    path = write(tmp_path, "x: 1\nm_modifiers:\n  - !SetLearningRateModifier\n    learning_rate: eval(__import__('os').getcwd())\n")
+    path = write(
+        tmp_path,
+        "x: 1\nm_modifiers:\n  - !SetLearningRateModifier\n    learning_rate: eval(__import__('os').getcwd())\n",
+    )
     with pytest.raises(RecipeError) as info:
         Recipe.load(path)
     assert (info.value.line, info.value.field) == (4, "learning_rate")
@@ -218,7 +259,10 @@ def test_bad_eval_inside_a_modifier_is_located(tmp_path):
 
 
 def test_cycle_and_undefined_variables_are_located(tmp_path):
-    path = write(tmp_path, "a: eval(b)\nb: eval(a)\nm_modifiers:\n  - !SetLearningRateModifier {learning_rate: eval(a)}\n")
+    path = write(
+        tmp_path,
+        "a: eval(b)\nb: eval(a)\nm_modifiers:\n  - !SetLearningRateModifier {learning_rate: eval(a)}\n",
+    )
     with pytest.raises(RecipeError, match="cycle") as info:
         Recipe.load(path)
     assert info.value.file == str(path) and info.value.line in (1, 2)
@@ -239,7 +283,11 @@ def test_yaml_syntax_error_has_line(tmp_path):
     with pytest.raises(RecipeError, match="invalid YAML") as info:
         Recipe.load(path)
     # the reader fails at the end of the text (line 4), and names where the open mapping began
-    assert info.value.line == 4 and info.value.file == str(path) and "line 3, column 30" in str(info.value)
+    assert (
+        info.value.line == 4
+        and info.value.file == str(path)
+        and "line 3, column 30" in str(info.value)
+    )
 
 
 def test_markdown_without_front_matter_is_an_error(tmp_path):
@@ -264,36 +312,54 @@ def test_missing_file_and_schedule_errors(tmp_path):
 def test_trainable_params_fields_validate():
     with pytest.raises(RecipeError, match="trainable"):
         Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: [a]}\n")
-    recipe = Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: __ALL__, trainable: false}\n")
+    recipe = Recipe.load(
+        "m_modifiers:\n  - !TrainableParamsModifier {params: __ALL__, trainable: false}\n"
+    )
     assert isinstance(recipe.modifiers[0], TrainableParamsModifier)
 
 
 # ----- the loading contract: a Recipe or a RecipeError, quickly (issue 20, items 5-7) ---------
 
-EPOCHS_AT = "training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0.0\n    end_epoch: {}\n"
+EPOCHS_AT = (
+    "training_modifiers:\n  - !EpochRangeModifier\n    start_epoch: 0.0\n    end_epoch: {}\n"
+)
 
 
-@pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "-.inf", "1e999", "nan", "eval(big * big)"])
+@pytest.mark.parametrize(
+    "value", [".nan", ".NaN", ".inf", "-.inf", "1e999", "nan", "eval(big * big)"]
+)
 def test_nan_and_inf_in_a_schedule_field_are_located_errors(value):
     text = "big: 1e200\n" + EPOCHS_AT.format(value)
-    with pytest.raises(RecipeError, match=r"must be a finite number, got (nan|inf|-inf)|overflow") as info:
+    with pytest.raises(
+        RecipeError, match=r"must be a finite number, got (nan|inf|-inf)|overflow"
+    ) as info:
         Recipe.load(text)
-    assert (info.value.modifier, info.value.field, info.value.line) == ("EpochRangeModifier", "end_epoch", 5)
+    assert (info.value.modifier, info.value.field, info.value.line) == (
+        "EpochRangeModifier",
+        "end_epoch",
+        5,
+    )
 
 
 def test_nan_anywhere_in_any_field_is_refused():
     with pytest.raises(RecipeError, match="finite") as info:
-        Recipe.load("m_modifiers:\n  - !GMPruningModifier {params: [w], init_sparsity: 0.0, final_sparsity: .nan, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}\n")
+        Recipe.load(
+            "m_modifiers:\n  - !GMPruningModifier {params: [w], init_sparsity: 0.0, final_sparsity: .nan, start_epoch: 0, end_epoch: 1, update_frequency: 0.5}\n"
+        )
     assert info.value.field == "final_sparsity"
     with pytest.raises(RecipeError, match="update_frequency.*finite|finite") as info:
-        Recipe.load("m_modifiers:\n  - !GMPruningModifier {params: [w], final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: .inf}\n")
+        Recipe.load(
+            "m_modifiers:\n  - !GMPruningModifier {params: [w], final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, update_frequency: .inf}\n"
+        )
     assert info.value.field == "update_frequency"
     lr = "m_modifiers:\n  - !LearningRateModifier {{lr_class: StepLR, lr_kwargs: {{step_size: 1, gamma: {}}}, init_lr: 0.1}}\n"
     with pytest.raises(RecipeError, match="finite") as info:
         Recipe.load(lr.format(".nan"))
     assert info.value.field == "lr_kwargs"
     quant = "q_modifiers:\n  - !QuantizationModifier\n    start_epoch: 0\n    scheme:\n      weights: {{num_bits: 8, kwargs: {{averaging_constant: {}}}}}\n"
-    assert Recipe.load(quant.format("0.01")).modifiers[0].scheme.weights.kwargs == {"averaging_constant": 0.01}
+    assert Recipe.load(quant.format("0.01")).modifiers[0].scheme.weights.kwargs == {
+        "averaging_constant": 0.01
+    }
     with pytest.raises(RecipeError, match="finite") as info:  # inside a nested spec too
         Recipe.load(quant.format(".nan"))
     assert info.value.field == "scheme"
@@ -307,7 +373,9 @@ def test_a_nan_recipe_is_never_written():
         Recipe.load(text)
     # what a checkpoint would have held before the fix is refused on reading back too
     with pytest.raises(RecipeError, match="finite"):
-        Recipe.load("version: 1.1.0\ntraining_modifiers:\n- !EpochRangeModifier\n  start_epoch: 0.0\n  end_epoch: .nan\n")
+        Recipe.load(
+            "version: 1.1.0\ntraining_modifiers:\n- !EpochRangeModifier\n  start_epoch: 0.0\n  end_epoch: .nan\n"
+        )
 
 
 def test_4300_digit_integers_are_recipe_errors():
@@ -330,29 +398,47 @@ def test_wrong_types_in_list_fields_are_recipe_errors():
         "    lr_class: MultiStepLR\n    lr_kwargs: {{milestones: {}, gamma: 0.1}}\n    init_lr: 0.1\n"
     )
     for milestones in ("['1']", "[1, '2']", "1", "[.nan]"):
-        with pytest.raises(RecipeError, match=r"milestones must be a list of epochs \(numbers\)|finite") as info:
+        with pytest.raises(
+            RecipeError, match=r"milestones must be a list of epochs \(numbers\)|finite"
+        ) as info:
             Recipe.load(text.format(milestones))
         assert info.value.modifier == "LearningRateModifier"
     assert Recipe.load(text.format("[1, 2.5]")).modifiers[0].lr_kwargs["milestones"] == [1, 2.5]
     with pytest.raises(RecipeError, match="step_size must be a number"):
-        Recipe.load(text.replace("MultiStepLR", "StepLR").format("[1]").replace("gamma: 0.1", "step_size: 'x'"))
+        Recipe.load(
+            text.replace("MultiStepLR", "StepLR")
+            .format("[1]")
+            .replace("gamma: 0.1", "step_size: 'x'")
+        )
 
 
 def test_an_invalid_regex_is_refused_at_load_naming_the_field():
     prune = "m_modifiers:\n  - !GMPruningModifier\n    params: ['re:bert.*', 're:(']\n    final_sparsity: 0.5\n    start_epoch: 0\n    end_epoch: 1\n    update_frequency: 0.5\n"
-    with pytest.raises(RecipeError, match=r"'re:\(' is not a valid regular expression: missing \)") as info:
+    with pytest.raises(
+        RecipeError, match=r"'re:\(' is not a valid regular expression: missing \)"
+    ) as info:
         Recipe.load(prune)
-    assert (info.value.modifier, info.value.field, info.value.line) == ("GMPruningModifier", "params", 3)
+    assert (info.value.modifier, info.value.field, info.value.line) == (
+        "GMPruningModifier",
+        "params",
+        3,
+    )
     with pytest.raises(RecipeError, match="not a valid regular expression") as info:
-        Recipe.load("m_modifiers:\n  - !TrainableParamsModifier {params: 're:[', trainable: false}\n")
+        Recipe.load(
+            "m_modifiers:\n  - !TrainableParamsModifier {params: 're:[', trainable: false}\n"
+        )
     assert info.value.field == "params"
 
 
 def test_deep_json_in_recipe_args_is_a_recipe_error():
     for depth in (100, 100_000):
         with pytest.raises(RecipeError, match="nests more than 64 levels deep"):
-            Recipe.load(TRANSFER_ARGS_RECIPE, args='{"num_epochs": ' + "[" * depth + "]" * depth + "}")
-    deep_kv = "num_epochs=" + "[" * 500 + "]" * 500  # not YAML we accept: kept as text, then refused by the field
+            Recipe.load(
+                TRANSFER_ARGS_RECIPE, args='{"num_epochs": ' + "[" * depth + "]" * depth + "}"
+            )
+    deep_kv = (
+        "num_epochs=" + "[" * 500 + "]" * 500
+    )  # not YAML we accept: kept as text, then refused by the field
     with pytest.raises(RecipeError, match="end_epoch"):
         Recipe.load(TRANSFER_ARGS_RECIPE, args=deep_kv)
     assert Recipe.load(TRANSFER_ARGS_RECIPE, args='{"num_epochs": 3}').modifiers[0].end_epoch == 3.0
@@ -402,7 +488,8 @@ def test_100_kb_recipes_load_within_a_second():
         "init: 0.05\nstart: 0\npruning_modifiers:\n" + modifier * (100_000 // len(modifier)),
         "xs: [" + ",".join(["1.5"] * 24_000) + "]\n" + epochs,
         "".join(f"v{i}: eval({'+'.join(['1'] * 30)})\n" for i in range(1300)) + epochs,
-        "base: &b {start_epoch: 0, end_epoch: 1}\nm_modifiers:\n" + "  - !EpochRangeModifier {<<: *b}\n" * 3000,
+        "base: &b {start_epoch: 0, end_epoch: 1}\nm_modifiers:\n"
+        + "  - !EpochRangeModifier {<<: *b}\n" * 3000,
     ]
     Recipe.load(epochs)  # the first load imports the modifier modules
     for text in texts:
@@ -417,7 +504,9 @@ def test_keys_that_are_not_names_are_located_errors():
         text = f"num_epochs: 2\n{key}: 1\n" + EPOCHS_AT.format("eval(num_epochs)")
         with pytest.raises(RecipeError) as info:
             Recipe.load(text)
-        assert info.value.line == 2 and ("is not a name" in str(info.value) or "plain value" in str(info.value))
+        assert info.value.line == 2 and (
+            "is not a name" in str(info.value) or "plain value" in str(info.value)
+        )
     staged = "stage_a:\n  2: 1\n  m_modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
     with pytest.raises(RecipeError, match="the key 2 is not a name") as info:
         Recipe.load(staged)
@@ -438,11 +527,24 @@ def test_cosine_restarts_t_mult_is_checked_at_load():
 @pytest.mark.parametrize(
     "args",
     [
-        '{"num_epochs": NaN}', '{"num_epochs": Infinity}', '{"num_epochs": 1e999}', "num_epochs=.nan",
-        "num_epochs=!!bool maybe", "num_epochs=&x [*x]", "num_epochs=" + "[" * 1000, "num_epochs=" + "1" * 5000,
-        '{"num_epochs": ' + "1" * 5000 + "}", "num_epochs=1,b", "=1", "{", "[1]", '{"num_epochs": "eval(10**10**10)"}',
-        "num_epochs=eval(" + "+".join(["1"] * 3000) + ")", '{"num_epochs": {"a": [1, {"b": null}]}}',
-        "num_epochs=3", '{"num_epochs": 2.5}',
+        '{"num_epochs": NaN}',
+        '{"num_epochs": Infinity}',
+        '{"num_epochs": 1e999}',
+        "num_epochs=.nan",
+        "num_epochs=!!bool maybe",
+        "num_epochs=&x [*x]",
+        "num_epochs=" + "[" * 1000,
+        "num_epochs=" + "1" * 5000,
+        '{"num_epochs": ' + "1" * 5000 + "}",
+        "num_epochs=1,b",
+        "=1",
+        "{",
+        "[1]",
+        '{"num_epochs": "eval(10**10**10)"}',
+        "num_epochs=eval(" + "+".join(["1"] * 3000) + ")",
+        '{"num_epochs": {"a": [1, {"b": null}]}}',
+        "num_epochs=3",
+        '{"num_epochs": 2.5}',
     ],
 )
 def test_hostile_recipe_args_load_or_raise_recipe_error(args):

@@ -78,7 +78,10 @@ def test_a_stage_after_a_step_based_stage_starts_where_it_ends():
         Recipe.compose_staged(steps, ADDITIONAL)
     composed = Recipe.compose_staged(steps, ADDITIONAL, steps_per_epoch=20)  # base ends at 2.5
     epoch_range = composed.stages[1].modifiers[0]
-    assert (epoch_range.start_epoch, epoch_range.end_epoch) == (3.0, 5.0)  # SparseML: after ceil(2.5)
+    assert (epoch_range.start_epoch, epoch_range.end_epoch) == (
+        3.0,
+        5.0,
+    )  # SparseML: after ceil(2.5)
     assert composed.end_epoch_at(20) == 5.0
     step_after = Recipe.compose_staged(BASE, steps, steps_per_epoch=20)
     assert step_after.stages[1].modifiers[0].start_step == 80  # 4 epochs of 20 steps later
@@ -116,9 +119,13 @@ def test_stage_variables_are_read_in_file_order():
     assert set_lr.start_epoch == 5.0
     # recipe_args set a name everywhere it is defined, as SparseML's update_recipe_variables does
     overridden = Recipe.load(SCOPED, {"end_epoch": 120}).stages[0]
-    assert overridden.variables["end_epoch_global"] == 120 and overridden.variables["end_epoch"] == 120
+    assert (
+        overridden.variables["end_epoch_global"] == 120 and overridden.variables["end_epoch"] == 120
+    )
     with pytest.raises(RecipeError, match="cycle: a -> b -> a"):
-        Recipe.load("s:\n  a: eval(b)\n  b: eval(a)\n  modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n")
+        Recipe.load(
+            "s:\n  a: eval(b)\n  b: eval(a)\n  modifiers:\n    - !EpochRangeModifier {start_epoch: 0, end_epoch: 1}\n"
+        )
 
 
 def test_recipe_check_shows_resolved_stage_variables_and_absolute_spans(tmp_path, capsys):

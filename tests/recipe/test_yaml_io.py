@@ -26,7 +26,9 @@ def test_billion_laughs_is_refused_fast():
     assert len(bomb.encode()) < 500  # the case: 8 levels of aliases in under 500 bytes
     err, seconds = timed_error(bomb + EPOCHS)
     assert f"more than {MAX_YAML_VALUES:,} values" in str(err) and "alias" in str(err)
-    assert err.line == 6  # level f (9**6 values) is the first over the limit: the error points at it
+    assert (
+        err.line == 6
+    )  # level f (9**6 values) is the first over the limit: the error points at it
     assert seconds < 1.0
 
 
@@ -53,7 +55,10 @@ def test_normal_anchors_and_merge_keys_still_load():
     )
     epoch_range, trainable = Recipe.load(text).modifiers
     assert (epoch_range.start_epoch, epoch_range.end_epoch) == (0.0, 3.0)
-    assert trainable.params == ["re:bert.embeddings.*", "re:bert.pooler.*"] and trainable.end_epoch == 3.0
+    assert (
+        trainable.params == ["re:bert.embeddings.*", "re:bert.pooler.*"]
+        and trainable.end_epoch == 3.0
+    )
 
 
 def test_400_levels_of_nesting_is_a_recipe_error():
@@ -67,7 +72,9 @@ def test_aliases_cannot_nest_past_the_depth_limit():
     text = f"a: &a {inner}\nb: &b " + "[" * 30 + "*a" + "]" * 30 + "\n" + EPOCHS
     err, _ = timed_error(text)
     assert "aliases make the recipe nest more than" in str(err)
-    assert load_yaml(f"a: &a {inner}\nb: " + "[" * 10 + "*a" + "]" * 10 + "\n")["b"]  # 51 levels: fine
+    assert load_yaml(f"a: &a {inner}\nb: " + "[" * 10 + "*a" + "]" * 10 + "\n")[
+        "b"
+    ]  # 51 levels: fine
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,15 @@ from transformers import AutoModelForSequenceClassification, TrainerCallback  # 
 
 from sparseforge.transformers.trainer import SparseTrainer  # noqa: E402
 
-RECIPE = GMP_RECIPE.replace("final_sparsity: 0.6", "final_sparsity: 0.5") + """
+RECIPE = (
+    GMP_RECIPE.replace("final_sparsity: 0.6", "final_sparsity: 0.5")
+    + """
 distillation_modifiers:
   - !PerLayerDistillationModifier
     student_layer_names: [bert.encoder.layer.0, bert.encoder.layer.1]
     project_features: true
 """
+)
 
 
 class Report(TrainerCallback):
@@ -43,7 +46,10 @@ class Report(TrainerCallback):
         weights = hashlib.sha256()
         for _, param in sorted(trainer.model.named_parameters()):
             weights.update(param.detach().cpu().numpy().tobytes())
-        sparsity = {name: float((trainer.model.get_parameter(name) == 0).float().mean()) for name in mod.masks}
+        sparsity = {
+            name: float((trainer.model.get_parameter(name) == 0).float().mean())
+            for name in mod.masks
+        }
         self.holder.append(
             {
                 "world_size": args.world_size,
@@ -61,7 +67,9 @@ def main() -> None:
     model_dir, out = sys.argv[1], Path(sys.argv[2])
     holder: list = []
     # Checkpoints too: every rank writes its rng state into the staging folder before rank 0 renames it.
-    args = make_args(out, ddp_backend="gloo", save_strategy="steps", save_steps=3, save_total_limit=1)
+    args = make_args(
+        out, ddp_backend="gloo", save_strategy="steps", save_steps=3, save_total_limit=1
+    )
     trainer = SparseTrainer(
         model=AutoModelForSequenceClassification.from_pretrained(model_dir),
         args=args,

@@ -19,7 +19,16 @@ def test_help_and_unknown_task(capsys):
     assert "unknown task 'sentence-embedding'" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("alias", ["text_classification", "glue", "sentiment_analysis", "sequence_classification", "text-classification"])
+@pytest.mark.parametrize(
+    "alias",
+    [
+        "text_classification",
+        "glue",
+        "sentiment_analysis",
+        "sequence_classification",
+        "text-classification",
+    ],
+)
 def test_sparseml_aliases_reach_the_task_module(monkeypatch, alias):
     seen = {}
     fake = types.ModuleType("fake_task")
@@ -31,6 +40,8 @@ def test_sparseml_aliases_reach_the_task_module(monkeypatch, alias):
 
 
 def test_missing_task_module_is_a_one_line_error(monkeypatch, capsys):
-    monkeypatch.setitem(train_cli.TASK_MODULES, "question-answering", "sparseforge.transformers.tasks.not_written")
+    monkeypatch.setitem(
+        train_cli.TASK_MODULES, "question-answering", "sparseforge.transformers.tasks.not_written"
+    )
     assert main(["train", "qa"]) == 2
     assert "task 'question-answering' is not available" in capsys.readouterr().err

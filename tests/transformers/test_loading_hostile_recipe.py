@@ -19,7 +19,10 @@ EPOCHS = "training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoc
     [
         (alias_bomb(8, 9) + EPOCHS, "aliases expand the recipe"),
         ("big: eval((10**10000)**1000)\n" + EPOCHS, "would exceed 256 bits"),
-        ("training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .nan}\n", "finite"),
+        (
+            "training_modifiers:\n  - !EpochRangeModifier {start_epoch: 0, end_epoch: .nan}\n",
+            "finite",
+        ),
     ],
 )
 def test_load_model_refuses_a_hostile_recipe_yaml(tmp_path, recipe, expected):
@@ -28,5 +31,7 @@ def test_load_model_refuses_a_hostile_recipe_yaml(tmp_path, recipe, expected):
     start = time.perf_counter()
     with pytest.raises(RecipeError, match=expected) as info:
         load_model(folder, "text-classification")
-    assert time.perf_counter() - start < 5.0  # the model itself is built too; the recipe adds ~nothing
+    assert (
+        time.perf_counter() - start < 5.0
+    )  # the model itself is built too; the recipe adds ~nothing
     assert info.value.file == str(folder / "recipe.yaml")

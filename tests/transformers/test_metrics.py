@@ -24,7 +24,9 @@ def test_binary_metrics_by_hand():
     labels = np.array([1, 0, 0, 1, 1, 0])
     # tp=2 fp=1 fn=1 tn=2
     assert f1_binary(preds, labels) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
-    assert matthews_correlation(preds, labels) == pytest.approx((2 * 2 - 1 * 1) / math.sqrt(3 * 3 * 3 * 3))
+    assert matthews_correlation(preds, labels) == pytest.approx(
+        (2 * 2 - 1 * 1) / math.sqrt(3 * 3 * 3 * 3)
+    )
     assert matthews_correlation(np.array([1, 1]), np.array([1, 1])) == 0.0
 
 
@@ -48,15 +50,33 @@ def test_multilabel_f1_micro_and_macro():
 def test_per_task_metric_names():
     logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     labels = np.array([1, 0, 0])
-    assert set(classification_metrics(logits, labels, "cola")) == {"matthews_correlation", "predicted_classes"}
-    assert set(classification_metrics(logits, labels, "mrpc")) == {"accuracy", "f1", "combined_score", "predicted_classes"}
-    assert classification_metrics(logits, labels, "sst2") == {"accuracy": pytest.approx(2 / 3), "predicted_classes": 2.0}
-    stsb = classification_metrics(np.array([[0.5], [2.0], [3.5]]), np.array([1.0, 2.0, 3.0]), "stsb", is_regression=True)
-    assert stsb["pearson"] == pytest.approx(pearson([0.5, 2.0, 3.5], [1.0, 2.0, 3.0])) and stsb["spearmanr"] == pytest.approx(1.0)
+    assert set(classification_metrics(logits, labels, "cola")) == {
+        "matthews_correlation",
+        "predicted_classes",
+    }
+    assert set(classification_metrics(logits, labels, "mrpc")) == {
+        "accuracy",
+        "f1",
+        "combined_score",
+        "predicted_classes",
+    }
+    assert classification_metrics(logits, labels, "sst2") == {
+        "accuracy": pytest.approx(2 / 3),
+        "predicted_classes": 2.0,
+    }
+    stsb = classification_metrics(
+        np.array([[0.5], [2.0], [3.5]]), np.array([1.0, 2.0, 3.0]), "stsb", is_regression=True
+    )
+    assert stsb["pearson"] == pytest.approx(pearson([0.5, 2.0, 3.5], [1.0, 2.0, 3.0])) and stsb[
+        "spearmanr"
+    ] == pytest.approx(1.0)
     # multi-label: sigmoid > 0.3, i.e. logit > log(0.3 / 0.7)
     threshold = math.log(0.3 / 0.7)
     multi = compute_metrics_fn(is_multi_label=True)(
-        SimpleNamespace(predictions=(np.array([[threshold + 0.01, threshold - 0.01]]),), label_ids=np.array([[1, 0]]))
+        SimpleNamespace(
+            predictions=(np.array([[threshold + 0.01, threshold - 0.01]]),),
+            label_ids=np.array([[1, 0]]),
+        )
     )
     assert multi == {"f1_micro": 1.0, "f1_macro": pytest.approx(0.5)}
 

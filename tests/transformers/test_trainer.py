@@ -36,7 +36,9 @@ training_modifiers:
   - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 2.0}
   - !LearningRateFunctionModifier {start_epoch: 0.0, end_epoch: 2.0, lr_func: linear, init_lr: 0.01, final_lr: 0.001}
 """
-GMP_RECIPE = LR_RECIPE + """
+GMP_RECIPE = (
+    LR_RECIPE
+    + """
 pruning_modifiers:
   - !GMPruningModifier
     params: ["re:bert.encoder.layer.*.(intermediate|output).dense.weight"]
@@ -46,6 +48,7 @@ pruning_modifiers:
     final_sparsity: 0.6
     update_frequency: 0.25
 """
+)
 
 
 def tiny_dataset(count: int = 24, seq: int = 8, seed: int = 0):
@@ -89,7 +92,9 @@ def test_recipe_sets_epochs_and_owns_the_learning_rate(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sparseforge.transformers.trainer"):
         trainer = SparseTrainer(
             model=make_tiny_model(),
-            args=make_args(tmp_path / "out", num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=2),
+            args=make_args(
+                tmp_path / "out", num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=2
+            ),
             train_dataset=tiny_dataset(),
             recipe=LR_RECIPE,
             callbacks=[recorder],
@@ -110,8 +115,11 @@ def test_fractional_recipe_stops_where_the_recipe_ends(tmp_path):
     recorder = StepRecorder()
     recipe = LR_RECIPE.replace("end_epoch: 2.0", "end_epoch: 1.5")
     trainer = SparseTrainer(
-        model=make_tiny_model(), args=make_args(tmp_path / "out"), train_dataset=tiny_dataset(),
-        recipe=recipe, callbacks=[recorder],
+        model=make_tiny_model(),
+        args=make_args(tmp_path / "out"),
+        train_dataset=tiny_dataset(),
+        recipe=recipe,
+        callbacks=[recorder],
     )
     assert trainer.manager.max_epochs == 2 and trainer.args.num_train_epochs == 1.5
     trainer.train()
@@ -122,11 +130,17 @@ def test_fractional_recipe_stops_where_the_recipe_ends(tmp_path):
 def test_steps_per_epoch_counts_accumulation_and_drop_last(tmp_path):
     model = make_tiny_model()
     trainer = SparseTrainer(
-        model=model, args=make_args(tmp_path, gradient_accumulation_steps=2), train_dataset=tiny_dataset(26), recipe=LR_RECIPE
+        model=model,
+        args=make_args(tmp_path, gradient_accumulation_steps=2),
+        train_dataset=tiny_dataset(26),
+        recipe=LR_RECIPE,
     )
     assert trainer.manager_steps_per_epoch() == math.ceil(26 / 8)
     trainer = SparseTrainer(
-        model=model, args=make_args(tmp_path, dataloader_drop_last=True), train_dataset=tiny_dataset(26), recipe=LR_RECIPE
+        model=model,
+        args=make_args(tmp_path, dataloader_drop_last=True),
+        train_dataset=tiny_dataset(26),
+        recipe=LR_RECIPE,
     )
     assert trainer.manager_steps_per_epoch() == 26 // 4
 
@@ -134,7 +148,10 @@ def test_steps_per_epoch_counts_accumulation_and_drop_last(tmp_path):
 def test_saves_recipe_and_manager_state_and_logs_sparsity(tmp_path):
     out = tmp_path / "out"
     trainer = SparseTrainer(
-        model=make_tiny_model(), args=make_args(out, save_strategy="epoch"), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+        model=make_tiny_model(),
+        args=make_args(out, save_strategy="epoch"),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
     )
     trainer.train()
     trainer.save_model()
@@ -167,7 +184,9 @@ class ClipRecorder(TrainerCallback):
         grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
         self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
         self.pruned_grad_max.append(
-            max(float(trainer.model.get_parameter(n).grad[~m].abs().max()) for n, m in masks.items())
+            max(
+                float(trainer.model.get_parameter(n).grad[~m].abs().max()) for n, m in masks.items()
+            )
         )
 
 
@@ -187,19 +206,30 @@ def test_gradient_clipping_sees_only_live_weights(tmp_path):
     trainer.train()
     assert recorder.pruned_grad_max and max(recorder.pruned_grad_max) == 0.0
     logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
-    assert logged[-len(recorder.norms):] == pytest.approx(recorder.norms, rel=1e-4)
+    assert logged[-len(recorder.norms) :] == pytest.approx(recorder.norms, rel=1e-4)
 
 
 def test_saved_recipe_starts_with_what_the_model_already_went_through(tmp_path, tiny_model_dir):
     model_dir = tiny_model_dir("text-classification")
     (model_dir / "recipe.yaml").write_text(
-        Recipe.load("pruning_modifiers:\n  - !ConstantPruningModifier {params: __ALL_PRUNABLE__}").to_yaml()
+        Recipe.load(
+            "pruning_modifiers:\n  - !ConstantPruningModifier {params: __ALL_PRUNABLE__}"
+        ).to_yaml()
     )
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir))
-    trainer = SparseTrainer(model=model, args=make_args(tmp_path / "out"), train_dataset=tiny_dataset(), recipe=LR_RECIPE)
+    trainer = SparseTrainer(
+        model=model,
+        args=make_args(tmp_path / "out"),
+        train_dataset=tiny_dataset(),
+        recipe=LR_RECIPE,
+    )
     combined = trainer.recipe_to_save()
     assert [stage.name for stage in combined.stages] == ["stage_0", "stage_1"]
-    assert [m.name for m in combined.modifiers] == ["ConstantPruningModifier", "EpochRangeModifier", "LearningRateFunctionModifier"]
+    assert [m.name for m in combined.modifiers] == [
+        "ConstantPruningModifier",
+        "EpochRangeModifier",
+        "LearningRateFunctionModifier",
+    ]
     assert combine_recipes(None, trainer.manager.recipe) is trainer.manager.recipe
 
 
@@ -235,7 +265,9 @@ def _run(out, resume=None):
 def test_resume_continues_schedule_masks_and_lr_exactly(tmp_path):
     full, full_masks = _run(tmp_path / "full")
     # checkpoint-4 is mid-pruning (epoch 0.67): masks are still changing after it.
-    resumed, resumed_masks = _run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4"))
+    resumed, resumed_masks = _run(
+        tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-4")
+    )
     assert full_masks is not None and set(full_masks) == set(resumed_masks)
     for name in full_masks:
         assert torch.equal(full_masks[name], resumed_masks[name]), name
@@ -247,16 +279,22 @@ def test_resume_continues_schedule_masks_and_lr_exactly(tmp_path):
     assert state4["step"] == 4 and state4["modifiers"][-1]["started"]
 
 
-
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.mark.slow
 def test_checkpoints_are_complete_and_appear_only_when_complete(tmp_path):
     out = tmp_path / "out"
     trainer = SparseTrainer(
-        model=make_tiny_model(), args=make_args(out, save_strategy="steps", save_steps=4), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+        model=make_tiny_model(),
+        args=make_args(out, save_strategy="steps", save_steps=4),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
     )
     real_state_dict = trainer.manager.state_dict
 
@@ -272,7 +310,14 @@ def test_checkpoints_are_complete_and_appear_only_when_complete(tmp_path):
     # no checkpoint-8 folder exists, only the hidden staging folder, which nothing resumes from.
     assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-4"]
     checkpoint = out / "checkpoint-4"
-    for name in ("model.safetensors", "trainer_state.json", "optimizer.pt", "recipe.yaml", MANAGER_STATE_NAME, CHECKPOINT_MARKER):
+    for name in (
+        "model.safetensors",
+        "trainer_state.json",
+        "optimizer.pt",
+        "recipe.yaml",
+        MANAGER_STATE_NAME,
+        CHECKPOINT_MARKER,
+    ):
         assert (checkpoint / name).is_file(), name
     assert is_sparseforge_checkpoint(checkpoint)
     assert transformers.trainer_utils.get_last_checkpoint(str(out)).endswith("checkpoint-4")
@@ -280,7 +325,9 @@ def test_checkpoints_are_complete_and_appear_only_when_complete(tmp_path):
     trainer.manager.state_dict = real_state_dict
     trainer.train(resume_from_checkpoint=str(checkpoint))
     assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == []
-    assert is_sparseforge_checkpoint(out / "checkpoint-8") and is_sparseforge_checkpoint(out / "checkpoint-12")
+    assert is_sparseforge_checkpoint(out / "checkpoint-8") and is_sparseforge_checkpoint(
+        out / "checkpoint-12"
+    )
 
 
 def test_save_total_limit_rotates_only_this_runs_checkpoints(tmp_path):
@@ -296,9 +343,16 @@ def test_save_total_limit_rotates_only_this_runs_checkpoints(tmp_path):
         recipe=GMP_RECIPE,
     )
     trainer.train()
-    assert {name: data for name, data in _tree(out).items() if name.startswith(("checkpoint-1/", "checkpoint-3/"))} == before
-    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-12", "checkpoint-3"]
-
+    assert {
+        name: data
+        for name, data in _tree(out).items()
+        if name.startswith(("checkpoint-1/", "checkpoint-3/"))
+    } == before
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-12",
+        "checkpoint-3",
+    ]
 
 
 def test_end_of_training_keeps_the_best_of_this_runs_checkpoints_and_the_users(tmp_path):
@@ -306,23 +360,43 @@ def test_end_of_training_keeps_the_best_of_this_runs_checkpoints_and_the_users(t
     (out / "checkpoint-1").mkdir(parents=True)
     (out / "checkpoint-1" / "notes.txt").write_text("mine")
     args = make_args(
-        out, save_strategy="steps", save_steps=4, eval_strategy="steps", eval_steps=4, save_total_limit=1, load_best_model_at_end=True
+        out,
+        save_strategy="steps",
+        save_steps=4,
+        eval_strategy="steps",
+        eval_steps=4,
+        save_total_limit=1,
+        load_best_model_at_end=True,
     )
-    trainer = SparseTrainer(model=make_tiny_model(), args=args, train_dataset=tiny_dataset(), eval_dataset=tiny_dataset(8, seed=1), recipe=GMP_RECIPE)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=args,
+        train_dataset=tiny_dataset(),
+        eval_dataset=tiny_dataset(8, seed=1),
+        recipe=GMP_RECIPE,
+    )
     trainer.train()
     best = Path(trainer.state.best_model_checkpoint)
     assert best.parent == out and best.is_dir()
-    assert sorted(path.name for path in out.glob("checkpoint-*")) == sorted(["checkpoint-1", best.name])
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == sorted(
+        ["checkpoint-1", best.name]
+    )
     assert (out / "checkpoint-1" / "notes.txt").read_text() == "mine"
+
 
 def test_a_users_folder_of_the_same_name_is_not_replaced(tmp_path):
     out = tmp_path / "out"
     (out / "checkpoint-4").mkdir(parents=True)
     (out / "checkpoint-4" / "weights.bin").write_bytes(b"mine")
     trainer = SparseTrainer(
-        model=make_tiny_model(), args=make_args(out, save_strategy="steps", save_steps=4), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+        model=make_tiny_model(),
+        args=make_args(out, save_strategy="steps", save_steps=4),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
     )
-    with pytest.raises(SparseforgeError, match="checkpoint-4 exists and was not written by sparseforge"):
+    with pytest.raises(
+        SparseforgeError, match="checkpoint-4 exists and was not written by sparseforge"
+    ):
         trainer.train()
     assert (out / "checkpoint-4" / "weights.bin").read_bytes() == b"mine"
 
@@ -358,12 +432,23 @@ def _damage(folder: Path, how: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "how",
-    ["no manager state", "truncated weights", "no trainer state", "corrupt trainer state", "corrupt manager state", "truncated optimizer", "corrupt config"],
+    [
+        "no manager state",
+        "truncated weights",
+        "no trainer state",
+        "corrupt trainer state",
+        "corrupt manager state",
+        "truncated optimizer",
+        "corrupt config",
+    ],
 )
 def test_resume_refuses_an_incomplete_or_damaged_checkpoint(tmp_path, how):
     full = tmp_path / "full"
     SparseTrainer(
-        model=make_tiny_model(), args=make_args(full, save_strategy="steps", save_steps=4, max_steps=4), train_dataset=tiny_dataset(), recipe=GMP_RECIPE
+        model=make_tiny_model(),
+        args=make_args(full, save_strategy="steps", save_steps=4, max_steps=4),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
     ).train()
     broken = tmp_path / "broken"
     shutil.copytree(full / "checkpoint-4", broken)
@@ -372,11 +457,17 @@ def test_resume_refuses_an_incomplete_or_damaged_checkpoint(tmp_path, how):
         check_checkpoint(broken, needs_manager_state=True)
     message = str(info.value)
     assert name in message and "\n" not in message
-    trainer = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path / "resumed"), train_dataset=tiny_dataset(), recipe=GMP_RECIPE)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(tmp_path / "resumed"),
+        train_dataset=tiny_dataset(),
+        recipe=GMP_RECIPE,
+    )
     with pytest.raises(SparseforgeError, match=name.replace(".", r"\.")):
         trainer.train(resume_from_checkpoint=str(broken))
     assert trainer.state.global_step == 0  # refused before any step
     assert check_checkpoint(full / "checkpoint-4", needs_manager_state=True)["step"] == 4
+
 
 def test_teacher_checks_before_training(tmp_path, tiny_model_dir):
     student = make_tiny_model()
@@ -391,13 +482,19 @@ def test_teacher_checks_before_training(tmp_path, tiny_model_dir):
     # A module teacher with another label count is caught by the dry run on training examples.
     with pytest.raises(ModelMatchError, match="shape"):
         SparseTrainer(
-            model=student, args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=LR_RECIPE,
+            model=student,
+            args=make_args(tmp_path),
+            train_dataset=tiny_dataset(),
+            recipe=LR_RECIPE,
             teacher=make_tiny_model(num_labels=3),
         )
     assert load_teacher("disable", student) is None and load_teacher(None, student) is None
     frozen = load_teacher("self", student)
-    assert frozen is not student and not frozen.training and not any(p.requires_grad for p in frozen.parameters())
-
+    assert (
+        frozen is not student
+        and not frozen.training
+        and not any(p.requires_grad for p in frozen.parameters())
+    )
 
 
 def test_teacher_is_loaded_once_frozen_and_handed_to_the_modifiers(tmp_path, tiny_model_dir):
@@ -407,45 +504,91 @@ def test_teacher_is_loaded_once_frozen_and_handed_to_the_modifiers(tmp_path, tin
     assert load_teacher("disable", student) is None and load_teacher("none", student) is None
     copy_of_student = load_teacher("self", student)
     assert copy_of_student is not student and not copy_of_student.training
-    assert all(torch.equal(a, b) for a, b in zip(copy_of_student.parameters(), student.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(copy_of_student.parameters(), student.parameters(), strict=True)
+    )
     folder = tiny_model_dir("text-classification", name="teacher", seed=3)
     teacher = load_teacher(str(folder), student)
     saved = make_tiny_model(seed=3)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert torch.equal(teacher.classifier.weight, saved.classifier.weight)
     given = make_tiny_model(seed=4).train()
-    assert load_teacher(given, student) is given and not given.training and not any(p.requires_grad for p in given.parameters())
-    trainer = SparseTrainer(model=student, args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=DISTILL_RECIPE, teacher=str(folder))
+    assert (
+        load_teacher(given, student) is given
+        and not given.training
+        and not any(p.requires_grad for p in given.parameters())
+    )
+    trainer = SparseTrainer(
+        model=student,
+        args=make_args(tmp_path),
+        train_dataset=tiny_dataset(),
+        recipe=DISTILL_RECIPE,
+        teacher=str(folder),
+    )
     trainer.create_optimizer()
     assert trainer.manager.modifiers[-1]._teacher is trainer.teacher
     assert torch.equal(trainer.teacher.classifier.weight, saved.classifier.weight)
-    plain = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path / "p"), train_dataset=tiny_dataset(), recipe=DISTILL_RECIPE)
+    plain = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(tmp_path / "p"),
+        train_dataset=tiny_dataset(),
+        recipe=DISTILL_RECIPE,
+    )
     plain.create_optimizer()
-    assert plain.teacher is None and plain.manager.modifiers[-1]._teacher is None  # distillation off
+    assert (
+        plain.teacher is None and plain.manager.modifiers[-1]._teacher is None
+    )  # distillation off
 
 
-DISTILL_RECIPE = LR_RECIPE + """
+DISTILL_RECIPE = (
+    LR_RECIPE
+    + """
 distillation_modifiers:
   - !DistillationModifier {hardness: 1.0, temperature: 2.0, distill_output_keys: [logits]}
 """
+)
 
 
 def test_distillation_with_a_teacher_without_token_type_ids(tmp_path):
     distil = transformers.DistilBertForSequenceClassification(
-        transformers.DistilBertConfig(vocab_size=make_tiny_model().config.vocab_size, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+        transformers.DistilBertConfig(
+            vocab_size=make_tiny_model().config.vocab_size,
+            dim=32,
+            n_layers=1,
+            n_heads=2,
+            hidden_dim=64,
+        )
     )
     data = tiny_dataset().add_column("token_type_ids", [[0] * 8] * 24)
-    trainer = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path, num_train_epochs=2), train_dataset=data, recipe=DISTILL_RECIPE, teacher=distil)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(tmp_path, num_train_epochs=2),
+        train_dataset=data,
+        recipe=DISTILL_RECIPE,
+        teacher=distil,
+    )
     trainer.train()
-    losses = [entry["distillation/teacher_loss"] for entry in trainer.state.log_history if "distillation/teacher_loss" in entry]
+    losses = [
+        entry["distillation/teacher_loss"]
+        for entry in trainer.state.log_history
+        if "distillation/teacher_loss" in entry
+    ]
     assert len(losses) == 12 and all(value > 0 for value in losses)
     # hardness 1: the loss the Trainer optimizes is the distillation term alone
     last = [e for e in trainer.state.log_history if "distillation/total_loss" in e][-1]
-    assert last["distillation/total_loss"] == pytest.approx(last["distillation/teacher_loss"], rel=1e-6)
+    assert last["distillation/total_loss"] == pytest.approx(
+        last["distillation/teacher_loss"], rel=1e-6
+    )
 
 
 def test_grad_sampler_yields_batches_with_gradients(tmp_path):
-    trainer = SparseTrainer(model=make_tiny_model(), args=make_args(tmp_path), train_dataset=tiny_dataset(), recipe=LR_RECIPE)
+    trainer = SparseTrainer(
+        model=make_tiny_model(),
+        args=make_args(tmp_path),
+        train_dataset=tiny_dataset(),
+        recipe=LR_RECIPE,
+    )
     weight = trainer.model.classifier.weight
     grads = []
     for _ in trainer.grad_sampler(trainer.model, 7):  # more than one pass over 6 batches
@@ -464,13 +607,23 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun missing")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun missing",
+)
 def test_two_process_ddp_masks_and_projections_identical_and_exact(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model")
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2] / "src"))
     result = subprocess.run(
-        [torchrun, "--nproc_per_node=2", f"--master_port={_free_port()}", str(Path(__file__).with_name("ddp_worker.py")), str(model_dir), str(tmp_path / "out")],
+        [
+            torchrun,
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            str(Path(__file__).with_name("ddp_worker.py")),
+            str(model_dir),
+            str(tmp_path / "out"),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -478,7 +631,9 @@ def test_two_process_ddp_masks_and_projections_identical_and_exact(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert reports[0]["world_size"] == 2 and reports[0]["steps_per_epoch"] == 3  # ceil(24 / (4 * 2))
+    assert (
+        reports[0]["world_size"] == 2 and reports[0]["steps_per_epoch"] == 3
+    )  # ceil(24 / (4 * 2))
     assert reports[0]["mask_digest"] == reports[1]["mask_digest"]
     assert reports[0]["weight_digest"] == reports[1]["weight_digest"]
     # The distillation projections live outside the DDP model: their gradients are averaged too.
@@ -488,7 +643,9 @@ def test_two_process_ddp_masks_and_projections_identical_and_exact(tmp_path):
         assert sparsity == pytest.approx(0.5, abs=1e-9)
     # 6 steps, a save every 3, --save_total_limit 1: one complete checkpoint with both ranks' rng state.
     out = tmp_path / "out"
-    assert sorted(path.name for path in out.iterdir() if path.name.startswith((".", "checkpoint-"))) == ["checkpoint-6"]
+    assert sorted(
+        path.name for path in out.iterdir() if path.name.startswith((".", "checkpoint-"))
+    ) == ["checkpoint-6"]
     checkpoint = out / "checkpoint-6"
     assert is_sparseforge_checkpoint(checkpoint)
     for name in ("rng_state_0.pth", "rng_state_1.pth", MANAGER_STATE_NAME, "model.safetensors"):
@@ -502,12 +659,16 @@ def test_best_model_after_epoch_forgets_earlier_bests():
     from sparseforge.transformers.trainer import _BestModelAfterEpoch
 
     callback = _BestModelAfterEpoch(2)
-    state = SimpleNamespace(epoch=1.0, best_metric=0.9, best_global_step=10, best_model_checkpoint="out/checkpoint-10")
+    state = SimpleNamespace(
+        epoch=1.0, best_metric=0.9, best_global_step=10, best_model_checkpoint="out/checkpoint-10"
+    )
     callback.on_evaluate(None, state, None)
     assert state.best_metric == 0.9  # before epoch 2: untouched
     state.epoch = 2.0
     callback.on_evaluate(None, state, None)
-    assert state.best_metric is None and state.best_model_checkpoint is None  # this evaluation starts the race
+    assert (
+        state.best_metric is None and state.best_model_checkpoint is None
+    )  # this evaluation starts the race
     state.best_metric = 0.5
     state.epoch = 3.0
     callback.on_evaluate(None, state, None)
@@ -518,8 +679,10 @@ def test_a_step_based_recipe_sets_the_epochs_to_train(tmp_path):
     """Issue 17: a recipe written in steps used to report end_epoch -1, so the Trainer kept its own."""
     recipe = LR_RECIPE.replace("start_epoch: 0.0, end_epoch: 2.0", "start_step: 0, end_step: 9")
     trainer = SparseTrainer(
-        model=make_tiny_model(), args=make_args(tmp_path / "out", num_train_epochs=5),
-        train_dataset=tiny_dataset(), recipe=recipe,
+        model=make_tiny_model(),
+        args=make_args(tmp_path / "out", num_train_epochs=5),
+        train_dataset=tiny_dataset(),
+        recipe=recipe,
     )
     assert trainer.manager_steps_per_epoch() == 6
     assert trainer.args.num_train_epochs == 1.5  # 9 steps of 6-step epochs

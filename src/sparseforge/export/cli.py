@@ -78,7 +78,9 @@ def _add_graph_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_verification_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("verification", "the samples onnxruntime and PyTorch are compared on")
+    group = parser.add_argument_group(
+        "verification", "the samples onnxruntime and PyTorch are compared on"
+    )
     group.add_argument(
         "--data_file",
         "--data-file",

@@ -171,7 +171,14 @@ def to_onnx(
         onnx_path = staging / MODEL_FILE
         logger.info("exporting %s (%s) to ONNX opset %d", model_path, task, opset)
         result = _export_and_verify(
-            model, batches, output_names, onnx_path, opset=opset, int8_ops=int8_ops, optimize=optimize, target=target
+            model,
+            batches,
+            output_names,
+            onnx_path,
+            opset=opset,
+            int8_ops=int8_ops,
+            optimize=optimize,
+            target=target,
         )
         _copy_model_files(model_path, tokenizer, recipe, staging)
         report = {
@@ -179,7 +186,9 @@ def to_onnx(
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model_path": str(model_path),
             "task": task,
-            "precision": ("int8 integer ops" if int8_ops else "int8 QDQ") if result.quantized else "fp32",
+            "precision": ("int8 integer ops" if int8_ops else "int8 QDQ")
+            if result.quantized
+            else "fp32",
             "opset": written_opset(result.proto),
             "inputs": list(batches[0]),
             "outputs": list(output_names),
@@ -232,7 +241,9 @@ def _make_staging(target: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; a deployment is an ordinary folder
+    os.chmod(
+        staging, 0o777 & ~umask
+    )  # mkdtemp makes it private; a deployment is an ordinary folder
     return staging
 
 
@@ -275,7 +286,9 @@ def _export_and_verify(
     """Write the graph to `onnx_path` (fused when `optimize` and it verifies), then compare
     onnxruntime's outputs with PyTorch's on `batches`."""
     with ort_fusion.fusable_attention(model) if optimize else contextlib.nullcontext():
-        stats = export_onnx(model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops)
+        stats = export_onnx(
+            model, batches[0], output_names, onnx_path, opset=opset, int8_ops=int8_ops
+        )
     fusion = {"applied": False, "reason": "disabled"}
     if optimize:
         fusion = ort_fusion.apply_to_export(onnx_path, model, batches, output_names)

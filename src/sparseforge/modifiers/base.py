@@ -202,7 +202,11 @@ class Modifier(BaseModel):
                             "another recipe needs steps_per_epoch"
                         )
                     fields[name] = value + steps
-            elif name.endswith("_epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            elif (
+                name.endswith("_epoch")
+                and isinstance(value, (int, float))
+                and not isinstance(value, bool)
+            ):
                 if value >= 0:
                     fields[name] = value + epochs
                 elif name == "start_epoch" and self.start_step is None:
@@ -286,7 +290,9 @@ class Modifier(BaseModel):
         if epoch <= start:
             return False
         frequency = rt.frequency
-        return frequency < 0 or (rt.last_update_epoch >= 0 and epoch >= rt.last_update_epoch + frequency - 1e-9)
+        return frequency < 0 or (
+            rt.last_update_epoch >= 0 and epoch >= rt.last_update_epoch + frequency - 1e-9
+        )
 
     # ----- lifecycle, driven by the manager --------------------------------------------------
     def initialize(self, state: TrainingState) -> None:
@@ -343,7 +349,9 @@ class Modifier(BaseModel):
         """End of the run (once): `on_finalize` removes training-only machinery."""
         rt = self._rt
         if not rt.initialized:
-            raise SparseforgeError(f"{self.name}: cannot finalize a modifier that was never initialized")
+            raise SparseforgeError(
+                f"{self.name}: cannot finalize a modifier that was never initialized"
+            )
         if rt.finalized:
             raise SparseforgeError(f"{self.name}: already finalized; a modifier is finalized once")
         self.on_finalize(state)
@@ -416,7 +424,9 @@ class Modifier(BaseModel):
     def recipe_fields(self) -> dict[str, Any]:
         """The fields as a recipe states them: those the recipe set, in declaration order."""
         dumped = self.model_dump(mode="python")
-        return {name: dumped[name] for name in type(self).model_fields if name in self.model_fields_set}
+        return {
+            name: dumped[name] for name in type(self).model_fields if name in self.model_fields_set
+        }
 
     def __eq__(self, other: object) -> bool:
         """Equal modifiers are the same class with the same field values (run state aside), so a
@@ -457,10 +467,15 @@ class UpdatingModifier(Modifier):
 
     @model_validator(mode="after")
     def _check_frequency(self) -> UpdatingModifier:
-        if "update_frequency" in self.model_fields_set and "update_every_steps" in self.model_fields_set:
+        if (
+            "update_frequency" in self.model_fields_set
+            and "update_every_steps" in self.model_fields_set
+        ):
             raise ValueError("set either update_frequency or update_every_steps, not both")
         if self.update_frequency != -1 and self.update_frequency <= 0:
-            raise ValueError(f"update_frequency must be > 0 epochs or -1 (every step), got {self.update_frequency}")
+            raise ValueError(
+                f"update_frequency must be > 0 epochs or -1 (every step), got {self.update_frequency}"
+            )
         if self.update_every_steps is not None and self.update_every_steps < 1:
             raise ValueError(f"update_every_steps must be >= 1, got {self.update_every_steps}")
         return self
@@ -470,4 +485,3 @@ class UpdatingModifier(Modifier):
             schedule = rt.schedule or RunSchedule()
             return schedule.epoch_of_step(self.update_every_steps)
         return self.update_frequency
-

@@ -42,7 +42,9 @@ from sparseforge.modifiers.selection import select_modules
 logger = logging.getLogger(__name__)
 
 # Inputs that only make a model compute its own loss: never fed to the teacher.
-LABEL_KEYS = frozenset({"labels", "label", "start_positions", "end_positions", "next_sentence_label"})
+LABEL_KEYS = frozenset(
+    {"labels", "label", "start_positions", "end_positions", "next_sentence_label"}
+)
 
 
 # ----- formulas --------------------------------------------------------------------------------
@@ -61,7 +63,9 @@ def kl_logsoftmax(student: torch.Tensor, teacher: torch.Tensor, temperature: flo
     return kl * (temperature**2) / rows
 
 
-def output_items(outputs: Any, keys: list[str | int] | None) -> list[tuple[str | int, torch.Tensor]]:
+def output_items(
+    outputs: Any, keys: list[str | int] | None
+) -> list[tuple[str | int, torch.Tensor]]:
     """(key, tensor) pairs to distill: `keys` if given, else every `*logits` entry of a mapping
     (all entries of a tuple, or the tensor itself)."""
     if isinstance(outputs, torch.Tensor):
@@ -77,16 +81,26 @@ def output_items(outputs: Any, keys: list[str | int] | None) -> list[tuple[str |
             return [(key, outputs[key]) for key in keys]
         chosen = [(key, value) for key, value in outputs.items() if str(key).endswith("logits")]
         if not chosen:
-            chosen = [(key, value) for key, value in outputs.items() if key != "loss" and isinstance(value, torch.Tensor)]
+            chosen = [
+                (key, value)
+                for key, value in outputs.items()
+                if key != "loss" and isinstance(value, torch.Tensor)
+            ]
         return chosen
     if isinstance(outputs, (tuple, list)):
         if keys:
             return [(index, outputs[int(index)]) for index in keys]
-        return [(index, value) for index, value in enumerate(outputs) if isinstance(value, torch.Tensor)]
-    raise ModelMatchError(f"DistillationModifier: cannot distill outputs of type {type(outputs).__name__}")
+        return [
+            (index, value) for index, value in enumerate(outputs) if isinstance(value, torch.Tensor)
+        ]
+    raise ModelMatchError(
+        f"DistillationModifier: cannot distill outputs of type {type(outputs).__name__}"
+    )
 
 
-def filter_teacher_inputs(teacher: torch.nn.Module, inputs: Mapping[str, Any], keys: list[str] | None) -> dict[str, Any]:
+def filter_teacher_inputs(
+    teacher: torch.nn.Module, inputs: Mapping[str, Any], keys: list[str] | None
+) -> dict[str, Any]:
     """The inputs the teacher accepts: `keys` if given, else those its forward signature names
     (all when it takes **kwargs); label keys are dropped unless listed in `keys`."""
     if keys:
@@ -119,7 +133,9 @@ def _first_tensor(value: Any) -> torch.Tensor:
     return value
 
 
-def resolve_teacher(teacher: torch.nn.Module | str | None, model: torch.nn.Module) -> torch.nn.Module | None:
+def resolve_teacher(
+    teacher: torch.nn.Module | str | None, model: torch.nn.Module
+) -> torch.nn.Module | None:
     """The one place a distillation teacher is settled: None / "disable" -> None (no
     distillation), "self" -> a copy of `model` as it is now, a module -> itself; the module
     returned is frozen and in eval mode. Modifiers receive what this returns."""
@@ -129,7 +145,9 @@ def resolve_teacher(teacher: torch.nn.Module | str | None, model: torch.nn.Modul
         teacher = copy.deepcopy(model)
         logger.info("self-distillation from a frozen copy of the starting model")
     if not isinstance(teacher, torch.nn.Module):
-        raise ModelMatchError(f"distillation_teacher must be a torch module, 'self' or 'disable', got {teacher!r}")
+        raise ModelMatchError(
+            f"distillation_teacher must be a torch module, 'self' or 'disable', got {teacher!r}"
+        )
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -146,14 +164,20 @@ class _TeacherMixin:
     def _bind_teacher(self, state: TrainingState) -> None:
         teacher = state.teacher
         if teacher is None:
-            logger.warning("%s: no distillation teacher: distillation is disabled", type(self).__name__)
+            logger.warning(
+                "%s: no distillation teacher: distillation is disabled", type(self).__name__
+            )
             self._teacher, self._enabled = None, False
             return
         if not isinstance(teacher, torch.nn.Module):
-            raise ModelMatchError(f"{type(self).__name__}: the distillation teacher must be a torch module or None, got {teacher!r}")
+            raise ModelMatchError(
+                f"{type(self).__name__}: the distillation teacher must be a torch module or None, got {teacher!r}"
+            )
         self._teacher, self._enabled = teacher, True
 
-    def _run_teacher(self, state: TrainingState, inputs: Mapping[str, Any], keys: list[str] | None) -> Any:
+    def _run_teacher(
+        self, state: TrainingState, inputs: Mapping[str, Any], keys: list[str] | None
+    ) -> Any:
         """The teacher's outputs on `inputs`. Run once per loss update: a second modifier with
         the same teacher and the same input tensors (output and per-layer distillation in one
         recipe) gets the first run's outputs, and forward hooks on the teacher have fired then."""
@@ -161,7 +185,11 @@ class _TeacherMixin:
         assert teacher is not None
         args, kwargs = teacher_call(teacher, inputs, keys, owner=type(self).__name__)
         earlier = state.loss_update_cache.get("teacher_run")
-        if earlier is not None and earlier[0] is teacher and _same_objects(earlier[1], (args, kwargs)):
+        if (
+            earlier is not None
+            and earlier[0] is teacher
+            and _same_objects(earlier[1], (args, kwargs))
+        ):
             return earlier[2]
         tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
         first_param = next(teacher.parameters(), None)
@@ -256,7 +284,9 @@ class DistillationModifier(_TeacherMixin, Modifier):
                     f"DistillationModifier: output '{key}' has shape {tuple(student.shape)} in the student "
                     f"but {tuple(teacher.shape)} in the teacher; distillation needs the same head"
                 )
-            losses.append(kl_logsoftmax(student.float(), teacher.float().detach(), self.temperature))
+            losses.append(
+                kl_logsoftmax(student.float(), teacher.float().detach(), self.temperature)
+            )
         if not losses:
             raise ModelMatchError("DistillationModifier: the model returned no outputs to distill")
         return sum(losses) / len(losses)
@@ -267,11 +297,15 @@ class DistillationModifier(_TeacherMixin, Modifier):
         student_outputs = kwargs.get("student_outputs")
         teacher_outputs = kwargs.get("teacher_outputs")
         if student_outputs is None:
-            raise ModelMatchError("DistillationModifier: loss_update needs student_outputs=... (and student_inputs=...)")
+            raise ModelMatchError(
+                "DistillationModifier: loss_update needs student_outputs=... (and student_inputs=...)"
+            )
         if teacher_outputs is None:
             inputs = _given(kwargs, "teacher_inputs", "student_inputs")
             if inputs is None:
-                raise ModelMatchError("DistillationModifier: loss_update needs student_inputs=... to run the teacher")
+                raise ModelMatchError(
+                    "DistillationModifier: loss_update needs student_inputs=... to run the teacher"
+                )
             keys = None if kwargs.get("teacher_inputs") is not None else self.teacher_input_keys
             teacher_outputs = self._run_teacher(state, inputs, keys)
         teacher_loss = self.distillation_loss(student_outputs, teacher_outputs)
@@ -335,14 +369,18 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
         return self
 
     # ----- setup ---------------------------------------------------------------------------
-    def _layers(self, model: torch.nn.Module, names: list[str] | None, field: str) -> dict[str, torch.nn.Module]:
+    def _layers(
+        self, model: torch.nn.Module, names: list[str] | None, field: str
+    ) -> dict[str, torch.nn.Module]:
         if names is None:
             return {n: m for n, m in model.named_modules() if type(m) in _DEFAULT_LAYER_TYPES}
         layers = {}
         for name in names:  # one by one: the i-th student layer pairs with the i-th teacher layer
             hits = select_modules(model, name, owner=self.name, field=field)
             if len(hits) != 1:
-                raise ModelMatchError(f"{self.name}: {field} entry '{name}' matches {len(hits)} modules; name one module")
+                raise ModelMatchError(
+                    f"{self.name}: {field} entry '{name}' matches {len(hits)} modules; name one module"
+                )
             layers.update(hits)
         return layers
 
@@ -362,15 +400,24 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
         self._pairs = list(zip(student_layers, teacher_layers, strict=True))
         self._remove_hooks()
         for name, layer in student_layers.items():
-            self._handles.append(layer.register_forward_hook(self._cache_hook(name, self._student_cache)))
+            self._handles.append(
+                layer.register_forward_hook(self._cache_hook(name, self._student_cache))
+            )
         for name, layer in teacher_layers.items():
-            self._handles.append(layer.register_forward_hook(self._cache_hook(name, self._teacher_cache)))
+            self._handles.append(
+                layer.register_forward_hook(self._cache_hook(name, self._teacher_cache))
+            )
         if self.project_features:
             self._projections = {}
             for s_name, t_name in self._pairs:
-                s_dim, t_dim = _feature_size(student_layers[s_name]), _feature_size(teacher_layers[t_name])
+                s_dim, t_dim = (
+                    _feature_size(student_layers[s_name]),
+                    _feature_size(teacher_layers[t_name]),
+                )
                 if s_dim is not None and t_dim is not None:
-                    self._add_projection(state, s_name, s_dim, t_dim, next(state.model.parameters()).device)
+                    self._add_projection(
+                        state, s_name, s_dim, t_dim, next(state.model.parameters()).device
+                    )
 
     @staticmethod
     def _cache_hook(name: str, cache: dict[str, torch.Tensor]) -> Any:
@@ -379,7 +426,9 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
 
         return hook
 
-    def _add_projection(self, state: TrainingState, name: str, s_dim: int, t_dim: int, device: torch.device) -> None:
+    def _add_projection(
+        self, state: TrainingState, name: str, s_dim: int, t_dim: int, device: torch.device
+    ) -> None:
         """A bias-free Linear trained with the model: its parameters join the optimizer (own param
         group) but not the model, so saved weights leave it out."""
         projection = torch.nn.Linear(s_dim, t_dim, bias=False).to(device)
@@ -390,7 +439,9 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
                 torch.distributed.broadcast(param.data, src=0)
         self._projections[name] = projection
         if state.optimizer is not None:
-            state.optimizer.add_param_group({"params": list(projection.parameters()), "weight_decay": 0.0})
+            state.optimizer.add_param_group(
+                {"params": list(projection.parameters()), "weight_decay": 0.0}
+            )
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -405,18 +456,30 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
             return loss
         inputs = _given(kwargs, "teacher_inputs", "student_inputs")
         if inputs is None:
-            raise ModelMatchError(f"{self.name}: loss_update needs student_inputs=... to run the teacher")
-        self._run_teacher(state, inputs, None)  # fills _teacher_cache through the hooks, now or in an earlier modifier's run
+            raise ModelMatchError(
+                f"{self.name}: loss_update needs student_inputs=... to run the teacher"
+            )
+        self._run_teacher(
+            state, inputs, None
+        )  # fills _teacher_cache through the hooks, now or in an earlier modifier's run
         feature_loss = loss.new_zeros(())
         for s_name, t_name in self._pairs:
             student = self._student_cache.get(s_name)
             teacher = self._teacher_cache.get(t_name)
             if student is None or teacher is None:
-                raise ModelMatchError(f"{self.name}: layer '{s_name if student is None else t_name}' produced no output in this forward pass")
+                raise ModelMatchError(
+                    f"{self.name}: layer '{s_name if student is None else t_name}' produced no output in this forward pass"
+                )
             if self.project_features:
                 if s_name not in self._projections:
-                    logger.warning("%s: projection for '%s' created lazily (its output size is only known now)", self.name, s_name)
-                    self._add_projection(state, s_name, student.shape[-1], teacher.shape[-1], student.device)
+                    logger.warning(
+                        "%s: projection for '%s' created lazily (its output size is only known now)",
+                        self.name,
+                        s_name,
+                    )
+                    self._add_projection(
+                        state, s_name, student.shape[-1], teacher.shape[-1], student.device
+                    )
                 student = self._projections[s_name](student.float())
             if student.shape != teacher.shape:
                 raise ModelMatchError(

@@ -17,7 +17,13 @@ from sparseforge.errors import ModelMatchError
 ALL = "__ALL__"
 ALL_PRUNABLE = "__ALL_PRUNABLE__"
 # transformers' GPT-2 style Conv1D is matched by name: modifiers do not import transformers.
-_PRUNABLE_TYPES = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+_PRUNABLE_TYPES = (
+    torch.nn.Linear,
+    torch.nn.Embedding,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+)
 _PRUNABLE_TYPE_NAMES = {"Conv1D"}
 
 
@@ -46,7 +52,9 @@ def prunable_parameter_names(model: torch.nn.Module) -> list[str]:
     return names
 
 
-def _no_match_error(pattern: str, kind: str, field: str, owner: str, candidates: Iterable[str]) -> ModelMatchError:
+def _no_match_error(
+    pattern: str, kind: str, field: str, owner: str, candidates: Iterable[str]
+) -> ModelMatchError:
     candidates = list(candidates)
     sample = ", ".join(candidates[:8]) + (", ..." if len(candidates) > 8 else "")
     hint = ""

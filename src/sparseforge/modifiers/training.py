@@ -18,7 +18,9 @@ from sparseforge.modifiers.base import Modifier, TrainingState, register
 from sparseforge.modifiers.selection import select_parameters
 
 
-def _check_param_groups(modifier: Modifier, param_groups: list[int] | None, state: TrainingState) -> None:
+def _check_param_groups(
+    modifier: Modifier, param_groups: list[int] | None, state: TrainingState
+) -> None:
     if param_groups is None or state.optimizer is None:
         return
     count = len(state.optimizer.param_groups)
@@ -84,7 +86,15 @@ class SetLearningRateModifier(_LearningRateSetter):
 class LearningRateFunctionModifier(_LearningRateSetter):
     """Moves the learning rate from `init_lr` to `final_lr` between start and end by `lr_func`."""
 
-    positional_fields = ("lr_func", "init_lr", "final_lr", "start_epoch", "end_epoch", "cycle_epochs", "param_groups")
+    positional_fields = (
+        "lr_func",
+        "init_lr",
+        "final_lr",
+        "start_epoch",
+        "end_epoch",
+        "cycle_epochs",
+        "param_groups",
+    )
 
     lr_func: Literal["linear", "cosine", "cyclic_linear"]
     init_lr: float
@@ -105,9 +115,13 @@ class LearningRateFunctionModifier(_LearningRateSetter):
     @model_validator(mode="after")
     def _check(self) -> LearningRateFunctionModifier:
         if self.end_epoch == -1 and self.end_step is None:
-            raise ValueError("end_epoch (or end_step) is required: the function needs an end to interpolate to")
+            raise ValueError(
+                "end_epoch (or end_step) is required: the function needs an end to interpolate to"
+            )
         if self.end_step is None and self.start_step is None and self.end_epoch <= self.start_epoch:
-            raise ValueError(f"end_epoch ({self.end_epoch}) must be greater than start_epoch ({self.start_epoch})")
+            raise ValueError(
+                f"end_epoch ({self.end_epoch}) must be greater than start_epoch ({self.start_epoch})"
+            )
         if self.lr_func == "cyclic_linear" and self.cycle_epochs <= 0:
             raise ValueError("cycle_epochs must be positive for cyclic_linear")
         return self
@@ -140,7 +154,9 @@ class LearningRateFunctionModifier(_LearningRateSetter):
         _check_param_groups(self, self.param_groups, state)
 
     def on_update(self, state: TrainingState) -> None:
-        self._apply_lr(state, self.learning_rate_at(state.epoch, state.steps_per_epoch), self.param_groups)
+        self._apply_lr(
+            state, self.learning_rate_at(state.epoch, state.steps_per_epoch), self.param_groups
+        )
 
 
 @register
@@ -148,7 +164,14 @@ class LearningRateModifier(_LearningRateSetter):
     """torch's StepLR / MultiStepLR / ExponentialLR / CosineAnnealingWarmRestarts, with epochs in
     `lr_kwargs` converted to steps as SparseML does (ExponentialLR decays once per epoch)."""
 
-    positional_fields = ("lr_class", "lr_kwargs", "init_lr", "start_epoch", "end_epoch", "update_frequency")
+    positional_fields = (
+        "lr_class",
+        "lr_kwargs",
+        "init_lr",
+        "start_epoch",
+        "end_epoch",
+        "update_frequency",
+    )
 
     lr_class: Literal["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingWarmRestarts"]
     lr_kwargs: dict[str, Any]
@@ -176,9 +199,13 @@ class LearningRateModifier(_LearningRateSetter):
         if self.lr_class == "MultiStepLR":
             for mile in self.lr_kwargs["milestones"]:
                 if mile <= self.start_epoch:
-                    raise ValueError(f"milestones {self.lr_kwargs['milestones']} must all be after start_epoch {self.start_epoch}")
+                    raise ValueError(
+                        f"milestones {self.lr_kwargs['milestones']} must all be after start_epoch {self.start_epoch}"
+                    )
                 if self.end_epoch >= 0 and mile >= self.end_epoch:
-                    raise ValueError(f"milestones {self.lr_kwargs['milestones']} must all be before end_epoch {self.end_epoch}")
+                    raise ValueError(
+                        f"milestones {self.lr_kwargs['milestones']} must all be before end_epoch {self.end_epoch}"
+                    )
         return self
 
     def _check_kwarg_types(self) -> None:
@@ -186,13 +213,17 @@ class LearningRateModifier(_LearningRateSetter):
         for key, value in self.lr_kwargs.items():
             if key == "milestones":
                 if not isinstance(value, list) or not all(_is_finite_number(m) for m in value):
-                    raise ValueError(f"lr_kwargs milestones must be a list of epochs (numbers), got {value!r}")
+                    raise ValueError(
+                        f"lr_kwargs milestones must be a list of epochs (numbers), got {value!r}"
+                    )
             elif not isinstance(value, bool) and not _is_finite_number(value):
                 raise ValueError(f"lr_kwargs {key} must be a number, got {value!r}")
             elif key in ("step_size", "cycle_epochs") and not value > 0:
                 raise ValueError(f"lr_kwargs {key} must be > 0 epochs, got {value!r}")
             elif key == "T_mult" and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"lr_kwargs T_mult must be an integer >= 1 (as torch's), got {value!r}")
+                raise ValueError(
+                    f"lr_kwargs T_mult must be an integer >= 1 (as torch's), got {value!r}"
+                )
 
     def _scheduler_steps(self, step: int, steps_per_epoch: int) -> int:
         """How many times SparseML would have stepped its torch scheduler by global step `step`."""
@@ -207,7 +238,9 @@ class LearningRateModifier(_LearningRateSetter):
             start = max(self.scheduled_start, 0.0)
             epoch = step / steps_per_epoch
             if self.scheduled_end >= 0:
-                epoch = min(epoch, (round(self.scheduled_end * steps_per_epoch) - 1) / steps_per_epoch)
+                epoch = min(
+                    epoch, (round(self.scheduled_end * steps_per_epoch) - 1) / steps_per_epoch
+                )
             t = max(epoch - start, 0.0)
             t_0, t_mult, eta_min = kwargs["cycle_epochs"], kwargs.get("T_mult", 1), kwargs["lr_min"]
             if t_mult == 1:
@@ -220,7 +253,9 @@ class LearningRateModifier(_LearningRateSetter):
         n = self._scheduler_steps(step, steps_per_epoch)
         gamma = kwargs.get("gamma", 0.1)
         if self.lr_class == "MultiStepLR":
-            milestones = sorted(round((m - self.start_epoch) * steps_per_epoch) for m in kwargs["milestones"])
+            milestones = sorted(
+                round((m - self.start_epoch) * steps_per_epoch) for m in kwargs["milestones"]
+            )
             return self.init_lr * gamma ** bisect.bisect_right(milestones, n)
         step_size = 1.0 if self.lr_class == "ExponentialLR" else kwargs["step_size"]
         return self.init_lr * gamma ** (n // round(step_size * steps_per_epoch))
@@ -229,7 +264,9 @@ class LearningRateModifier(_LearningRateSetter):
         _check_param_groups(self, self.param_groups, state)
 
     def on_update(self, state: TrainingState) -> None:
-        self._apply_lr(state, self.learning_rate_at(state.step, state.steps_per_epoch), self.param_groups)
+        self._apply_lr(
+            state, self.learning_rate_at(state.step, state.steps_per_epoch), self.param_groups
+        )
 
 
 @register

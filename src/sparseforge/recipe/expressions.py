@@ -125,7 +125,9 @@ def _walk(node: ast.AST, lookup: Callable[[str], Any], expr: str, depth: int) ->
         raise RecipeError(f"eval({expr}) nests more than {MAX_EXPRESSION_DEPTH} operations deep")
     if isinstance(node, ast.Constant):
         if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
-            raise RecipeError(f"eval({expr}): only numbers are allowed as constants, got {node.value!r}")
+            raise RecipeError(
+                f"eval({expr}): only numbers are allowed as constants, got {node.value!r}"
+            )
         return _bounded(node.value, expr, "a constant")
     if isinstance(node, ast.Name):
         return _numeric(lookup(node.id), node.id, expr)
@@ -145,7 +147,9 @@ def _walk(node: ast.AST, lookup: Callable[[str], Any], expr: str, depth: int) ->
     ):
         args = [_walk(arg, lookup, expr, depth + 1) for arg in node.args]
         if node.func.id == "round" and len(args) == 2 and abs(args[1]) > MAX_ROUND_DIGITS:
-            raise RecipeError(f"eval({expr}): round() to {args[1]} digits; at most {MAX_ROUND_DIGITS}")
+            raise RecipeError(
+                f"eval({expr}): round() to {args[1]} digits; at most {MAX_ROUND_DIGITS}"
+            )
         result = _apply(_FUNCTIONS[node.func.id], args, expr)
         return _bounded(result, expr, f"the result of {node.func.id}()")
     raise RecipeError(
@@ -160,7 +164,9 @@ def _apply(function: Callable[..., Any], args: Any, expr: str) -> Any:
     except ZeroDivisionError:
         raise RecipeError(f"eval({expr}): division by zero") from None
     except OverflowError:
-        raise RecipeError(f"eval({expr}): the result is too large to represent (overflow)") from None
+        raise RecipeError(
+            f"eval({expr}): the result is too large to represent (overflow)"
+        ) from None
     except (TypeError, ValueError) as err:
         raise RecipeError(f"eval({expr}): {one_line(err, 120)}") from None
 
@@ -193,7 +199,8 @@ def resolve_variables(
         if len(resolving) >= MAX_VARIABLE_CHAIN:
             chain = " -> ".join(resolving[:3] + ["..."] + resolving[-2:] + [name])
             raise RecipeError(
-                f"variables refer to each other more than {MAX_VARIABLE_CHAIN} deep ({chain})", **locate(name)
+                f"variables refer to each other more than {MAX_VARIABLE_CHAIN} deep ({chain})",
+                **locate(name),
             )
         resolving.append(name)
         try:
@@ -207,7 +214,9 @@ def resolve_variables(
     return resolved
 
 
-def resolve_value(value: Any, lookup: Callable[[str], Any], location: dict[str, Any] | None = None) -> Any:
+def resolve_value(
+    value: Any, lookup: Callable[[str], Any], location: dict[str, Any] | None = None
+) -> Any:
     """Replace each `eval(...)` string inside `value` (nested lists/dicts too) by its result."""
     expr = eval_expression_text(value)
     if expr is not None:

@@ -94,7 +94,9 @@ class Recipe:
         names = [stage.name for stage in self.stages if stage.name is not None]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise RecipeError(f"stage names must be unique; repeated: {', '.join(duplicates)}", file=source)
+            raise RecipeError(
+                f"stage names must be unique; repeated: {', '.join(duplicates)}", file=source
+            )
 
     # ----- loading ---------------------------------------------------------------------------
     @classmethod
@@ -117,7 +119,9 @@ class Recipe:
             return cls.from_modifiers(source)
         if isinstance(source, Mapping):
             return cls._from_tree(source, overrides, file=None)
-        if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_path(source)):
+        if isinstance(source, os.PathLike) or (
+            isinstance(source, str) and _looks_like_path(source)
+        ):
             path = Path(source)
             if not path.is_file():
                 raise RecipeError(f"recipe file not found: {path}")
@@ -126,7 +130,9 @@ class Recipe:
                     text = handle.read(MAX_RECIPE_CHARS + 1)
             except (OSError, UnicodeDecodeError) as err:
                 raise RecipeError(f"cannot read recipe file: {err}", file=str(path)) from None
-            return cls.from_text(text, args=overrides, file=str(path), markdown=path.suffix.lower() == ".md")
+            return cls.from_text(
+                text, args=overrides, file=str(path), markdown=path.suffix.lower() == ".md"
+            )
         if isinstance(source, str):
             return cls.from_text(source, args=overrides)
         raise RecipeError(f"cannot load a recipe from a {type(source).__name__}")
@@ -143,7 +149,8 @@ class Recipe:
         """Parse recipe text: plain YAML, or Markdown whose first `---` front-matter block is the recipe."""
         if len(text) > MAX_RECIPE_CHARS:
             raise RecipeError(
-                f"the recipe is longer than {MAX_RECIPE_CHARS:,} characters, the most a recipe may have", file=file
+                f"the recipe is longer than {MAX_RECIPE_CHARS:,} characters, the most a recipe may have",
+                file=file,
             )
         yaml_text = extract_front_matter(text, file=file, required=bool(markdown))
         tree = load_yaml(yaml_text, file=file)
@@ -152,17 +159,23 @@ class Recipe:
         if isinstance(tree, list):
             tree = LineDict({"modifiers": tree})
         if not isinstance(tree, Mapping):
-            raise RecipeError("a recipe must be a YAML mapping of variables and modifier groups", file=file)
+            raise RecipeError(
+                "a recipe must be a YAML mapping of variables and modifier groups", file=file
+            )
         return cls._from_tree(tree, parse_recipe_args(args), file=file)
 
     @classmethod
-    def _from_tree(cls, tree: Mapping[str, Any], overrides: dict[str, Any], file: str | None) -> Recipe:
+    def _from_tree(
+        cls, tree: Mapping[str, Any], overrides: dict[str, Any], file: str | None
+    ) -> Recipe:
         global_raw, raw_stages = _split_tree(tree, file)
         _check_overrides(overrides, global_raw, raw_stages, file)
         global_vars = resolve_variables(
             {k: overrides.get(k, v) for k, v in global_raw.items()}, where=_located(tree, file)
         )
-        stages = [_build_stage(name, body, overrides, global_vars, file) for name, body in raw_stages]
+        stages = [
+            _build_stage(name, body, overrides, global_vars, file) for name, body in raw_stages
+        ]
         version = tree.get("version")
         metadata = tree.get(METADATA_KEY)
         return cls(
@@ -174,11 +187,16 @@ class Recipe:
         )
 
     @classmethod
-    def from_modifiers(cls, modifiers: Sequence[Modifier], metadata: dict[str, Any] | None = None) -> Recipe:
+    def from_modifiers(
+        cls, modifiers: Sequence[Modifier], metadata: dict[str, Any] | None = None
+    ) -> Recipe:
         """A one-stage recipe of `modifiers` (copied as specs; the objects stay the caller's)."""
         if not all(hasattr(mod, "as_spec") for mod in modifiers):
             raise RecipeError("a list given as a recipe must hold Modifier objects")
-        return cls([Stage(None, {"modifiers": tuple(mod.as_spec() for mod in modifiers)})], metadata=metadata)
+        return cls(
+            [Stage(None, {"modifiers": tuple(mod.as_spec() for mod in modifiers)})],
+            metadata=metadata,
+        )
 
     def with_modifiers(self, modifiers: Sequence[Modifier]) -> Recipe:
         """A new recipe: this one plus `modifiers` at the end of the last stage's `modifiers` group."""
@@ -260,7 +278,9 @@ class Recipe:
             if end > 0:
                 steps = end * steps_per_epoch if steps_per_epoch is not None else None
                 base_stages = [_map_stage(st, lambda mod: _end_at(mod, end)) for st in base_stages]
-                add_stages = [_map_stage(st, lambda mod: mod.shifted(end, steps)) for st in add_stages]
+                add_stages = [
+                    _map_stage(st, lambda mod: mod.shifted(end, steps)) for st in add_stages
+                ]
         metadata = {**(base.metadata or {}), **(additional.metadata or {})} or None
         return cls([*base_stages, *add_stages], {}, additional.version, None, metadata)
 
@@ -456,7 +476,10 @@ def _check_overrides(
 ) -> None:
     """recipe_args may only set variables the recipe defines (globally or in a stage)."""
     stage_var_names = {
-        k for _, body in raw_stages for k in body if not _is_group_key(k) and k not in _RESERVED_KEYS
+        k
+        for _, body in raw_stages
+        for k in body
+        if not _is_group_key(k) and k not in _RESERVED_KEYS
     }
     unknown = sorted(set(overrides) - set(global_raw) - stage_var_names)
     if unknown:
@@ -484,7 +507,9 @@ def _build_stage(
     own = _resolve_stage_variables(stage_raw, global_vars, _located(body, file))
     variables = {**global_vars, **own}
     groups: dict[str, tuple[Modifier, ...]] = {
-        group_name: tuple(_build_group(group_name, entries, variables, file, _line_of(body, group_name)))
+        group_name: tuple(
+            _build_group(group_name, entries, variables, file, _line_of(body, group_name))
+        )
         for group_name, entries in body.items()
         if _is_group_key(group_name)
     }
@@ -495,7 +520,9 @@ def _check_name(key: Any, file: str | None, line: int | None) -> None:
     """Variables, groups and stages are named by text: `&x: 1` (a key lost to an anchor) or `1: 2` is a mistake."""
     if not isinstance(key, str):
         raise RecipeError(
-            f"the key {key!r} is not a name; variables, modifier groups and stages need text names", file=file, line=line
+            f"the key {key!r} is not a name; variables, modifier groups and stages need text names",
+            file=file,
+            line=line,
         )
 
 
@@ -546,14 +573,16 @@ def _build_group(
 def _spec_from_plain(entry: Any) -> Any:
     """Dict sources spell a modifier as `{"!Name": {fields}}` (or `{"Name": {...}}`)."""
     if isinstance(entry, Mapping) and not isinstance(entry, LineDict) and len(entry) == 1:
-        (name, fields), = entry.items()
+        ((name, fields),) = entry.items()
         if isinstance(name, str) and isinstance(fields, (Mapping, type(None))):
             line_fields = LineDict(fields or {})
             return ModifierSpec(name=name.lstrip("!"), fields=line_fields)
     return entry
 
 
-def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str | None = None) -> Modifier:
+def build_modifier(
+    spec: ModifierSpec, variables: Mapping[str, Any], file: str | None = None
+) -> Modifier:
     """Resolve a `!Name` entry's eval() values and validate its fields into a Modifier spec."""
     try:
         cls = modifier_class(spec.name)
@@ -573,13 +602,21 @@ def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str |
             fields[key] = resolve_value(value, lookup)
         except RecipeError as err:
             raise RecipeError(
-                err.message, file=file, line=spec.fields.line_of(key), modifier=spec.name, field=str(key)
+                err.message,
+                file=file,
+                line=spec.fields.line_of(key),
+                modifier=spec.name,
+                field=str(key),
             ) from None
     try:
         built = cls.model_validate(fields)
     except pydantic.ValidationError as err:
         raise _validation_error(err, cls, spec, file) from None
-    except (TypeError, ArithmeticError, LookupError) as err:  # a validator met a value of the wrong type
+    except (
+        TypeError,
+        ArithmeticError,
+        LookupError,
+    ) as err:  # a validator met a value of the wrong type
         raise RecipeError(
             f"a field has a value of the wrong type ({type(err).__name__}: {one_line(err, 120)})",
             file=file,
@@ -590,7 +627,9 @@ def build_modifier(spec: ModifierSpec, variables: Mapping[str, Any], file: str |
     return built
 
 
-def _validation_error(err: pydantic.ValidationError, cls: type[Modifier], spec: ModifierSpec, file: str | None) -> RecipeError:
+def _validation_error(
+    err: pydantic.ValidationError, cls: type[Modifier], spec: ModifierSpec, file: str | None
+) -> RecipeError:
     errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
     first = errors[0]
     loc = [str(part) for part in first.get("loc", ())]
@@ -610,7 +649,11 @@ def _validation_error(err: pydantic.ValidationError, cls: type[Modifier], spec: 
         if first["type"] not in ("value_error", "assertion_error") and "input" in first:
             message += f" (got {first['input']!r})"
         message = message.removeprefix("Value error, ")
-    extra = f" ({len(err.errors()) - 1} more problem(s) in this modifier)" if len(err.errors()) > 1 else ""
+    extra = (
+        f" ({len(err.errors()) - 1} more problem(s) in this modifier)"
+        if len(err.errors()) > 1
+        else ""
+    )
     return RecipeError(
         message + extra,
         file=file,
@@ -686,7 +729,9 @@ def _json_recipe_args(text: str) -> dict[str, Any]:
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecipeError(f"recipe_args is not valid JSON: {err.msg} at column {err.colno}") from None
+        raise RecipeError(
+            f"recipe_args is not valid JSON: {err.msg} at column {err.colno}"
+        ) from None
     except ValueError as err:  # e.g. an integer of more than 4,300 digits
         raise RecipeError(f"recipe_args is not usable JSON: {one_line(err, 120)}") from None
     except RecursionError:
@@ -723,7 +768,10 @@ def _nesting_depth(value: Any) -> int:
         if isinstance(item, (list, dict)):
             deepest = max(deepest, depth)
             if depth <= MAX_YAML_DEPTH:
-                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+                stack.extend(
+                    (child, depth + 1)
+                    for child in (item.values() if isinstance(item, dict) else item)
+                )
     return deepest
 
 

@@ -75,7 +75,9 @@ def modifier_class(name: str) -> type[Any]:
             f"implemented: {', '.join(sorted(_REGISTRY))}",
             modifier=name,
         )
-    candidates = list(_REGISTRY) + sorted(SPARSEML_MODIFIER_NAMES - set(_REGISTRY))  # each name once
+    candidates = list(_REGISTRY) + sorted(
+        SPARSEML_MODIFIER_NAMES - set(_REGISTRY)
+    )  # each name once
     near = difflib.get_close_matches(name, candidates, n=3)
     hint = f"; did you mean {' or '.join(near)}?" if near else ""
     raise RecipeError(f"unknown modifier !{name}{hint}", modifier=name)

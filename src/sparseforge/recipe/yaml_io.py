@@ -75,7 +75,8 @@ class _BoundedLoader(_ParsingBase):  # type: ignore[misc,valid-type]
             if self._depth > MAX_YAML_DEPTH:
                 mark = self.peek_event().start_mark
                 raise RecipeError(
-                    f"the YAML nests more than {MAX_YAML_DEPTH} levels deep", line=mark.line + 1 if mark else None
+                    f"the YAML nests more than {MAX_YAML_DEPTH} levels deep",
+                    line=mark.line + 1 if mark else None,
                 )
             return super().compose_node(parent, index)
         finally:
@@ -95,7 +96,8 @@ class _BoundedLoader(_ParsingBase):  # type: ignore[misc,valid-type]
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             detail = f" ({one_line(err, 120)})" if isinstance(err, ValueError) else ""
             raise RecipeError(
-                f"invalid YAML: {value!r} is not a valid {tag} value{detail}", line=node.start_mark.line + 1
+                f"invalid YAML: {value!r} is not a valid {tag} value{detail}",
+                line=node.start_mark.line + 1,
             ) from None
 
 
@@ -115,7 +117,9 @@ def _check_expansion(root: yaml.Node) -> None:
         if key in done:
             size, height = done[key]
         elif key in active:
-            raise RecipeError("a YAML alias refers to a node that contains it", line=node.start_mark.line + 1)
+            raise RecipeError(
+                "a YAML alias refers to a node that contains it", line=node.start_mark.line + 1
+            )
         else:
             children: list[yaml.Node] = []
             if isinstance(node, yaml.SequenceNode):
@@ -152,7 +156,9 @@ class _RecipeLoader(_BoundedLoader):
 
 # YAML 1.1 reads `8e-5` (no dot) as a string; SparseML users expect a float.
 _EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789")
+)
 
 
 def _construct_mapping(loader: _RecipeLoader, node: yaml.MappingNode) -> LineDict:
@@ -164,7 +170,9 @@ def _construct_mapping(loader: _RecipeLoader, node: yaml.MappingNode) -> LineDic
         try:
             hash(key)
         except TypeError:
-            raise RecipeError("a mapping key must be a plain value", line=key_node.start_mark.line + 1) from None
+            raise RecipeError(
+                "a mapping key must be a plain value", line=key_node.start_mark.line + 1
+            ) from None
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
@@ -173,14 +181,21 @@ def _construct_mapping(loader: _RecipeLoader, node: yaml.MappingNode) -> LineDic
 def _construct_modifier(loader: _RecipeLoader, tag_suffix: str, node: yaml.Node) -> ModifierSpec:
     line = node.start_mark.line + 1
     if len(tag_suffix) > 100:
-        raise RecipeError(f"'!{tag_suffix[:40]}...' ({len(tag_suffix):,} characters) is not a modifier name", line=line)
+        raise RecipeError(
+            f"'!{tag_suffix[:40]}...' ({len(tag_suffix):,} characters) is not a modifier name",
+            line=line,
+        )
     if isinstance(node, yaml.MappingNode):
         fields = _construct_mapping(loader, node)
     elif isinstance(node, yaml.ScalarNode) and loader.construct_scalar(node) in ("", None):
         fields = LineDict()
         fields.line = line
     else:
-        raise RecipeError(f"!{tag_suffix} must be followed by a mapping of its fields", line=line, modifier=tag_suffix)
+        raise RecipeError(
+            f"!{tag_suffix} must be followed by a mapping of its fields",
+            line=line,
+            modifier=tag_suffix,
+        )
     return ModifierSpec(name=tag_suffix, fields=fields, line=line)
 
 
@@ -212,10 +227,16 @@ def _load(text: str, loader: type, file: str | None) -> Any:
         if context and cmark and mark and (cmark.line, cmark.column) != (mark.line, mark.column):
             context += f" (line {cmark.line + 1}, column {cmark.column + 1})"
         problem = "; ".join(p for p in (context, err.problem) if p)
-        raise RecipeError(f"invalid YAML{where}: {one_line(problem)}", file=file, line=line) from None
+        raise RecipeError(
+            f"invalid YAML{where}: {one_line(problem)}", file=file, line=line
+        ) from None
     except yaml.reader.ReaderError as err:
         line = text[: err.position].count("\n") + 1 if isinstance(err.position, int) else None
-        raise RecipeError(f"invalid YAML: {one_line(err.reason)} (character {err.character!r})", file=file, line=line) from None
+        raise RecipeError(
+            f"invalid YAML: {one_line(err.reason)} (character {err.character!r})",
+            file=file,
+            line=line,
+        ) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"invalid YAML: {one_line(err)}", file=file) from None
 
@@ -258,4 +279,6 @@ _RecipeDumper.add_representer(_Tagged, _represent_tagged)
 
 
 def dump_yaml(data: Any) -> str:
-    return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False, width=100)
+    return yaml.dump(
+        data, Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False, width=100
+    )

@@ -39,14 +39,28 @@ class ModelArguments:
     """Which model, config and tokenizer to start from, and the distillation teacher."""
 
     model_name_or_path: str = field(
-        metadata=_help("Folder of a Hugging Face model (config.json + weights) or a zoo: stub to start from")
+        metadata=_help(
+            "Folder of a Hugging Face model (config.json + weights) or a zoo: stub to start from"
+        )
     )
-    config_name: str | None = field(default=None, metadata=_help("Config folder if not the model's own"))
-    tokenizer_name: str | None = field(default=None, metadata=_help("Tokenizer folder if not the model's own"))
-    cache_dir: str | None = field(default=None, metadata=_help("Where to cache datasets read through `datasets`"))
-    use_fast_tokenizer: bool = field(default=True, metadata=_help("Use a fast (Rust) tokenizer when one exists"))
-    model_revision: str = field(default="main", metadata=_help("Model revision (kept for SparseML command lines)"))
-    use_auth_token: bool = field(default=False, metadata=_help("Ignored: sparseforge never downloads models"))
+    config_name: str | None = field(
+        default=None, metadata=_help("Config folder if not the model's own")
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata=_help("Tokenizer folder if not the model's own")
+    )
+    cache_dir: str | None = field(
+        default=None, metadata=_help("Where to cache datasets read through `datasets`")
+    )
+    use_fast_tokenizer: bool = field(
+        default=True, metadata=_help("Use a fast (Rust) tokenizer when one exists")
+    )
+    model_revision: str = field(
+        default="main", metadata=_help("Model revision (kept for SparseML command lines)")
+    )
+    use_auth_token: bool = field(
+        default=False, metadata=_help("Ignored: sparseforge never downloads models")
+    )
     distill_teacher: str | None = field(
         default=None,
         metadata=_help(
@@ -65,13 +79,18 @@ class RecipeArguments:
     """
 
     recipe: str | None = field(
-        default=None, metadata=_help("Recipe file (.yaml, .yml, .md) or zoo: stub; without it, plain fine-tuning")
+        default=None,
+        metadata=_help(
+            "Recipe file (.yaml, .yml, .md) or zoo: stub; without it, plain fine-tuning"
+        ),
     )
     recipe_args: str | None = field(
-        default=None, metadata=_help("Recipe variable overrides: JSON object or name=value,name2=value2")
+        default=None,
+        metadata=_help("Recipe variable overrides: JSON object or name=value,name2=value2"),
     )
     one_shot: bool = field(
-        default=False, metadata=_help("Apply the recipe at once (its end state) without training, then save")
+        default=False,
+        metadata=_help("Apply the recipe at once (its end state) without training, then save"),
     )
     onnx_export_path: str | None = field(
         default=None, metadata=_help("After training, export the model to ONNX into this folder")
@@ -81,11 +100,15 @@ class RecipeArguments:
     )
     best_model_after_epoch: int | None = field(
         default=None,
-        metadata=_help("With --load_best_model_at_end, only evaluations from this epoch on can be the best model"),
+        metadata=_help(
+            "With --load_best_model_at_end, only evaluations from this epoch on can be the best model"
+        ),
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata=_help("Train into a non-empty --output_dir (otherwise an error, or resume from its last checkpoint)"),
+        metadata=_help(
+            "Train into a non-empty --output_dir (otherwise an error, or resume from its last checkpoint)"
+        ),
     )
 
 
@@ -94,34 +117,67 @@ class DataArguments:
     """Where the data comes from and how it is cut; shared by every task (tasks subclass it)."""
 
     dataset_name: str | None = field(
-        default=None, metadata=_help("Dataset name for `datasets.load_dataset` (needs the network; offline, pass files)")
+        default=None,
+        metadata=_help(
+            "Dataset name for `datasets.load_dataset` (needs the network; offline, pass files)"
+        ),
     )
-    dataset_config_name: str | None = field(default=None, metadata=_help("Configuration of --dataset_name"))
-    train_file: str | None = field(default=None, metadata=_help("Training data: csv, tsv, json, jsonl or parquet"))
-    validation_file: str | None = field(default=None, metadata=_help("Evaluation data (same formats)"))
+    dataset_config_name: str | None = field(
+        default=None, metadata=_help("Configuration of --dataset_name")
+    )
+    train_file: str | None = field(
+        default=None, metadata=_help("Training data: csv, tsv, json, jsonl or parquet")
+    )
+    validation_file: str | None = field(
+        default=None, metadata=_help("Evaluation data (same formats)")
+    )
     test_file: str | None = field(default=None, metadata=_help("Prediction data (same formats)"))
     validation_ratio: float | None = field(
-        default=None, metadata=_help("Without a validation split, hold out this fraction of train (seeded by --seed)")
+        default=None,
+        metadata=_help(
+            "Without a validation split, hold out this fraction of train (seeded by --seed)"
+        ),
     )
     max_seq_length: int | None = field(
-        default=None, metadata=_help("Longest tokenized input; longer inputs are truncated (task default if unset)")
+        default=None,
+        metadata=_help(
+            "Longest tokenized input; longer inputs are truncated (task default if unset)"
+        ),
     )
     pad_to_max_length: bool = field(
-        default=True, metadata=_help("Pad every input to --max_seq_length (False: pad each batch to its longest)")
+        default=True,
+        metadata=_help(
+            "Pad every input to --max_seq_length (False: pad each batch to its longest)"
+        ),
     )
-    max_train_samples: int | None = field(default=None, metadata=_help("Use only the first N training examples"))
-    max_eval_samples: int | None = field(default=None, metadata=_help("Use only the first N evaluation examples"))
-    max_predict_samples: int | None = field(default=None, metadata=_help("Use only the first N test examples"))
+    max_train_samples: int | None = field(
+        default=None, metadata=_help("Use only the first N training examples")
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata=_help("Use only the first N evaluation examples")
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata=_help("Use only the first N test examples")
+    )
     preprocessing_num_workers: int | None = field(
         default=None, metadata=_help("Processes for tokenization (`datasets.map(num_proc=...)`)")
     )
-    overwrite_cache: bool = field(default=False, metadata=_help("Re-run preprocessing instead of using the cache"))
+    overwrite_cache: bool = field(
+        default=False, metadata=_help("Re-run preprocessing instead of using the cache")
+    )
 
     def check(self) -> None:
         """Argument combinations that cannot work, as one-line errors."""
         if self.validation_ratio is not None and not 0.0 < self.validation_ratio < 1.0:
-            raise SparseforgeError(f"--validation_ratio must be between 0 and 1, got {self.validation_ratio}")
-        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "max_seq_length"):
+            raise SparseforgeError(
+                f"--validation_ratio must be between 0 and 1, got {self.validation_ratio}"
+            )
+        for name in (
+            "max_train_samples",
+            "max_eval_samples",
+            "max_predict_samples",
+            "max_seq_length",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SparseforgeError(f"--{name} must be a positive integer, got {value}")
@@ -178,7 +234,9 @@ def translate_legacy_flags(argv: Sequence[str]) -> list[str]:
                     index + 1 < len(items) and items[index + 1].lower() in _BOOLEAN_VALUES
                 )
                 if flag == "--logging_dir" and (eq or index + 1 < len(items)):
-                    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", value if eq else items[index + 1])
+                    os.environ.setdefault(
+                        "TENSORBOARD_LOGGING_DIR", value if eq else items[index + 1]
+                    )
                 logger.warning("%s is not used by transformers 5 and is ignored", flag)
                 index += 1 if eq or not takes_value else 2
                 continue
@@ -201,8 +259,12 @@ def apply_precision_fallback(training_args: Any) -> None:
         logger.warning("--fp16 needs a CUDA GPU and none is available: training in fp32 instead")
         training_args.fp16 = False
         training_args.mixed_precision = "no"
-    if getattr(training_args, "fp16_full_eval", False) and (training_args.use_cpu or not _cuda_available()):
-        logger.warning("--fp16_full_eval needs a CUDA GPU and none is available: evaluating in fp32 instead")
+    if getattr(training_args, "fp16_full_eval", False) and (
+        training_args.use_cpu or not _cuda_available()
+    ):
+        logger.warning(
+            "--fp16_full_eval needs a CUDA GPU and none is available: evaluating in fp32 instead"
+        )
         training_args.fp16_full_eval = False
 
 
@@ -221,7 +283,9 @@ def check_reporting(training_args: Any) -> None:
     for name in training_args.report_to or []:
         packages, install = REPORTING_PACKAGES.get(name, ((), ""))
         if packages and not any(importlib.util.find_spec(package) for package in packages):
-            raise SparseforgeError(f"--report_to {name} needs the {packages[0]} package, which is not installed: {install}")
+            raise SparseforgeError(
+                f"--report_to {name} needs the {packages[0]} package, which is not installed: {install}"
+            )
 
 
 def _unknown_flags_message(parser: Any, remaining: Sequence[str], prog: str | None) -> str:
@@ -237,13 +301,19 @@ def _unknown_flags_message(parser: Any, remaining: Sequence[str], prog: str | No
 
 def check_positive_sizes(training_args: Any) -> None:
     """Batch sizes and accumulation steps below 1 fail deep inside the DataLoader; say so first."""
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+    for name in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+    ):
         value = getattr(training_args, name, 1)
         if value is not None and value < 1:
             raise SparseforgeError(f"--{name} must be a positive integer, got {value}")
 
 
-def parse_task_args(argv: Sequence[str], *dataclass_types: type, prog: str | None = None) -> tuple[Any, ...]:
+def parse_task_args(
+    argv: Sequence[str], *dataclass_types: type, prog: str | None = None
+) -> tuple[Any, ...]:
     """Parse `argv` into `dataclass_types` (+ TrainingArguments, returned last).
 
     Legacy flags are translated, a `.json` file as the only argument is read as the arguments,
@@ -259,7 +329,9 @@ def parse_task_args(argv: Sequence[str], *dataclass_types: type, prog: str | Non
         except ValueError as err:  # keys that are no argument
             raise SparseforgeError(f"{args[0]}: {str(err).splitlines()[0]}") from None
     else:
-        *parsed, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+        *parsed, remaining = parser.parse_args_into_dataclasses(
+            args=args, return_remaining_strings=True
+        )
         if remaining:
             raise SparseforgeError(_unknown_flags_message(parser, remaining, prog))
     check_positive_sizes(parsed[-1])
@@ -306,7 +378,9 @@ def _resume_target(output_dir: Path, training_args: Any, run_args: RecipeArgumen
         if checkpoint.lower() == "true":
             found = last_checkpoint(output_dir)
             if found is None:
-                raise SparseforgeError(f"--resume_from_checkpoint: no checkpoint-N folder in {output_dir}")
+                raise SparseforgeError(
+                    f"--resume_from_checkpoint: no checkpoint-N folder in {output_dir}"
+                )
             return found
         if not os.path.isdir(checkpoint):
             raise SparseforgeError(f"--resume_from_checkpoint: {checkpoint} is not a folder")
@@ -343,7 +417,9 @@ def _check_writable(path: Path, flag: str) -> None:
         what = "is a file" if existing == path else f"is inside {existing}, which is a file"
         raise SparseforgeError(f"{flag} {path} {what}; give a folder (new or existing)")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SparseforgeError(f"{flag} {path}: cannot write into {existing} (permission denied); choose a writable folder")
+        raise SparseforgeError(
+            f"{flag} {path}: cannot write into {existing} (permission denied); choose a writable folder"
+        )
 
 
 def check_export_path(output_dir: Path, export_path: str) -> None:
@@ -352,16 +428,35 @@ def check_export_path(output_dir: Path, export_path: str) -> None:
     from sparseforge.export.deployment import resolve_output_dir
 
     _check_writable(Path(export_path), "--onnx_export_path")
-    resolve_output_dir(output_dir, export_path, overwrite=False, flag="--onnx_export_path", overwrite_flag=None)
+    resolve_output_dir(
+        output_dir, export_path, overwrite=False, flag="--onnx_export_path", overwrite_flag=None
+    )
 
 
 # What a training run writes into --output_dir (fnmatch patterns); a user's file of one of these
 # names is never replaced, even with --overwrite_output_dir.
 RUN_OUTPUTS = (
-    "config.json", "generation_config.json", "model*.safetensors*", "pytorch_model*.bin*", "recipe.yaml",
-    "training_args.bin", "trainer_state.json", "*results.json", "predict_results*.txt", "predictions.txt",
-    "*predictions.json", "*null_odds.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
-    "added_tokens.json", "*.model", "chat_template*", "checkpoint-*", "runs",
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors*",
+    "pytorch_model*.bin*",
+    "recipe.yaml",
+    "training_args.bin",
+    "trainer_state.json",
+    "*results.json",
+    "predict_results*.txt",
+    "predictions.txt",
+    "*predictions.json",
+    "*null_odds.json",
+    "tokenizer*",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "*.model",
+    "chat_template*",
+    "checkpoint-*",
+    "runs",
 )
 OUTPUT_MANIFEST = "sparseforge_output.json"
 
@@ -392,7 +487,8 @@ def check_overwrite(output_dir: Path) -> None:
     clashes = sorted(
         name
         for name in user_entries(output_dir)
-        if any(fnmatch.fnmatch(name, p) for p in RUN_OUTPUTS) and not is_sparseforge_checkpoint(output_dir / name)
+        if any(fnmatch.fnmatch(name, p) for p in RUN_OUTPUTS)
+        and not is_sparseforge_checkpoint(output_dir / name)
     )
     if clashes:
         raise SparseforgeError(
@@ -402,14 +498,18 @@ def check_overwrite(output_dir: Path) -> None:
         )
 
 
-def write_output_manifest(output_dir: str | os.PathLike, user_files: set[str], *, finished: bool) -> None:
+def write_output_manifest(
+    output_dir: str | os.PathLike, user_files: set[str], *, finished: bool
+) -> None:
     """Record which entries of `output_dir` are the user's (at the start) and, when the run has
     finished, which ones it wrote, so a later --overwrite_output_dir knows what it may replace."""
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"generator": "sparseforge", "user_files": sorted(user_files)}
     if finished:
-        manifest["files"] = sorted({entry.name for entry in folder.iterdir()} - user_files - {OUTPUT_MANIFEST})
+        manifest["files"] = sorted(
+            {entry.name for entry in folder.iterdir()} - user_files - {OUTPUT_MANIFEST}
+        )
     tmp = folder / (OUTPUT_MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, folder / OUTPUT_MANIFEST)
@@ -429,7 +529,9 @@ def new_output_dir_guard(output_dir: str | os.PathLike) -> Iterator[None]:
         raise
 
 
-def resolve_model_and_recipe(model_args: ModelArguments, run_args: RecipeArguments) -> tuple[str, Any]:
+def resolve_model_and_recipe(
+    model_args: ModelArguments, run_args: RecipeArguments
+) -> tuple[str, Any]:
     """The model folder (a zoo: stub resolved) and the loaded, validated Recipe (or None), so a bad
     path or recipe is an error before any data is read or any folder written."""
     from sparseforge.recipe import Recipe

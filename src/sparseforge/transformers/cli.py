@@ -44,5 +44,7 @@ def cli_main(argv: Sequence[str]) -> int:
     except ModuleNotFoundError as err:
         if err.name != module_name:
             raise
-        raise SparseforgeError(f"task '{task}' is not available in this installation ({module_name} is missing)") from None
+        raise SparseforgeError(
+            f"task '{task}' is not available in this installation ({module_name} is missing)"
+        ) from None
     return int(module.main(argv[1:]) or 0)

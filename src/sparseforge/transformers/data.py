@@ -58,7 +58,9 @@ GLUE_HEADERLESS_COLUMNS: dict[str, list[str]] = {
     "cola": ["source", "label", "original_label", "sentence"],
 }
 # Hub names used when only --task_name is given.
-HUB_NAMES: dict[str, tuple[str, str | None]] = {task: ("nyu-mll/glue", task) for task in GLUE_TASK_COLUMNS}
+HUB_NAMES: dict[str, tuple[str, str | None]] = {
+    task: ("nyu-mll/glue", task) for task in GLUE_TASK_COLUMNS
+}
 HUB_NAMES["imdb"] = ("stanfordnlp/imdb", None)
 
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".json.gz", ".jsonl.gz")
@@ -85,7 +87,9 @@ def _tsv_has_header(path: Path, task_name: str | None) -> bool:
     return "sentence" in first or "label" in first
 
 
-def _reader_for(path: Path, ext: str, task_name: str | None, flag: str) -> tuple[str, dict[str, Any]]:
+def _reader_for(
+    path: Path, ext: str, task_name: str | None, flag: str
+) -> tuple[str, dict[str, Any]]:
     """The `datasets` builder and its options for a file extension, kept apart from loading so
     an unsupported format is refused before `datasets` is touched."""
     if ext == ".csv":
@@ -99,10 +103,14 @@ def _reader_for(path: Path, ext: str, task_name: str | None, flag: str) -> tuple
         return "json", {}
     if ext == ".parquet":
         return "parquet", {}
-    raise DataError(f"{flag} {path}: unsupported format '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}")
+    raise DataError(
+        f"{flag} {path}: unsupported format '{ext}'; use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+    )
 
 
-def _load_quietly(builder: str, path: Path, ext: str, kwargs: dict[str, Any], cache_dir: str | None, flag: str) -> Any:
+def _load_quietly(
+    builder: str, path: Path, ext: str, kwargs: dict[str, Any], cache_dir: str | None, flag: str
+) -> Any:
     """`datasets.load_dataset` with its logging and progress bars silenced (restored afterwards),
     so a bad file is reported once, as a one-line DataError, instead of as a reader traceback."""
     import datasets
@@ -112,9 +120,17 @@ def _load_quietly(builder: str, path: Path, ext: str, kwargs: dict[str, Any], ca
     bars = datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
-        dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", cache_dir=cache_dir, **kwargs)
+        dataset = datasets.load_dataset(
+            builder, data_files={"data": str(path)}, split="data", cache_dir=cache_dir, **kwargs
+        )
         if builder == "json" and dataset.column_names == ["data"] and len(dataset) == 1:
-            dataset = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", field="data", cache_dir=cache_dir)
+            dataset = datasets.load_dataset(
+                builder,
+                data_files={"data": str(path)},
+                split="data",
+                field="data",
+                cache_dir=cache_dir,
+            )
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
@@ -129,7 +145,9 @@ def _load_quietly(builder: str, path: Path, ext: str, kwargs: dict[str, Any], ca
 def _rename_glue_tsv_columns(dataset: Any, task_name: str) -> Any:
     """GLUE's original tsv column names -> the `datasets` names the task code reads; a column
     already holding a target name is dropped first so the rename cannot collide."""
-    renames = {old: new for old, new in GLUE_TSV_RENAMES[task_name].items() if old in dataset.column_names}
+    renames = {
+        old: new for old, new in GLUE_TSV_RENAMES[task_name].items() if old in dataset.column_names
+    }
     for new in renames.values():
         if new in dataset.column_names:
             dataset = dataset.remove_columns(new)
@@ -137,7 +155,11 @@ def _rename_glue_tsv_columns(dataset: Any, task_name: str) -> Any:
 
 
 def read_data_file(
-    path: str | os.PathLike, *, task_name: str | None = None, cache_dir: str | None = None, flag: str = "data file"
+    path: str | os.PathLike,
+    *,
+    task_name: str | None = None,
+    cache_dir: str | None = None,
+    flag: str = "data file",
 ) -> Any:
     """One local file as a `datasets.Dataset` (columns renamed to `datasets`' GLUE names for a GLUE task)."""
     path = Path(path)
@@ -169,7 +191,10 @@ def load_hub_dataset(name: str, config: str | None = None, cache_dir: str | None
 
 def split_files(data_args: Any) -> dict[str, str]:
     """The local files given, by split: `--train_file`, `--validation_file`, `--test_file`."""
-    files = {split: getattr(data_args, f"{split}_file", None) for split in ("train", "validation", "test")}
+    files = {
+        split: getattr(data_args, f"{split}_file", None)
+        for split in ("train", "validation", "test")
+    }
     return {split: path for split, path in files.items() if path}
 
 
@@ -181,14 +206,20 @@ def load_splits(data_args: Any, read: Any, cache_dir: str | None, no_data: str) 
     files = split_files(data_args)
     if files:
         if getattr(data_args, "dataset_name", None):
-            logger.info("--dataset_name %s is not used: local files were given", data_args.dataset_name)
-        return datasets.DatasetDict({split: read(path, f"--{split}_file", cache_dir) for split, path in files.items()})
+            logger.info(
+                "--dataset_name %s is not used: local files were given", data_args.dataset_name
+            )
+        return datasets.DatasetDict(
+            {split: read(path, f"--{split}_file", cache_dir) for split, path in files.items()}
+        )
     if getattr(data_args, "dataset_name", None):
         return load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir)
     raise DataError(f"no data: {no_data}")
 
 
-def load_raw_datasets(data_args: Any, *, task_name: str | None = None, cache_dir: str | None = None) -> Any:
+def load_raw_datasets(
+    data_args: Any, *, task_name: str | None = None, cache_dir: str | None = None
+) -> Any:
     """The splits named by `data_args` (files first, else hub); `hold_out` applies `validation_ratio`.
 
     Returns a `datasets.DatasetDict` with some of: train, validation, test.
@@ -201,7 +232,12 @@ def load_raw_datasets(data_args: Any, *, task_name: str | None = None, cache_dir
         def read(path: str, flag: str, cache: str | None) -> Any:
             return read_data_file(path, task_name=task_name, cache_dir=cache, flag=flag)
 
-        raw = load_splits(data_args, read, cache_dir, "pass --train_file / --validation_file, --dataset_name or --task_name")
+        raw = load_splits(
+            data_args,
+            read,
+            cache_dir,
+            "pass --train_file / --validation_file, --dataset_name or --task_name",
+        )
     if task_name == "mnli" and "validation" not in raw and "validation_matched" in raw:
         raw["validation"] = raw["validation_matched"]
     return raw
@@ -214,11 +250,12 @@ def hold_out(raw: Any, ratio: float | None, seed: int) -> Any:
     if "train" not in raw:
         raise DataError("--validation_ratio needs a training split to hold out from")
     if "validation" in raw:
-        logger.warning("--validation_ratio %s: the validation split is replaced by part of train", ratio)
+        logger.warning(
+            "--validation_ratio %s: the validation split is replaced by part of train", ratio
+        )
     parts = raw["train"].train_test_split(test_size=ratio, seed=seed)
     raw["train"], raw["validation"] = parts["train"], parts["test"]
     return raw
-
 
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:

@@ -145,7 +145,10 @@ def classification_metrics(
         return multilabel_f1(probabilities > MULTI_LABEL_THRESHOLD, labels)
     if is_regression:
         predictions = logits.reshape(-1)
-        result = {"pearson": pearson(predictions, labels), "spearmanr": spearman(predictions, labels)}
+        result = {
+            "pearson": pearson(predictions, labels),
+            "spearmanr": spearman(predictions, labels),
+        }
         result["combined_score"] = (result["pearson"] + result["spearmanr"]) / 2
         result["mse"] = float(((predictions - labels.reshape(-1)) ** 2).mean())
         return result
@@ -172,6 +175,8 @@ def compute_metrics_fn(
         logits = prediction.predictions
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
-        return classification_metrics(logits, prediction.label_ids, task_name, is_regression, is_multi_label)
+        return classification_metrics(
+            logits, prediction.label_ids, task_name, is_regression, is_multi_label
+        )
 
     return compute

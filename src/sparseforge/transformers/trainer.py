@@ -93,10 +93,21 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
         raise SparseforgeError(f"{path}: not a model folder (no config.json)")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     heads = {task_of(name) for name in config.get("architectures") or []}
-    saved_labels = transformers.AutoConfig.from_pretrained(path).num_labels if task in heads else None
-    new_head = "num_labels" in config_kwargs and task in heads and saved_labels not in (None, config_kwargs["num_labels"])
+    saved_labels = (
+        transformers.AutoConfig.from_pretrained(path).num_labels if task in heads else None
+    )
+    new_head = (
+        "num_labels" in config_kwargs
+        and task in heads
+        and saved_labels not in (None, config_kwargs["num_labels"])
+    )
     if new_head:
-        logger.warning("%s predicts %s labels, the data has %d: its classifier is replaced by a new one", path, saved_labels, config_kwargs["num_labels"])
+        logger.warning(
+            "%s predicts %s labels, the data has %d: its classifier is replaced by a new one",
+            path,
+            saved_labels,
+            config_kwargs["num_labels"],
+        )
     if (folder / RECIPE_FILE).is_file():
         if task in heads and not new_head:
             return load_model(path, task, **config_kwargs)
@@ -107,7 +118,9 @@ def load_pretrained(path: str, task: str, **config_kwargs: Any) -> torch.nn.Modu
         config = transformers.AutoConfig.from_pretrained(path, **config_kwargs)
         return auto.from_pretrained(path, config=config, ignore_mismatched_sizes=new_head)
     except (OSError, ValueError) as err:
-        raise SparseforgeError(f"cannot load a {task} model from {path}: {str(err).splitlines()[0]}") from None
+        raise SparseforgeError(
+            f"cannot load a {task} model from {path}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 NO_TEACHER = ("disable", "none", "")
@@ -150,7 +163,9 @@ def load_teacher(
     return resolve_teacher(teacher, student)
 
 
-def _load_teacher_folder(path: str, student: torch.nn.Module, task: str | None, student_tokenizer: Any) -> torch.nn.Module:
+def _load_teacher_folder(
+    path: str, student: torch.nn.Module, task: str | None, student_tokenizer: Any
+) -> torch.nn.Module:
     if not os.path.isdir(path):
         raise ModelMatchError(f"--distill_teacher {path}: not a model folder, 'self' or 'disable'")
     check_teacher_folder(path, task, getattr(getattr(student, "config", None), "num_labels", None))
@@ -162,7 +177,9 @@ def _load_teacher_folder(path: str, student: torch.nn.Module, task: str | None, 
 def _check_teacher_module(teacher: Any, student: torch.nn.Module) -> None:
     """Same head and same vocabulary as the student."""
     if not isinstance(teacher, torch.nn.Module):
-        raise ModelMatchError(f"distillation teacher must be a model, a folder, 'self' or 'disable', got {teacher!r}")
+        raise ModelMatchError(
+            f"distillation teacher must be a model, a folder, 'self' or 'disable', got {teacher!r}"
+        )
     student_task, teacher_task = task_of(student), task_of(teacher)
     if student_task and teacher_task and student_task != teacher_task:
         raise ModelMatchError(
@@ -190,7 +207,9 @@ def check_teacher_folder(path: str, task: str | None, num_labels: int | None = N
     right after parsing so a bad teacher fails before data is read."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
-        raise ModelMatchError(f"--distill_teacher {path}: not a model folder (no config.json), 'self' or 'disable'")
+        raise ModelMatchError(
+            f"--distill_teacher {path}: not a model folder (no config.json), 'self' or 'disable'"
+        )
     config = json.loads(config_file.read_text(encoding="utf-8"))
     architectures = config.get("architectures") or []
     heads = [task_of(name) for name in architectures]
@@ -278,7 +297,9 @@ def _check_weights(folder: Path) -> None:
                 with safe_open(str(file), framework="pt"):
                     pass
             except (SafetensorError, OSError) as err:
-                raise SparseforgeError(f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})") from None
+                raise SparseforgeError(
+                    f"{file} is damaged (truncated or not safetensors: {str(err).splitlines()[0]})"
+                ) from None
 
 
 def _check_archives(folder: Path) -> None:
@@ -289,9 +310,13 @@ def _check_archives(folder: Path) -> None:
             with zipfile.ZipFile(file) as archive:
                 bad = archive.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as err:
-            raise SparseforgeError(f"{file} is damaged ({err}); resume from an earlier checkpoint") from None
+            raise SparseforgeError(
+                f"{file} is damaged ({err}); resume from an earlier checkpoint"
+            ) from None
         if bad is not None:
-            raise SparseforgeError(f"{file} is damaged (member {bad} fails its checksum); resume from an earlier checkpoint")
+            raise SparseforgeError(
+                f"{file} is damaged (member {bad} fails its checksum); resume from an earlier checkpoint"
+            )
 
 
 def _required_files(folder: Path, needs_manager_state: bool) -> list[str]:
@@ -301,9 +326,15 @@ def _required_files(folder: Path, needs_manager_state: bool) -> list[str]:
     marker = folder / CHECKPOINT_MARKER
     if marker.is_file():
         try:
-            required += [name for name in json.loads(marker.read_text(encoding="utf-8"))["files"] if name != CHECKPOINT_MARKER]
+            required += [
+                name
+                for name in json.loads(marker.read_text(encoding="utf-8"))["files"]
+                if name != CHECKPOINT_MARKER
+            ]
         except (ValueError, KeyError, TypeError):
-            raise SparseforgeError(f"{marker} is damaged (not the JSON sparseforge writes)") from None
+            raise SparseforgeError(
+                f"{marker} is damaged (not the JSON sparseforge writes)"
+            ) from None
     return required
 
 
@@ -317,11 +348,17 @@ def _check_json_files(folder: Path) -> None:
             content = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise SparseforgeError(f"{folder / name} is damaged (not JSON: {err})") from None
-        if not isinstance(content, dict) or (name == TRAINER_STATE_FILE and not isinstance(content.get("global_step"), int)):
-            raise SparseforgeError(f"{folder / name} is damaged (not the JSON object a checkpoint holds)")
+        if not isinstance(content, dict) or (
+            name == TRAINER_STATE_FILE and not isinstance(content.get("global_step"), int)
+        ):
+            raise SparseforgeError(
+                f"{folder / name} is damaged (not the JSON object a checkpoint holds)"
+            )
 
 
-def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> dict[str, Any] | None:
+def check_checkpoint(
+    path: str | os.PathLike, *, needs_manager_state: bool
+) -> dict[str, Any] | None:
     """Refuse to resume from a checkpoint that is incomplete or damaged, naming the file, before
     anything is trained. Returns the recipe state (`manager_state.pt`) when `needs_manager_state`."""
     folder = Path(path)
@@ -329,17 +366,27 @@ def check_checkpoint(path: str | os.PathLike, *, needs_manager_state: bool) -> d
         raise SparseforgeError(f"--resume_from_checkpoint {folder}: not a folder")
     for name in dict.fromkeys(_required_files(folder, needs_manager_state)):
         if not (folder / name).is_file():
-            why = "the recipe's state (schedule, masks) cannot be restored" if name == MANAGER_STATE_NAME else "the checkpoint is incomplete"
-            raise SparseforgeError(f"cannot resume from {folder}: {name} is missing ({why}); resume from a complete checkpoint-N")
+            why = (
+                "the recipe's state (schedule, masks) cannot be restored"
+                if name == MANAGER_STATE_NAME
+                else "the checkpoint is incomplete"
+            )
+            raise SparseforgeError(
+                f"cannot resume from {folder}: {name} is missing ({why}); resume from a complete checkpoint-N"
+            )
     _check_json_files(folder)
     _check_weights(folder)
     _check_archives(folder)
     if not needs_manager_state:
         return None
     try:
-        manager_state = torch.load(folder / MANAGER_STATE_NAME, map_location="cpu", weights_only=True)
+        manager_state = torch.load(
+            folder / MANAGER_STATE_NAME, map_location="cpu", weights_only=True
+        )
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise SparseforgeError(f"{folder / MANAGER_STATE_NAME} is damaged ({type(err).__name__})") from None
+        raise SparseforgeError(
+            f"{folder / MANAGER_STATE_NAME} is damaged ({type(err).__name__})"
+        ) from None
     if not isinstance(manager_state, dict):
         raise SparseforgeError(f"{folder / MANAGER_STATE_NAME} is damaged (not a recipe state)")
     return manager_state
@@ -451,24 +498,41 @@ class SparseTrainer(Trainer):
             return
         if self.args.num_train_epochs != epochs:
             # Warn only when the user chose a number; TrainingArguments' default is not a choice.
-            default = next(f.default for f in dataclasses.fields(type(self.args)) if f.name == "num_train_epochs")
+            default = next(
+                f.default
+                for f in dataclasses.fields(type(self.args))
+                if f.name == "num_train_epochs"
+            )
             report = logger.warning if self.args.num_train_epochs != default else logger.info
             report(
-                "the recipe runs %g epochs: num_train_epochs %g is replaced by %g", epochs, self.args.num_train_epochs, epochs
+                "the recipe runs %g epochs: num_train_epochs %g is replaced by %g",
+                epochs,
+                self.args.num_train_epochs,
+                epochs,
             )
             self.args.num_train_epochs = epochs
         if self.args.max_steps > 0:
-            logger.warning("max_steps=%d overrides the recipe's %g epochs: the recipe may not finish", self.args.max_steps, epochs)
+            logger.warning(
+                "max_steps=%d overrides the recipe's %g epochs: the recipe may not finish",
+                self.args.max_steps,
+                epochs,
+            )
 
     def _check_teacher_outputs(self) -> None:
         """Run student and teacher on two training examples: their logits must have one shape."""
         dataset = self.train_dataset if self.train_dataset is not None else self.eval_dataset
         if dataset is None or isinstance(dataset, Mapping) or not hasattr(dataset, "__getitem__"):
             return
-        accepted = set(inspect.signature(self.model.forward).parameters) | {"label", "labels", "label_ids"}
+        accepted = set(inspect.signature(self.model.forward).parameters) | {
+            "label",
+            "labels",
+            "label_ids",
+        }
         try:
             examples = [dataset[i] for i in range(min(2, len(dataset)))]
-            examples = [{k: v for k, v in ex.items() if k in accepted} for ex in examples]  # as remove_unused_columns
+            examples = [
+                {k: v for k, v in ex.items() if k in accepted} for ex in examples
+            ]  # as remove_unused_columns
             batch = self._prepare_inputs(self.data_collator(examples))
         except Exception as err:  # noqa: BLE001 - the check is best-effort; training reports real errors
             logger.debug("teacher output check skipped: %s", err)
@@ -483,7 +547,9 @@ class SparseTrainer(Trainer):
                 student = self.model(**inputs)
                 teacher = self.teacher(**filter_teacher_inputs(self.teacher, batch, None))
         except Exception as err:  # noqa: BLE001
-            raise ModelMatchError(f"the distillation teacher cannot run on the student's inputs: {err}") from None
+            raise ModelMatchError(
+                f"the distillation teacher cannot run on the student's inputs: {err}"
+            ) from None
         finally:
             self.model.train(was_training)
         teacher_items = dict(output_items(teacher, None))
@@ -497,7 +563,11 @@ class SparseTrainer(Trainer):
 
     def manager_steps_per_epoch(self) -> int:
         """Optimizer steps per epoch: ceil(len(train) / (per-device batch * world size * accumulation))."""
-        per_step = self.args.per_device_train_batch_size * max(1, self.args.world_size) * self.args.gradient_accumulation_steps
+        per_step = (
+            self.args.per_device_train_batch_size
+            * max(1, self.args.world_size)
+            * self.args.gradient_accumulation_steps
+        )
         count = len(self.train_dataset) if self.train_dataset is not None else per_step
         steps = count // per_step if self.args.dataloader_drop_last else math.ceil(count / per_step)
         return max(1, steps)
@@ -520,9 +590,17 @@ class SparseTrainer(Trainer):
             self._manager_resume_state = None
         return self.optimizer
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None) -> Any:
-        if self.manager is not None and self.manager.controls_learning_rate and self.lr_scheduler is None:
-            self.lr_scheduler = _RecipeOwnsLR(optimizer if optimizer is not None else self.optimizer)
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Any:
+        if (
+            self.manager is not None
+            and self.manager.controls_learning_rate
+            and self.lr_scheduler is None
+        ):
+            self.lr_scheduler = _RecipeOwnsLR(
+                optimizer if optimizer is not None else self.optimizer
+            )
             self._created_lr_scheduler = True
             return self.lr_scheduler
         return super().create_scheduler(num_training_steps, optimizer)
@@ -538,7 +616,9 @@ class SparseTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         student_inputs = dict(inputs)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
-        loss = self.manager.loss_update(loss, student_outputs=outputs, student_inputs=student_inputs)
+        loss = self.manager.loss_update(
+            loss, student_outputs=outputs, student_inputs=student_inputs
+        )
         return (loss, outputs) if return_outputs else loss
 
     def training_step(
@@ -587,7 +667,9 @@ class SparseTrainer(Trainer):
                 logs["learning_rate"] = recipe_logs["learning_rate"]
             for key, value in recipe_logs.items():
                 logs.setdefault(key, value)
-        if "train_runtime" in logs:  # the final training metrics: next comes the end-of-training cleanup
+        if (
+            "train_runtime" in logs
+        ):  # the final training metrics: next comes the end-of-training cleanup
             self._training_ended = True
         super().log(logs, start_time)
 
@@ -622,7 +704,11 @@ class SparseTrainer(Trainer):
         run_dir = Path(self._get_output_dir(trial))
         name = f"{CHECKPOINT_PREFIX}{self.state.global_step}"
         final, staging_root = run_dir / name, run_dir / f"{STAGING_PREFIX}{name}"
-        if final.exists() and final not in self._checkpoints_written and not is_sparseforge_checkpoint(final):
+        if (
+            final.exists()
+            and final not in self._checkpoints_written
+            and not is_sparseforge_checkpoint(final)
+        ):
             raise SparseforgeError(
                 f"{final} exists and was not written by sparseforge: it is not replaced; move it or choose another --output_dir"
             )
@@ -645,9 +731,17 @@ class SparseTrainer(Trainer):
         if self.manager is not None and self.manager.state is not None:
             torch.save(self.manager.state_dict(), staged / MANAGER_STATE_NAME)
         files = sorted(entry.name for entry in staged.iterdir())
-        marker = {"generator": GENERATOR, "step": self.state.global_step, "files": [*files, CHECKPOINT_MARKER]}
-        (staged / CHECKPOINT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
-        if final.exists():  # this run's own checkpoint of the same step (e.g. saved again after resuming)
+        marker = {
+            "generator": GENERATOR,
+            "step": self.state.global_step,
+            "files": [*files, CHECKPOINT_MARKER],
+        }
+        (staged / CHECKPOINT_MARKER).write_text(
+            json.dumps(marker, indent=2) + "\n", encoding="utf-8"
+        )
+        if (
+            final.exists()
+        ):  # this run's own checkpoint of the same step (e.g. saved again after resuming)
             shutil.rmtree(final)
         os.replace(staged, final)
         staging_root.rmdir()
@@ -661,7 +755,10 @@ class SparseTrainer(Trainer):
             for path in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
             if path.is_dir()
             and checkpoint_step(path) is not None
-            and (path in self._checkpoints_written or (self._resumed_lineage(run_dir) and is_sparseforge_checkpoint(path)))
+            and (
+                path in self._checkpoints_written
+                or (self._resumed_lineage(run_dir) and is_sparseforge_checkpoint(path))
+            )
         ]
         return sorted(own, key=checkpoint_step)
 
@@ -699,10 +796,17 @@ class SparseTrainer(Trainer):
     def _resumed_lineage(self, run_dir: Path) -> bool:
         """Whether this run resumed from a checkpoint in `run_dir`: its older checkpoints are this
         training's too, and rotate as they would have without the interruption."""
-        return self._resume_checkpoint is not None and Path(self._resume_checkpoint).resolve().parent == run_dir.resolve()
+        return (
+            self._resume_checkpoint is not None
+            and Path(self._resume_checkpoint).resolve().parent == run_dir.resolve()
+        )
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        state = check_checkpoint(resume_from_checkpoint, needs_manager_state=self.manager is not None)
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+    ) -> None:
+        state = check_checkpoint(
+            resume_from_checkpoint, needs_manager_state=self.manager is not None
+        )
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         self._resume_checkpoint = str(resume_from_checkpoint)
         if self.manager is not None:
@@ -728,7 +832,13 @@ def one_shot(trainer: SparseTrainer) -> None:
     manager.apply(trainer.model, distillation_teacher=None, grad_sampler=trainer.grad_sampler)
 
 
-def export_onnx(model_dir: str | os.PathLike, export_dir: str | os.PathLike, task: str, sequence_length: int | None = None, num_samples: int = 0) -> Path:
+def export_onnx(
+    model_dir: str | os.PathLike,
+    export_dir: str | os.PathLike,
+    task: str,
+    sequence_length: int | None = None,
+    num_samples: int = 0,
+) -> Path:
     """`--onnx_export_path`: export the saved model folder with `sparseforge.export.to_onnx`
     (verified against PyTorch; an ExportError otherwise)."""
     from sparseforge.export import to_onnx

@@ -287,7 +287,9 @@ def test_gradual_obs_resume_is_bit_identical():
     def setup():
         model, manager = mlp(n_in=8), Manager(GRADUAL)
         optimizer = manager.modify(
-            model, torch.optim.AdamW(model.parameters(), lr=0.01), steps_per_epoch=4,
+            model,
+            torch.optim.AdamW(model.parameters(), lr=0.01),
+            steps_per_epoch=4,
             grad_sampler=Sampler(batches=8, n_in=8),
         )
         return model, optimizer, manager
@@ -334,7 +336,9 @@ def test_fisher_inverse_round_off_is_an_error_not_nan_weights():
     # a modifier due at epoch 0 runs inside modify(), as in SparseML (issue 18.6)
     with pytest.raises(SparseforgeError, match=r"Fisher inverse of 0.weight .*raise damp"):
         manager.modify(
-            model, torch.optim.SGD(model.parameters(), lr=0.0), steps_per_epoch=1,
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            steps_per_epoch=1,
             grad_sampler=LargeGradSampler(),
         )
     for key, value in model.state_dict().items():

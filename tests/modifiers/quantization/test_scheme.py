@@ -86,7 +86,9 @@ def test_llm_compressor_presets():
     from sparseforge.modifiers.quantization.scheme import QuantizationScheme
 
     w8a8 = QuantizationScheme.load("W8A8")
-    assert w8a8.weights.num_bits == 8 and w8a8.weights.strategy == "channel" and w8a8.weights.symmetric
+    assert (
+        w8a8.weights.num_bits == 8 and w8a8.weights.strategy == "channel" and w8a8.weights.symmetric
+    )
     assert w8a8.input_activations.num_bits == 8 and w8a8.input_activations.symmetric
     w4a16 = QuantizationScheme.load("w4a16")
     assert w4a16.input_activations is None and w4a16.weights.num_bits == 4

@@ -28,7 +28,9 @@ def test_read_text_drops_blank_lines_and_json_columns(tmp_path):
     assert len(dataset) < len(CORPUS_A.read_text().splitlines())  # the fixture has blank lines
 
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("\n".join(json.dumps({"id": i, "body": line}) for i, line in enumerate(_lines(CORPUS_B))))
+    rows.write_text(
+        "\n".join(json.dumps({"id": i, "body": line}) for i, line in enumerate(_lines(CORPUS_B)))
+    )
     dataset = mlm.read_text(str(rows), "--train_file", None, text_column="body")
     assert dataset.column_names == ["text"] and list(dataset["text"]) == _lines(CORPUS_B)
     with pytest.raises(DataError, match="no column 'missing'"):
@@ -36,7 +38,9 @@ def test_read_text_drops_blank_lines_and_json_columns(tmp_path):
 
 
 def test_validation_split_is_first_percent_and_corpora_concatenate():
-    args = mlm.MaskedLanguageModelingDataArguments(train_file=str(CORPUS_A), train_file_2=str(CORPUS_B), validation_split_percentage=10)
+    args = mlm.MaskedLanguageModelingDataArguments(
+        train_file=str(CORPUS_A), train_file_2=str(CORPUS_B), validation_split_percentage=10
+    )
     raw = mlm.load_mlm_datasets(args, None)
     everything = _lines(CORPUS_A) + _lines(CORPUS_B)
     cut = len(everything) * 10 // 100
@@ -47,7 +51,10 @@ def test_validation_split_is_first_percent_and_corpora_concatenate():
 
 
 def test_group_texts_cuts_equal_blocks():
-    batch = {"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "attention_mask": [[1] * 3, [1] * 2, [1] * 4]}
+    batch = {
+        "input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]],
+        "attention_mask": [[1] * 3, [1] * 2, [1] * 4],
+    }
     grouped = mlm.group_texts(batch, block_size=4)
     assert grouped["input_ids"] == [[1, 2, 3, 4], [5, 6, 7, 8]]  # the remainder [9] is dropped
     assert grouped["attention_mask"] == [[1] * 4, [1] * 4]
@@ -60,7 +67,9 @@ def test_collator_masks_about_mlm_probability(tiny_tokenizer):
     torch.manual_seed(0)
     collator = DataCollatorForLanguageModeling(tokenizer=tiny_tokenizer, mlm_probability=0.3)
     features = mlm.tokenize_lines({"text": _lines(CORPUS_A)}, tiny_tokenizer, 32, "max_length")
-    batch = collator([{k: features[k][i] for k in features} for i in range(len(features["input_ids"]))])
+    batch = collator(
+        [{k: features[k][i] for k in features} for i in range(len(features["input_ids"]))]
+    )
     labelled = batch["labels"] != -100
     real_tokens = torch.tensor(features["special_tokens_mask"]) == 0
     real_tokens &= torch.tensor(features["attention_mask"]) == 1
@@ -78,7 +87,9 @@ def test_metrics_helpers():
 
 
 def _train(argv):
-    return sparseforge_main(["train", "masked-language-modeling", *argv, "--report_to", "none", "--save_strategy", "no"])
+    return sparseforge_main(
+        ["train", "masked-language-modeling", *argv, "--report_to", "none", "--save_strategy", "no"]
+    )
 
 
 def _always_predicts(model_dir, word):
@@ -105,9 +116,26 @@ def test_cli_two_corpora_reports_perplexity(tiny_model_dir, tmp_path, line_by_li
     corpus_a.write_text("the the the the the the the the\n" * 8 + CORPUS_A.read_text())
     out = tmp_path / "out"
     argv = [
-        "--model_name_or_path", str(model), "--train_file", str(corpus_a), "--train_file_2", str(CORPUS_B),
-        "--validation_split_percentage", "10", "--do_train", "--do_eval", "--max_seq_length", "32",
-        "--mlm_probability", "0.2", "--per_device_train_batch_size", "8", "--num_train_epochs", "1", "--output_dir", str(out),
+        "--model_name_or_path",
+        str(model),
+        "--train_file",
+        str(corpus_a),
+        "--train_file_2",
+        str(CORPUS_B),
+        "--validation_split_percentage",
+        "10",
+        "--do_train",
+        "--do_eval",
+        "--max_seq_length",
+        "32",
+        "--mlm_probability",
+        "0.2",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_train_epochs",
+        "1",
+        "--output_dir",
+        str(out),
     ]
     assert (len(_lines(corpus_a)) + len(_lines(CORPUS_B))) * 10 // 100 <= 8
     assert _train(argv + (["--line_by_line"] if line_by_line else [])) == 0
@@ -121,9 +149,30 @@ def test_cli_two_corpora_reports_perplexity(tiny_model_dir, tmp_path, line_by_li
 def test_cli_offline_second_corpus_error(tiny_model_dir, tmp_path, capsys):
     model = tiny_model_dir("masked-language-modeling")
     capsys.readouterr()
-    code = _train(["--model_name_or_path", str(model), "--dataset_name", "wikitext", "--dataset_name_2", "bookcorpus",
-                   "--do_train", "--output_dir", str(tmp_path / "o")])
+    code = _train(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--dataset_name",
+            "wikitext",
+            "--dataset_name_2",
+            "bookcorpus",
+            "--do_train",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "offline" in err and err.count("\n") == 1
-    code = _train(["--model_name_or_path", str(model), "--dataset_name_2", "bookcorpus", "--do_train", "--output_dir", str(tmp_path / "o")])
+    code = _train(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--dataset_name_2",
+            "bookcorpus",
+            "--do_train",
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "--dataset_name_2 needs --dataset_name" in capsys.readouterr().err

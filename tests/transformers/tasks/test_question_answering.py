@@ -44,7 +44,9 @@ def _official_v11(dataset, predictions):
                     continue
                 truths = [a["text"] for a in qa["answers"]]
                 pred = predictions[qa["id"]]
-                exact += max(float(_official_normalize(pred) == _official_normalize(t)) for t in truths)
+                exact += max(
+                    float(_official_normalize(pred) == _official_normalize(t)) for t in truths
+                )
                 scores = []
                 for t in truths:
                     p_tok, t_tok = _official_normalize(pred).split(), _official_normalize(t).split()
@@ -108,7 +110,14 @@ def _batch(examples):
 
 def test_windows_overflow_and_labels_point_at_the_answer(tokenizer):
     examples = qa_utils.read_squad(TRAIN)
-    features = qa_utils.prepare_features(_batch(examples), tokenizer, max_seq_length=40, doc_stride=12, keep_offsets=True, pad_to_max_length=True)
+    features = qa_utils.prepare_features(
+        _batch(examples),
+        tokenizer,
+        max_seq_length=40,
+        doc_stride=12,
+        keep_offsets=True,
+        pad_to_max_length=True,
+    )
     n = len(features["input_ids"])
     assert n > len(examples)  # contexts overflow into several windows
     assert all(len(ids) == 40 for ids in features["input_ids"])
@@ -136,7 +145,14 @@ def test_window_that_cannot_fit_is_a_data_error(tokenizer):
 
 # ----- post-processing ---------------------------------------------------------------------------
 def _eval_features(tokenizer, examples, max_len=40, stride=12):
-    features = qa_utils.prepare_features(_batch(examples), tokenizer, max_seq_length=max_len, doc_stride=stride, keep_offsets=True, pad_to_max_length=True)
+    features = qa_utils.prepare_features(
+        _batch(examples),
+        tokenizer,
+        max_seq_length=max_len,
+        doc_stride=stride,
+        keep_offsets=True,
+        pad_to_max_length=True,
+    )
     rows = [{k: features[k][i] for k in features} for i in range(len(features["input_ids"]))]
     return rows
 
@@ -164,10 +180,16 @@ def test_postprocess_maps_logits_back_to_context_spans(tokenizer):
     target = examples[3]  # "the city of london", near the end of a long context
     start_char = target["answers"]["answer_start"][0]
     end_char = start_char + len(target["answers"]["text"][0])
-    start_logits, end_logits, window = _logits_for_span(features, target["id"], start_char, end_char)
+    start_logits, end_logits, window = _logits_for_span(
+        features, target["id"], start_char, end_char
+    )
     assert window > 0 and features[window - 1]["example_id"] == target["id"]  # not the first window
-    predictions, nbest, null_diffs = qa_utils.postprocess_predictions(examples, features, start_logits, end_logits, n_best_size=5)
-    assert predictions[target["id"]] == target["context"][start_char:end_char] == "the city of london"
+    predictions, nbest, null_diffs = qa_utils.postprocess_predictions(
+        examples, features, start_logits, end_logits, n_best_size=5
+    )
+    assert (
+        predictions[target["id"]] == target["context"][start_char:end_char] == "the city of london"
+    )
     best = nbest[target["id"]][0]
     assert best["offsets"] == [start_char, end_char]
     assert sum(c["probability"] for c in nbest[target["id"]]) == pytest.approx(1.0)
@@ -175,7 +197,9 @@ def test_postprocess_maps_logits_back_to_context_spans(tokenizer):
     assert set(predictions) == {e["id"] for e in examples}
 
     # a span longer than max_answer_length is never chosen
-    short, _, _ = qa_utils.postprocess_predictions(examples, features, start_logits, end_logits, max_answer_length=2)
+    short, _, _ = qa_utils.postprocess_predictions(
+        examples, features, start_logits, end_logits, max_answer_length=2
+    )
     assert short[target["id"]] != "the city of london"
     assert len(tokenizer.tokenize(short[target["id"]])) <= 2
 
@@ -192,7 +216,9 @@ def test_postprocess_v2_null_answer_and_threshold(tokenizer):
     target = examples[0]
     start_char = target["answers"]["answer_start"][0]
     end_char = start_char + len(target["answers"]["text"][0])
-    start_logits, end_logits, window = _logits_for_span(features, target["id"], start_char, end_char, high=3.0)
+    start_logits, end_logits, window = _logits_for_span(
+        features, target["id"], start_char, end_char, high=3.0
+    )
     for i, feature in enumerate(features):
         if feature["example_id"] == target["id"]:
             start_logits[i, 0] = end_logits[i, 0] = 4.0  # null score 8 > best span 6
@@ -202,7 +228,12 @@ def test_postprocess_v2_null_answer_and_threshold(tokenizer):
     assert predictions[target["id"]] == ""
     assert null_diffs[target["id"]] == pytest.approx(8.0 - 6.0)
     predictions, _, _ = qa_utils.postprocess_predictions(
-        examples, features, start_logits, end_logits, version_2_with_negative=True, null_score_diff_threshold=2.5
+        examples,
+        features,
+        start_logits,
+        end_logits,
+        version_2_with_negative=True,
+        null_score_diff_threshold=2.5,
     )
     assert predictions[target["id"]] == "paul"
 
@@ -225,12 +256,16 @@ def test_squad_metric_equals_official_formula():
 
     # a missing prediction scores 0, as in the official script
     partial = {ids[0]: "paul"}
-    assert qa_utils.squad_metrics(partial, examples) == pytest.approx(_official_v11(json.loads(DEV.read_text())["data"], partial))
+    assert qa_utils.squad_metrics(partial, examples) == pytest.approx(
+        _official_v11(json.loads(DEV.read_text())["data"], partial)
+    )
 
 
 def test_squad_v2_metric_no_answer_rules():
     examples = qa_utils.read_squad(DEV_V2)
-    predictions = {e["id"]: (e["answers"]["text"][0] if e["answers"]["text"] else "") for e in examples}
+    predictions = {
+        e["id"]: (e["answers"]["text"][0] if e["answers"]["text"] else "") for e in examples
+    }
     result = qa_utils.squad_metrics(predictions, examples, version_2=True)
     assert result["exact"] == result["f1"] == 100.0
     assert result["NoAns_total"] == 2 and result["HasAns_total"] == 3
@@ -241,9 +276,15 @@ def test_squad_v2_metric_no_answer_rules():
 
 
 def test_write_predictions(tmp_path):
-    path = qa_utils.write_predictions(tmp_path / "out", {"a": "paul"}, {"a": [{"text": "paul"}]}, {"a": -1.0})
+    path = qa_utils.write_predictions(
+        tmp_path / "out", {"a": "paul"}, {"a": [{"text": "paul"}]}, {"a": -1.0}
+    )
     assert json.loads(path.read_text()) == {"a": "paul"}
-    assert sorted(p.name for p in path.parent.iterdir()) == ["nbest_predictions.json", "null_odds.json", "predictions.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "nbest_predictions.json",
+        "null_odds.json",
+        "predictions.json",
+    ]
     shutil.rmtree(path.parent)
 
 
@@ -263,39 +304,66 @@ def test_seed_run_qa_command_scaled_down(tiny_model_dir, tmp_path):
     model = tiny_model_dir("question-answering", name="student")
     teacher = tiny_model_dir("question-answering", name="teacher", seed=1)
     out = tmp_path / "sparse70_quant"
-    code = _train([
-        "--model_name_or_path", str(model),
-        "--distill_teacher", str(teacher),
-        "--dataset_name", "squad", "--train_file", str(TRAIN), "--validation_file", str(DEV),
-        "--do_train",
-        "--do_eval",
-        "--evaluation_strategy", "epoch",
-        "--per_device_train_batch_size", "4",
-        "--learning_rate", "5e-5",
-        "--max_seq_length", "48",
-        "--doc_stride", "16",
-        "--output_dir", str(out),
-        "--cache_dir", str(tmp_path / "cache"),
-        "--preprocessing_num_workers", "2",
-        "--seed", "42",
-        "--num_train_epochs", "40",
-        "--recipe", str(SQUAD / "seed_recipe.md"),
-        "--onnx_export_path", str(out / "onnx"),
-        "--save_strategy", "epoch",
-        "--save_total_limit", "2",
-        "--fp16",
-    ])
+    code = _train(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--distill_teacher",
+            str(teacher),
+            "--dataset_name",
+            "squad",
+            "--train_file",
+            str(TRAIN),
+            "--validation_file",
+            str(DEV),
+            "--do_train",
+            "--do_eval",
+            "--evaluation_strategy",
+            "epoch",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "5e-5",
+            "--max_seq_length",
+            "48",
+            "--doc_stride",
+            "16",
+            "--output_dir",
+            str(out),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--preprocessing_num_workers",
+            "2",
+            "--seed",
+            "42",
+            "--num_train_epochs",
+            "40",
+            "--recipe",
+            str(SQUAD / "seed_recipe.md"),
+            "--onnx_export_path",
+            str(out / "onnx"),
+            "--save_strategy",
+            "epoch",
+            "--save_total_limit",
+            "2",
+            "--fp16",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert {"eval_exact_match", "eval_f1", "eval_loss"} <= set(results)
-    assert results["epoch"] == pytest.approx(2.0)  # the recipe's 2 epochs, not --num_train_epochs 40
+    assert results["epoch"] == pytest.approx(
+        2.0
+    )  # the recipe's 2 epochs, not --num_train_epochs 40
     predictions = json.loads((out / "predictions.json").read_text())
     dev = qa_utils.read_squad(DEV)
     assert set(predictions) == {e["id"] for e in dev}
     # every predicted answer is a span of its context
     assert all(predictions[e["id"]] in e["context"] for e in dev)
     assert qa_utils.squad_metrics(predictions, dev)["f1"] == pytest.approx(results["eval_f1"])
-    assert (out / "recipe.yaml").is_file() and "GMPruningModifier" in (out / "recipe.yaml").read_text()
+    assert (out / "recipe.yaml").is_file() and "GMPruningModifier" in (
+        out / "recipe.yaml"
+    ).read_text()
     assert len(list(out.glob("checkpoint-*"))) <= 2
     weights = load_file(str(out / "model.safetensors"))
     query = next(v for k, v in weights.items() if k.endswith("layer.0.attention.self.query.weight"))
@@ -315,23 +383,53 @@ def test_zoo_stubs_v2_and_predict(tiny_model_dir, tmp_path, monkeypatch):
     zoo.add(student_stub, tiny_model_dir("masked-language-modeling", name="upstream"))
     zoo.add(teacher_stub, tiny_model_dir("question-answering", name="teacher", seed=1))
     out = tmp_path / "v2"
-    code = _train([
-        "--model_name_or_path", student_stub,
-        "--distill_teacher", teacher_stub,
-        "--recipe", "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/base-none",  # shipped
-        "--recipe_args", '{"num_epochs": 1}',
-        "--train_file", str(TRAIN), "--validation_file", str(DEV_V2), "--test_file", str(DEV_V2),
-        "--version_2_with_negative", "--null_score_diff_threshold", "0.5", "--n_best_size", "5",
-        "--do_train", "--do_eval", "--do_predict", "--max_seq_length", "48", "--doc_stride", "16",
-        "--per_device_train_batch_size", "8", "--save_strategy", "no", "--output_dir", str(out),
-    ])
+    code = _train(
+        [
+            "--model_name_or_path",
+            student_stub,
+            "--distill_teacher",
+            teacher_stub,
+            "--recipe",
+            "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/base-none",  # shipped
+            "--recipe_args",
+            '{"num_epochs": 1}',
+            "--train_file",
+            str(TRAIN),
+            "--validation_file",
+            str(DEV_V2),
+            "--test_file",
+            str(DEV_V2),
+            "--version_2_with_negative",
+            "--null_score_diff_threshold",
+            "0.5",
+            "--n_best_size",
+            "5",
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--max_seq_length",
+            "48",
+            "--doc_stride",
+            "16",
+            "--per_device_train_batch_size",
+            "8",
+            "--save_strategy",
+            "no",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert {"eval_exact", "eval_f1", "eval_HasAns_f1", "eval_NoAns_exact"} <= set(results)
     assert results["eval_NoAns_total"] == 2
-    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForQuestionAnswering"]
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "BertForQuestionAnswering"
+    ]
     for prefix in ("", "predict_"):
-        assert set(json.loads((out / f"{prefix}predictions.json").read_text())) == {e["id"] for e in qa_utils.read_squad(DEV_V2)}
+        assert set(json.loads((out / f"{prefix}predictions.json").read_text())) == {
+            e["id"] for e in qa_utils.read_squad(DEV_V2)
+        }
         assert (out / f"{prefix}null_odds.json").is_file()
     assert "predict_f1" in json.loads((out / "predict_results.json").read_text())
 
@@ -341,9 +439,32 @@ def test_cli_one_line_errors(tiny_model_dir, tmp_path, capsys):
     cases = [
         (["--dataset_name", "squad", "--do_train"], "offline"),
         (["--train_file", str(tmp_path / "missing.json"), "--do_train"], "not found"),
-        (["--train_file", str(TRAIN), "--do_train", "--max_seq_length", "32", "--doc_stride", "40"], "--doc_stride"),
-        (["--train_file", str(TRAIN), "--do_train", "--do_eval"], "--do_eval needs evaluation data"),
-        (["--train_file", str(TRAIN), "--do_train", "--recipe", "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/pruned95"], "nearest known"),
+        (
+            [
+                "--train_file",
+                str(TRAIN),
+                "--do_train",
+                "--max_seq_length",
+                "32",
+                "--doc_stride",
+                "40",
+            ],
+            "--doc_stride",
+        ),
+        (
+            ["--train_file", str(TRAIN), "--do_train", "--do_eval"],
+            "--do_eval needs evaluation data",
+        ),
+        (
+            [
+                "--train_file",
+                str(TRAIN),
+                "--do_train",
+                "--recipe",
+                "zoo:nlp/question_answering/obert-base/pytorch/huggingface/squad/pruned95",
+            ],
+            "nearest known",
+        ),
     ]
     for index, (argv, message) in enumerate(cases):
         out = tmp_path / f"out{index}"

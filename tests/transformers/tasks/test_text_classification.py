@@ -34,17 +34,28 @@ distillation_modifiers:
 
 def _common(model_dir: Path, out: Path, report_to: str = "none") -> list[str]:
     return [
-        "train", "text-classification",
-        "--model_name_or_path", str(model_dir),
-        "--output_dir", str(out),
-        "--per_device_train_batch_size", "8",
-        "--per_device_eval_batch_size", "16",
-        "--max_seq_length", "16",
-        "--report_to", report_to,
-        "--disable_tqdm", "true",
-        "--save_strategy", "no",
-        "--logging_steps", "2",
-        "--seed", "1",
+        "train",
+        "text-classification",
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--max_seq_length",
+        "16",
+        "--report_to",
+        report_to,
+        "--disable_tqdm",
+        "true",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "2",
+        "--seed",
+        "1",
     ]
 
 
@@ -62,7 +73,9 @@ def _pruned_model(tiny_model_dir) -> Path:
     return model_dir
 
 
-def _recomputed_multilabel_f1(model_dir: Path, json_file: Path, max_length: int = 16) -> tuple[float, float]:
+def _recomputed_multilabel_f1(
+    model_dir: Path, json_file: Path, max_length: int = 16
+) -> tuple[float, float]:
     """Micro and macro F1 of the saved model (sigmoid > 0.3) on a JSON-lines file of text, labels,
     counted here label by label without the Trainer or sparseforge's metrics."""
     import transformers
@@ -70,7 +83,13 @@ def _recomputed_multilabel_f1(model_dir: Path, json_file: Path, max_length: int 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     rows = [json.loads(line) for line in json_file.read_text().splitlines() if line.strip()]
-    batch = tokenizer([row["text"] for row in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = tokenizer(
+        [row["text"] for row in rows],
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         predicted = (torch.sigmoid(model(**batch).logits) > 0.3).tolist()
     counts = []  # (true positives, false positives, false negatives) per label
@@ -100,7 +119,13 @@ def _recomputed_accuracy(model_dir: Path, csv_file: Path, max_length: int = 16) 
     model = transformers.AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
     with csv_file.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    batch = tokenizer([row["sentence"] for row in rows], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = tokenizer(
+        [row["sentence"] for row in rows],
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         predicted = model(**batch).logits.argmax(-1).tolist()
     labels = [model.config.label2id[row["label"]] for row in rows]
@@ -110,7 +135,11 @@ def _recomputed_accuracy(model_dir: Path, csv_file: Path, max_length: int = 16) 
 def _zeros(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return {k: v == 0 for k, v in load_file(str(folder / "model.safetensors")).items() if k.startswith("bert.encoder") and v.dim() == 2}
+    return {
+        k: v == 0
+        for k, v in load_file(str(folder / "model.safetensors")).items()
+        if k.startswith("bert.encoder") and v.dim() == 2
+    }
 
 
 @pytest.mark.slow
@@ -124,17 +153,46 @@ def test_sparse_transfer_csv_with_distillation_keeps_sparsity(tmp_path, tiny_mod
     # the label mapping apart (a one-class model scores 0.75 or 0.25, not 0.5 either way)
     lines = (DATA / "dev.csv").read_text().splitlines()
     dev = tmp_path / "dev.csv"
-    dev.write_text("\n".join([lines[0], *[r for r in lines[1:] if r.endswith("negative")][:6], *[r for r in lines[1:] if r.endswith("positive")][:2]]) + "\n")
+    dev.write_text(
+        "\n".join(
+            [
+                lines[0],
+                *[r for r in lines[1:] if r.endswith("negative")][:6],
+                *[r for r in lines[1:] if r.endswith("positive")][:2],
+            ]
+        )
+        + "\n"
+    )
     code = main(
         _common(model_dir, out)
         + [
-            "--train_file", str(DATA / "train.csv"), "--validation_file", str(dev),
-            "--recipe", str(recipe), "--recipe_args", "num_epochs=3", "--distill_teacher", str(teacher),
-            "--do_train", "--do_eval", "--evaluation_strategy", "epoch", "--num_train_epochs", "7", "--fp16",
+            "--train_file",
+            str(DATA / "train.csv"),
+            "--validation_file",
+            str(dev),
+            "--recipe",
+            str(recipe),
+            "--recipe_args",
+            "num_epochs=3",
+            "--distill_teacher",
+            str(teacher),
+            "--do_train",
+            "--do_eval",
+            "--evaluation_strategy",
+            "epoch",
+            "--num_train_epochs",
+            "7",
+            "--fp16",
         ]
     )
     assert code == 0
-    for name in ("model.safetensors", "config.json", "recipe.yaml", "eval_results.json", "tokenizer_config.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "recipe.yaml",
+        "eval_results.json",
+        "tokenizer_config.json",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "eval_results.json").read_text())
     assert results["epoch"] == 3.0  # the recipe's epochs, with recipe_args
@@ -161,29 +219,50 @@ def test_report_to_tensorboard_writes_sparsity_and_distillation_scalars(tmp_path
     recipe.write_text(TRANSFER_RECIPE)
     out = tmp_path / "out"
     args = _common(_pruned_model(tiny_model_dir), out, report_to="tensorboard") + [
-        "--train_file", str(DATA / "train.csv"), "--recipe", str(recipe), "--recipe_args", "num_epochs=1",
-        "--distill_teacher", "self", "--do_train", "--logging_steps", "1",
+        "--train_file",
+        str(DATA / "train.csv"),
+        "--recipe",
+        str(recipe),
+        "--recipe_args",
+        "num_epochs=1",
+        "--distill_teacher",
+        "self",
+        "--do_train",
+        "--logging_steps",
+        "1",
     ]
     assert main(args) == 0
     (event_dir,) = {path.parent for path in (out / "runs").rglob("events.out.tfevents.*")}
     events = EventAccumulator(str(event_dir)).Reload()
     tags = events.Tags()["scalars"]
-    assert {"train/sparsity/total", "train/distillation/teacher_loss", "train/learning_rate"} <= set(tags), tags
+    assert {
+        "train/sparsity/total",
+        "train/distillation/teacher_loss",
+        "train/learning_rate",
+    } <= set(tags), tags
     sparsity = events.Scalars("train/sparsity/total")
     # Half of each encoder matrix is zero (the rest of __ALL_PRUNABLE__ is dense), and it is held.
     assert len(sparsity) == 4 and 0.2 < sparsity[0].value < 0.5
     assert all(event.value == sparsity[0].value for event in sparsity)
 
 
-def test_report_to_a_missing_integration_fails_before_training(tmp_path, tiny_model_dir, capsys, monkeypatch):
+def test_report_to_a_missing_integration_fails_before_training(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name.startswith("tensorboard") else real_find_spec(name, *a)
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("tensorboard") else real_find_spec(name, *a),
     )
     out = tmp_path / "out"
-    args = _common(tiny_model_dir(), out, report_to="tensorboard") + ["--train_file", str(DATA / "train.csv"), "--do_train"]
+    args = _common(tiny_model_dir(), out, report_to="tensorboard") + [
+        "--train_file",
+        str(DATA / "train.csv"),
+        "--do_train",
+    ]
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -196,9 +275,23 @@ def test_pairs_from_json_lines_with_legacy_flags(tmp_path, tiny_model_dir):
     code = main(
         _common(tiny_model_dir(), out)
         + [
-            "--train_file", str(DATA / "pairs_train.json"), "--validation_file", str(DATA / "pairs_dev.json"),
-            "--input_column_names", "premise,hypothesis", "--max_train_samples", "16", "--max_eval_samples", "5",
-            "--do_train", "--do_eval", "--num_train_epochs", "1", "--no_cuda", "--pad_to_max_length", "false",
+            "--train_file",
+            str(DATA / "pairs_train.json"),
+            "--validation_file",
+            str(DATA / "pairs_dev.json"),
+            "--input_column_names",
+            "premise,hypothesis",
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "5",
+            "--do_train",
+            "--do_eval",
+            "--num_train_epochs",
+            "1",
+            "--no_cuda",
+            "--pad_to_max_length",
+            "false",
         ]
     )
     assert code == 0
@@ -213,8 +306,16 @@ def test_multi_label_reports_micro_and_macro_f1(tmp_path, tiny_model_dir):
     code = main(
         _common(tiny_model_dir(), out)
         + [
-            "--train_file", str(DATA / "multilabel_train.json"), "--validation_file", str(DATA / "multilabel_dev.json"),
-            "--label_column_name", "labels", "--do_train", "--do_eval", "--num_train_epochs", "1",
+            "--train_file",
+            str(DATA / "multilabel_train.json"),
+            "--validation_file",
+            str(DATA / "multilabel_dev.json"),
+            "--label_column_name",
+            "labels",
+            "--do_train",
+            "--do_eval",
+            "--num_train_epochs",
+            "1",
         ]
     )
     assert code == 0
@@ -222,7 +323,9 @@ def test_multi_label_reports_micro_and_macro_f1(tmp_path, tiny_model_dir):
     config = json.loads((out / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification" and len(config["id2label"]) == 3
     micro, macro = _recomputed_multilabel_f1(out, DATA / "multilabel_dev.json")
-    assert results["eval_f1_micro"] == pytest.approx(micro) and results["eval_f1_macro"] == pytest.approx(macro)
+    assert results["eval_f1_micro"] == pytest.approx(micro) and results[
+        "eval_f1_macro"
+    ] == pytest.approx(macro)
 
 
 @pytest.mark.slow
@@ -231,8 +334,19 @@ def test_glue_tsv_with_task_name_and_predictions(tmp_path, tiny_model_dir):
     code = main(
         _common(tiny_model_dir(), out)
         + [
-            "--task_name", "sst2", "--train_file", str(DATA / "sst2_train.tsv"), "--validation_ratio", "0.25",
-            "--test_file", str(DATA / "sst2_dev.tsv"), "--do_train", "--do_eval", "--do_predict", "--num_train_epochs", "1",
+            "--task_name",
+            "sst2",
+            "--train_file",
+            str(DATA / "sst2_train.tsv"),
+            "--validation_ratio",
+            "0.25",
+            "--test_file",
+            str(DATA / "sst2_dev.tsv"),
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--num_train_epochs",
+            "1",
         ]
     )
     assert code == 0
@@ -256,22 +370,44 @@ def test_glue_tsv_with_task_name_and_predictions(tmp_path, tiny_model_dir):
         (["--distill_teacher", "QA_TEACHER"], "same head"),
         (["NO_TOKENIZER"], "has no tokenizer: none of tokenizer.json, vocab.txt"),
         (["TRUNCATED_WEIGHTS"], "model.safetensors is damaged (truncated"),
-        (["--train_file", "REGRESSION", "--task_name", "stsb", "--input_column_names", "sentence"], "example 2, column 'label': label 'abc' is not a number"),
+        (
+            [
+                "--train_file",
+                "REGRESSION",
+                "--task_name",
+                "stsb",
+                "--input_column_names",
+                "sentence",
+            ],
+            "example 2, column 'label': label 'abc' is not a number",
+        ),
         (["--train_file", "EMPTY_LABEL"], "example 2, column 'label': the label is empty"),
-        (["--test_file", "UNSEEN", "--do_predict"], "example 1, column 'label': label 'weird' is not one of the training and validation data's labels (negative, positive)"),
-        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be a positive integer, got 0"),
+        (
+            ["--test_file", "UNSEEN", "--do_predict"],
+            "example 1, column 'label': label 'weird' is not one of the training and validation data's labels (negative, positive)",
+        ),
+        (
+            ["--per_device_train_batch_size", "0"],
+            "--per_device_train_batch_size must be a positive integer, got 0",
+        ),
         (["--bogus_flag", "1"], "unknown argument --bogus_flag"),
         (["--save_total_limt", "1"], "did you mean --save_total_limit?"),
     ],
 )
-def test_bad_inputs_fail_before_training_and_leave_nothing(tmp_path, tiny_model_dir, capsys, extra, message):
+def test_bad_inputs_fail_before_training_and_leave_nothing(
+    tmp_path, tiny_model_dir, capsys, extra, message
+):
     model_dir = tiny_model_dir()
     broken = tmp_path / "broken.csv"
     broken.write_bytes(b'sentence,label\n"unterminated,1\n\x00\xff,\n"a","b","c"\n')
     bad_recipe = tmp_path / "bad.yaml"
-    bad_recipe.write_text("modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, final_sparsty: 0.5, start_epoch: 0, end_epoch: 1}\n")
+    bad_recipe.write_text(
+        "modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, final_sparsty: 0.5, start_epoch: 0, end_epoch: 1}\n"
+    )
     (tmp_path / "regression.csv").write_text("sentence,label\nthe movie,0.5\na film,abc\n")
-    (tmp_path / "empty_label.csv").write_text("sentence,label\nthe movie,positive\na film,\nbad,negative\n")
+    (tmp_path / "empty_label.csv").write_text(
+        "sentence,label\nthe movie,positive\na film,\nbad,negative\n"
+    )
     (tmp_path / "unseen.csv").write_text("sentence,label\nthe movie,weird\n")
     if "NO_TOKENIZER" in extra:
         for path in model_dir.iterdir():
@@ -294,10 +430,17 @@ def test_bad_inputs_fail_before_training_and_leave_nothing(tmp_path, tiny_model_
     files = [] if "--train_file" in extra else ["--train_file", str(DATA / "train.csv")]
     out = tmp_path / "out"
     capsys.readouterr()
-    code = main(_common(model_dir, out) + files + ["--validation_file", str(DATA / "dev.csv"), "--do_train", "--do_eval"] + extra)
+    code = main(
+        _common(model_dir, out)
+        + files
+        + ["--validation_file", str(DATA / "dev.csv"), "--do_train", "--do_eval"]
+        + extra
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("sparseforge train: error:") and message in err[0], err
+    assert len(err) == 1 and err[0].startswith("sparseforge train: error:") and message in err[0], (
+        err
+    )
     assert not out.exists()
 
 
@@ -316,7 +459,9 @@ def test_label_scheme_and_input_columns():
 
     raw = datasets.DatasetDict(
         {
-            "train": datasets.Dataset.from_dict({"idx": [0, 1, 2], "text": ["a", "b", "c"], "label": ["neg", "pos", "neg"]}),
+            "train": datasets.Dataset.from_dict(
+                {"idx": [0, 1, 2], "text": ["a", "b", "c"], "label": ["neg", "pos", "neg"]}
+            ),
             "validation": datasets.Dataset.from_dict({"idx": [0], "text": ["d"], "label": ["mid"]}),
         }
     )
@@ -324,14 +469,24 @@ def test_label_scheme_and_input_columns():
     scheme = label_scheme(raw, args)
     assert scheme.names == ["mid", "neg", "pos"] and scheme.encode("pos") == 2
     assert input_columns(args, raw["train"].column_names) == ("text", None)
-    regression = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": [0.5, 1.0, 3.25]})})
+    regression = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"label": [0.5, 1.0, 3.25]})}
+    )
     assert label_scheme(regression, args).problem_type == "regression"
-    multi = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["[0, 2]", "1", "2,0"]})})
+    multi = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"label": ["[0, 2]", "1", "2,0"]})}
+    )
     scheme = label_scheme(multi, args)
-    assert scheme.problem_type == "multi_label_classification" and scheme.encode("2,0") == [1.0, 0.0, 1.0]
+    assert scheme.problem_type == "multi_label_classification" and scheme.encode("2,0") == [
+        1.0,
+        0.0,
+        1.0,
+    ]
     glue = TextClassificationDataArguments(task_name="rte")
     glue.check()
-    rte = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"label": ["entailment", "not_entailment"]})})
+    rte = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"label": ["entailment", "not_entailment"]})}
+    )
     assert label_scheme(rte, glue).encode("not_entailment") == 1
     assert input_columns(glue, []) == ("sentence1", "sentence2")
 
@@ -346,7 +501,16 @@ def test_one_shot_then_onnx_export(tmp_path, tiny_model_dir):
     out, onnx_dir = tmp_path / "out", tmp_path / "onnx"
     code = main(
         _common(tiny_model_dir(), out)
-        + ["--train_file", str(DATA / "train.csv"), "--do_train", "--recipe", str(recipe), "--one_shot", "--onnx_export_path", str(onnx_dir)]
+        + [
+            "--train_file",
+            str(DATA / "train.csv"),
+            "--do_train",
+            "--recipe",
+            str(recipe),
+            "--one_shot",
+            "--onnx_export_path",
+            str(onnx_dir),
+        ]
     )
     assert code == 0
     from safetensors.torch import load_file
@@ -354,11 +518,15 @@ def test_one_shot_then_onnx_export(tmp_path, tiny_model_dir):
     weights = load_file(str(out / "model.safetensors"))
     for layer in (0, 1):
         weight = weights[f"bert.encoder.layer.{layer}.intermediate.dense.weight"]
-        assert (weight == 0).float().mean().item() == pytest.approx(0.75, abs=1e-3)  # the recipe's end state
+        assert (weight == 0).float().mean().item() == pytest.approx(
+            0.75, abs=1e-3
+        )  # the recipe's end state
     assert (onnx_dir / "model.onnx").is_file() and (onnx_dir / "recipe.yaml").is_file()
 
 
-def test_one_shot_obs_takes_gradients_from_train_file_without_do_train(tmp_path, tiny_model_dir, capsys):
+def test_one_shot_obs_takes_gradients_from_train_file_without_do_train(
+    tmp_path, tiny_model_dir, capsys
+):
     recipe = tmp_path / "obs.yaml"
     recipe.write_text(
         "modifiers:\n  - !OBSPruningModifier {params: ['re:bert.encoder.layer.*.intermediate.dense.weight'], "
@@ -367,23 +535,38 @@ def test_one_shot_obs_takes_gradients_from_train_file_without_do_train(tmp_path,
     )
     model_dir = tiny_model_dir()
     out = tmp_path / "out"
-    code = main(_common(model_dir, out) + ["--train_file", str(DATA / "train.csv"), "--recipe", str(recipe), "--one_shot"])
+    code = main(
+        _common(model_dir, out)
+        + ["--train_file", str(DATA / "train.csv"), "--recipe", str(recipe), "--one_shot"]
+    )
     assert code == 0
     from safetensors.torch import load_file
 
-    weight = load_file(str(out / "model.safetensors"))["bert.encoder.layer.0.intermediate.dense.weight"]
+    weight = load_file(str(out / "model.safetensors"))[
+        "bert.encoder.layer.0.intermediate.dense.weight"
+    ]
     assert (weight == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
 
     # No training data at all: one line that says what to pass, and no output folder.
     capsys.readouterr()
-    code = main(_common(model_dir, tmp_path / "none") + ["--validation_file", str(DATA / "dev.csv"), "--recipe", str(recipe), "--one_shot"])
+    code = main(
+        _common(model_dir, tmp_path / "none")
+        + ["--validation_file", str(DATA / "dev.csv"), "--recipe", str(recipe), "--one_shot"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "OBSPruningModifier needs training batches" in err[0] and "--train_file" in err[0], err
+    assert (
+        code == 2
+        and len(err) == 1
+        and "OBSPruningModifier needs training batches" in err[0]
+        and "--train_file" in err[0]
+    ), err
     assert not (tmp_path / "none").exists()
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def _one_line_error(capsys) -> str:
@@ -405,7 +588,9 @@ def test_onnx_export_path_never_deletes_a_users_folder(tmp_path, tiny_model_dir,
         capsys.readouterr()
         assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(target)]) == 2
         line = _one_line_error(capsys)
-        assert f"--onnx_export_path {target}" in line and "not a sparseforge deployment folder" in line, line
+        assert (
+            f"--onnx_export_path {target}" in line and "not a sparseforge deployment folder" in line
+        ), line
         assert not out.exists()  # refused before training
     assert _tree(user) == user_before and _tree(model_dir) == model_before
     # Into the training's own output folder: refused too.
@@ -417,11 +602,20 @@ def test_onnx_export_path_never_deletes_a_users_folder(tmp_path, tiny_model_dir,
     empty.mkdir()
     assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(empty)]) == 0
     assert (empty / "model.onnx").is_file()
-    assert main(_common(model_dir, out) + train + ["--onnx_export_path", str(empty), "--overwrite_output_dir"]) == 0
+    assert (
+        main(
+            _common(model_dir, out)
+            + train
+            + ["--onnx_export_path", str(empty), "--overwrite_output_dir"]
+        )
+        == 0
+    )
 
 
 @pytest.mark.slow
-def test_overwrite_output_dir_replaces_only_what_sparseforge_wrote(tmp_path, tiny_model_dir, capsys):
+def test_overwrite_output_dir_replaces_only_what_sparseforge_wrote(
+    tmp_path, tiny_model_dir, capsys
+):
     model_dir = tiny_model_dir()
     out = tmp_path / "out"
     out.mkdir()
@@ -429,7 +623,14 @@ def test_overwrite_output_dir_replaces_only_what_sparseforge_wrote(tmp_path, tin
     (out / "checkpoint-5").mkdir()
     (out / "checkpoint-5" / "notes.txt").write_text("mine")
     before = _tree(out)
-    args = _common(model_dir, out) + ["--train_file", str(DATA / "train.csv"), "--do_train", "--num_train_epochs", "1", "--overwrite_output_dir"]
+    args = _common(model_dir, out) + [
+        "--train_file",
+        str(DATA / "train.csv"),
+        "--do_train",
+        "--num_train_epochs",
+        "1",
+        "--overwrite_output_dir",
+    ]
     capsys.readouterr()
     assert main(args) == 2
     line = _one_line_error(capsys)
@@ -446,7 +647,9 @@ def test_overwrite_output_dir_replaces_only_what_sparseforge_wrote(tmp_path, tin
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_output_dir_problems_are_one_line_errors_before_training(tmp_path, tiny_model_dir, capsys, monkeypatch):
+def test_output_dir_problems_are_one_line_errors_before_training(
+    tmp_path, tiny_model_dir, capsys, monkeypatch
+):
     model_dir = tiny_model_dir()
     train = ["--train_file", str(DATA / "train.csv"), "--do_train"]
     a_file = tmp_path / "a_file"
@@ -461,12 +664,19 @@ def test_output_dir_problems_are_one_line_errors_before_training(tmp_path, tiny_
     (users / "checkpoint-5" / "trainer_state.json").write_text('{"global_step": 5}')
     assert main(_common(model_dir, users) + train) == 2
     line = _one_line_error(capsys)
-    assert "holds checkpoint-5, which sparseforge did not write" in line and "--resume_from_checkpoint" in line
+    assert (
+        "holds checkpoint-5, which sparseforge did not write" in line
+        and "--resume_from_checkpoint" in line
+    )
     # A folder this process may not write into (root ignores chmod, so the check is simulated).
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw))
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw),
+    )
     assert main(_common(model_dir, locked / "out") + train) == 2
     assert f"cannot write into {locked}" in _one_line_error(capsys)
 
@@ -474,11 +684,27 @@ def test_output_dir_problems_are_one_line_errors_before_training(tmp_path, tiny_
 @pytest.mark.slow
 def test_resuming_a_damaged_checkpoint_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(TRANSFER_RECIPE.replace("distillation_modifiers:\n  - !DistillationModifier {hardness: 0.5, temperature: 2.0, distill_output_keys: [logits]}\n", ""))
+    recipe.write_text(
+        TRANSFER_RECIPE.replace(
+            "distillation_modifiers:\n  - !DistillationModifier {hardness: 0.5, temperature: 2.0, distill_output_keys: [logits]}\n",
+            "",
+        )
+    )
     out = tmp_path / "out"
     args = _common(tiny_model_dir(), out) + [
-        "--train_file", str(DATA / "train.csv"), "--do_train", "--recipe", str(recipe), "--recipe_args", "num_epochs=1",
-        "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2",
+        "--train_file",
+        str(DATA / "train.csv"),
+        "--do_train",
+        "--recipe",
+        str(recipe),
+        "--recipe_args",
+        "num_epochs=1",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--max_steps",
+        "2",
     ]
     assert main(args) == 0
     checkpoint = out / "checkpoint-2"

@@ -24,8 +24,17 @@ def tokenizer(tmp_path_factory):
 
 # ----- reading ------------------------------------------------------------------------------------
 def test_iob1_to_iob2_rule():
-    assert ner_utils.iob1_to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG", "I-MISC"]) == [
-        "B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC", "B-ORG", "B-MISC",
+    assert ner_utils.iob1_to_iob2(
+        ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC", "I-ORG", "I-MISC"]
+    ) == [
+        "B-PER",
+        "I-PER",
+        "O",
+        "B-LOC",
+        "B-LOC",
+        "I-LOC",
+        "B-ORG",
+        "B-MISC",
     ]
     iob2 = ["B-PER", "I-PER", "O", "B-LOC"]
     assert ner_utils.iob1_to_iob2(iob2) == iob2  # already IOB2: unchanged
@@ -33,11 +42,16 @@ def test_iob1_to_iob2_rule():
 
 def test_read_conll_sentences_docstart_at_end_and_columns():
     text = (CONLL / "train.txt").read_text()
-    assert not text.endswith("\n") and text.rstrip().endswith("-DOCSTART- -X- O O")  # the real files' quirk
+    assert not text.endswith("\n") and text.rstrip().endswith(
+        "-DOCSTART- -X- O O"
+    )  # the real files' quirk
     rows = ner_utils.read_conll(CONLL / "train.txt")
     blocks = [b for b in text.split("\n\n") if b.strip() and not b.startswith("-DOCSTART-")]
     assert len(rows) == len(blocks) == 5
-    assert all(len(r["tokens"]) == len(r["ner_tags"]) == len(r["pos_tags"]) == len(r["chunk_tags"]) for r in rows)
+    assert all(
+        len(r["tokens"]) == len(r["ner_tags"]) == len(r["pos_tags"]) == len(r["chunk_tags"])
+        for r in rows
+    )
     assert rows[0]["tokens"][:2] == ["John", "said"]
     assert rows[0]["ner_tags"] == ["B-PER", "O", "O", "O", "O", "O", "B-LOC", "O"]
     # "Paul John" is one person in IOB1; France I-ORG after O starts an entity; Paris B-LOC after
@@ -46,7 +60,9 @@ def test_read_conll_sentences_docstart_at_end_and_columns():
     assert rows[2]["ner_tags"] == ["O", "O", "O", "B-ORG", "O", "B-LOC", "B-LOC", "O", "O", "O"]
     assert rows[2]["chunk_tags"][:3] == ["B-NP", "I-NP", "B-PP"]
     assert rows[2]["pos_tags"][:2] == ["DT", "NN"]
-    assert ner_utils.read_conll(CONLL / "train.txt", convert_iob1=False)[0]["ner_tags"][0] == "I-PER"
+    assert (
+        ner_utils.read_conll(CONLL / "train.txt", convert_iob1=False)[0]["ner_tags"][0] == "I-PER"
+    )
 
 
 def test_read_conll_errors(tmp_path):
@@ -62,7 +78,9 @@ def test_read_conll_errors(tmp_path):
         ner_utils.read_conll(empty)
     two = tmp_path / "two.txt"
     two.write_text("John I-PER\nsaid O\n")
-    assert ner_utils.read_conll(two) == [{"id": "0", "tokens": ["John", "said"], "ner_tags": ["B-PER", "O"]}]
+    assert ner_utils.read_conll(two) == [
+        {"id": "0", "tokens": ["John", "said"], "ner_tags": ["B-PER", "O"]}
+    ]
 
 
 # ----- alignment ----------------------------------------------------------------------------------
@@ -72,12 +90,16 @@ def test_labels_follow_words_to_their_pieces(tokenizer):
     batch = {"tokens": [["Johnny", "said", "hi"]], "ner_tags": [["B-PER", "O", "O"]]}
     pieces = tokenizer.tokenize("johnny")
     assert len(pieces) > 1  # a word split into several pieces
-    kwargs = dict(tokenizer=tokenizer, text_column="tokens", label_column="ner_tags", label_to_id=to_id)
+    kwargs = dict(
+        tokenizer=tokenizer, text_column="tokens", label_column="ner_tags", label_to_id=to_id
+    )
     first_only = ner_utils.tokenize_and_align_labels(batch, **kwargs)["labels"][0]
     n = len(pieces)
     assert first_only[0] == -100 and first_only[-1] == -100  # [CLS], [SEP]
     assert first_only[1 : 1 + n] == [0] + [-100] * (n - 1)
-    every = ner_utils.tokenize_and_align_labels(batch, label_all_tokens=True, b_to_i_label=ner_utils.b_to_i(labels), **kwargs)["labels"][0]
+    every = ner_utils.tokenize_and_align_labels(
+        batch, label_all_tokens=True, b_to_i_label=ner_utils.b_to_i(labels), **kwargs
+    )["labels"][0]
     assert every[1 : 1 + n] == [0] + [1] * (n - 1)  # B-PER continues as I-PER
     assert ner_utils.b_to_i(labels) == [1, 1, 2]
 
@@ -87,7 +109,9 @@ def test_entity_metrics_against_hand_count():
     id_to_label = {0: "B-PER", 1: "I-PER", 2: "O", 3: "B-LOC"}
     labels = np.array([[-100, 0, 1, 2, 3, -100], [-100, 3, 2, 0, -100, -100]])
     predictions = np.array([[2, 0, 1, 2, 2, 2], [2, 3, 2, 3, 2, 2]])
-    result = ner_utils.entity_metrics(predictions, labels, id_to_label, return_entity_level_metrics=True)
+    result = ner_utils.entity_metrics(
+        predictions, labels, id_to_label, return_entity_level_metrics=True
+    )
     # gold entities: PER(1-2), LOC(4) | LOC(1), PER(3); predicted: PER(1-2) | LOC(1), LOC(3)
     # 4 gold, 3 predicted, 2 correct (PER(1-2), LOC(1)); tokens: 3/4 + 2/3 right
     assert result["precision"] == pytest.approx(2 / 3)
@@ -120,60 +144,155 @@ def test_all_o_predictions_are_reported_as_a_collapse(caplog):
 
 # ----- the CLI ------------------------------------------------------------------------------------
 def _run(argv):
-    return sparseforge_main(["train", "token-classification", *argv, "--report_to", "none", "--save_strategy", "no"])
+    return sparseforge_main(
+        ["train", "token-classification", *argv, "--report_to", "none", "--save_strategy", "no"]
+    )
 
 
 @pytest.mark.slow
 def test_cli_trains_on_conll_files(tiny_model_dir, tmp_path):
     model = tiny_model_dir("token-classification")
     out = tmp_path / "out"
-    code = _run([
-        "--model_name_or_path", str(model), "--train_file", str(CONLL / "train.txt"), "--validation_file", str(CONLL / "dev.txt"),
-        "--test_file", str(CONLL / "dev.txt"), "--do_train", "--do_eval", "--do_predict", "--max_seq_length", "32",
-        "--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--num_train_epochs", "2", "--output_dir", str(out),
-        "--return_entity_level_metrics", "--label_all_tokens", "--evaluation_strategy", "epoch",
-    ])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--train_file",
+            str(CONLL / "train.txt"),
+            "--validation_file",
+            str(CONLL / "dev.txt"),
+            "--test_file",
+            str(CONLL / "dev.txt"),
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--max_seq_length",
+            "32",
+            "--per_device_train_batch_size",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            "--num_train_epochs",
+            "2",
+            "--output_dir",
+            str(out),
+            "--return_entity_level_metrics",
+            "--label_all_tokens",
+            "--evaluation_strategy",
+            "epoch",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
-    assert {"eval_f1", "eval_precision", "eval_recall", "eval_accuracy", "eval_PER_f1", "eval_LOC_number"} <= set(results)
-    assert results["eval_PER_number"] == 2 and results["eval_LOC_number"] == 2 and results["eval_ORG_number"] == 1
+    assert {
+        "eval_f1",
+        "eval_precision",
+        "eval_recall",
+        "eval_accuracy",
+        "eval_PER_f1",
+        "eval_LOC_number",
+    } <= set(results)
+    assert (
+        results["eval_PER_number"] == 2
+        and results["eval_LOC_number"] == 2
+        and results["eval_ORG_number"] == 1
+    )
     config = json.loads((out / "config.json").read_text())
-    assert sorted(config["id2label"].values()) == ["B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER", "O"]
+    assert sorted(config["id2label"].values()) == [
+        "B-LOC",
+        "B-ORG",
+        "B-PER",
+        "I-LOC",
+        "I-ORG",
+        "I-PER",
+        "O",
+    ]
     lines = (out / "predictions.txt").read_text().splitlines()
     dev = ner_utils.read_conll(CONLL / "dev.txt")
-    assert [len(line.split()) for line in lines] == [len(row["tokens"]) for row in dev]  # one tag per word
+    assert [len(line.split()) for line in lines] == [
+        len(row["tokens"]) for row in dev
+    ]  # one tag per word
 
 
 @pytest.mark.slow
 def test_cli_json_pos_task_and_offline_dataset_error(tiny_model_dir, tmp_path, capsys):
     model = tiny_model_dir("token-classification")
     out = tmp_path / "pos"
-    code = _run([
-        "--model_name_or_path", str(model), "--train_file", str(CONLL / "train.txt"), "--validation_file", str(CONLL / "dev.txt"),
-        "--task_name", "pos", "--do_train", "--do_eval", "--max_seq_length", "32", "--max_steps", "2", "--output_dir", str(out),
-    ])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--train_file",
+            str(CONLL / "train.txt"),
+            "--validation_file",
+            str(CONLL / "dev.txt"),
+            "--task_name",
+            "pos",
+            "--do_train",
+            "--do_eval",
+            "--max_seq_length",
+            "32",
+            "--max_steps",
+            "2",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert "eval_accuracy" in results and "eval_f1" not in results  # POS tags are not entities
     assert "NNP" in json.loads((out / "config.json").read_text())["id2label"].values()
 
     out = tmp_path / "jsonl"
-    code = _run([
-        "--model_name_or_path", str(model), "--train_file", str(CONLL / "train.jsonl"), "--validation_file", str(CONLL / "train.jsonl"),
-        "--do_train", "--do_eval", "--max_seq_length", "32", "--max_steps", "1", "--output_dir", str(out),
-    ])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--train_file",
+            str(CONLL / "train.jsonl"),
+            "--validation_file",
+            str(CONLL / "train.jsonl"),
+            "--do_train",
+            "--do_eval",
+            "--max_seq_length",
+            "32",
+            "--max_steps",
+            "1",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0 and (out / "eval_results.json").is_file()
 
     capsys.readouterr()
-    code = _run(["--model_name_or_path", str(model), "--dataset_name", "conll2003", "--do_train", "--output_dir", str(tmp_path / "x")])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--dataset_name",
+            "conll2003",
+            "--do_train",
+            "--output_dir",
+            str(tmp_path / "x"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "offline" in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
-    code = _run([
-        "--model_name_or_path", str(model), "--train_file", str(CONLL / "train.txt"), "--label_column_name", "tags",
-        "--do_train", "--output_dir", str(tmp_path / "y"),
-    ])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--train_file",
+            str(CONLL / "train.txt"),
+            "--label_column_name",
+            "tags",
+            "--do_train",
+            "--output_dir",
+            str(tmp_path / "y"),
+        ]
+    )
     assert code == 2 and "no column 'tags'" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
 
@@ -185,16 +304,32 @@ def test_cli_one_shot_obs_without_do_train_uses_the_train_file(tiny_model_dir, t
         "end_epoch: 1.0, init_sparsity: 0.1, final_sparsity: 0.5, update_frequency: 0.5, num_grads: 2, fisher_block_size: 8}\n"
     )
     out = tmp_path / "out"
-    code = _run([
-        "--model_name_or_path", str(tiny_model_dir("token-classification")), "--train_file", str(CONLL / "train.txt"),
-        "--max_seq_length", "32", "--per_device_train_batch_size", "2", "--recipe", str(recipe), "--one_shot",
-        "--output_dir", str(out),
-    ])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(tiny_model_dir("token-classification")),
+            "--train_file",
+            str(CONLL / "train.txt"),
+            "--max_seq_length",
+            "32",
+            "--per_device_train_batch_size",
+            "2",
+            "--recipe",
+            str(recipe),
+            "--one_shot",
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert code == 0
     from safetensors.torch import load_file
 
     # The regex also matches attention.output.dense: four tensors, one global OBS target over them.
-    pruned = [t for name, t in load_file(str(out / "model.safetensors")).items() if name.endswith("output.dense.weight")]
+    pruned = [
+        t
+        for name, t in load_file(str(out / "model.safetensors")).items()
+        if name.endswith("output.dense.weight")
+    ]
     assert len(pruned) == 4
     assert sum(int((t == 0).sum()) for t in pruned) == sum(t.numel() for t in pruned) // 2
 
@@ -203,12 +338,21 @@ def test_cli_one_shot_obs_without_do_train_uses_the_train_file(tiny_model_dir, t
     "rows, message",
     [
         ([{"tokens": ["john", "said"]}], "no column 'ner_tags'"),
-        ([{"tokens": ["john", "said"], "ner_tags": ["B-PER", "O"]}, {"tokens": ["paul"]}], "example 2: 'ner_tags' holds nothing, not a list of tags"),
         (
-            [{"tokens": ["john", "said"], "ner_tags": ["B-PER", "O"]}, {"tokens": ["paul", "went"], "ner_tags": ["B-PER"]}],
+            [{"tokens": ["john", "said"], "ner_tags": ["B-PER", "O"]}, {"tokens": ["paul"]}],
+            "example 2: 'ner_tags' holds nothing, not a list of tags",
+        ),
+        (
+            [
+                {"tokens": ["john", "said"], "ner_tags": ["B-PER", "O"]},
+                {"tokens": ["paul", "went"], "ner_tags": ["B-PER"]},
+            ],
             "example 2 has 2 words in 'tokens' and 1 tags in 'ner_tags'; each word needs exactly one tag",
         ),
-        ([{"tokens": "john said", "ner_tags": ["B-PER", "O"]}], "example 1: 'tokens' holds str, not a list of words"),
+        (
+            [{"tokens": "john said", "ner_tags": ["B-PER", "O"]}],
+            "example 1: 'tokens' holds str, not a list of words",
+        ),
     ],
 )
 def test_cli_malformed_rows_are_one_line_errors(tiny_model_dir, tmp_path, capsys, rows, message):
@@ -216,7 +360,17 @@ def test_cli_malformed_rows_are_one_line_errors(tiny_model_dir, tmp_path, capsys
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out, model = tmp_path / "out", tiny_model_dir("token-classification")
     capsys.readouterr()
-    code = _run(["--model_name_or_path", str(model), "--train_file", str(data), "--do_train", "--output_dir", str(out)])
+    code = _run(
+        [
+            "--model_name_or_path",
+            str(model),
+            "--train_file",
+            str(data),
+            "--do_train",
+            "--output_dir",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "example" not in message or str(data) in err[0]

@@ -254,7 +254,14 @@ class GradualPruningModifier(PruningModifier):
     # Whether masks rank all parameters together (GlobalMagnitude, OBS) or each apart.
     global_by_default: ClassVar[bool] = False
     # SparseML's positional order: GMPruningModifier(0.05, 0.8, 0.0, 10.0, 1.0, ["re:.*weight"])
-    positional_fields = ("init_sparsity", "final_sparsity", "start_epoch", "end_epoch", "update_frequency", "params")
+    positional_fields = (
+        "init_sparsity",
+        "final_sparsity",
+        "start_epoch",
+        "end_epoch",
+        "update_frequency",
+        "params",
+    )
 
     init_sparsity: float | Literal["__FROM_PARAM__"]
     final_sparsity: float | dict[float, list[str]]

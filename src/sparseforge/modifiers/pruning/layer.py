@@ -58,7 +58,9 @@ def _returns_tuple(module: torch.nn.Module) -> bool:
 
 def _prunable_layers(model: torch.nn.Module) -> list[str]:
     """SparseML's `__ALL_PRUNABLE__` for layers: every Linear and ConvNd module."""
-    return [name for name, module in model.named_modules() if name and isinstance(module, _LAYER_TYPES)]
+    return [
+        name for name, module in model.named_modules() if name and isinstance(module, _LAYER_TYPES)
+    ]
 
 
 def _io_sizes(module: torch.nn.Module) -> tuple[int, int] | None:

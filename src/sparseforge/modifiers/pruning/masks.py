@@ -111,9 +111,7 @@ def _parse_block_shape(value: Sequence) -> MaskStructure:
     ):
         a, b = items
         return UNSTRUCTURED if (a, b) == (1, 1) else MaskStructure("block", (a, b))
-    raise ValueError(
-        f"a block mask_type is two positive integers [rows, columns], got {value!r}"
-    )
+    raise ValueError(f"a block mask_type is two positive integers [rows, columns], got {value!r}")
 
 
 # ----- grouping ----------------------------------------------------------------------------------

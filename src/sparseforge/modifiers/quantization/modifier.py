@@ -84,6 +84,8 @@ def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         logger.warning(message)
+
+
 _SCHEME_FIELDS = ("scheme", "scheme_overrides", "ignore")
 # Names by which a recipe may refer to the attention matmuls (SparseML's module was QATMatMul).
 _ATTENTION_TYPE_NAMES = {ATTENTION, "MatMul"}

@@ -192,13 +192,20 @@ class FakeQuantize(nn.Module):
         if not self.fake_quant_enabled:
             return rows
         if not self.per_channel:
-            return _fake_quantize(rows, self.scale, self.zero_point, -1, self.quant_min, self.quant_max)
+            return _fake_quantize(
+                rows, self.scale, self.zero_point, -1, self.quant_min, self.quant_max
+            )
         if self.ch_axis != 0:
             raise ValueError(f"row-wise fake quantization needs channel axis 0, got {self.ch_axis}")
         flat_index = index.reshape(-1)
         flat = rows.reshape(flat_index.numel(), -1)
         out = _fake_quantize(
-            flat, self.scale[flat_index], self.zero_point[flat_index], 0, self.quant_min, self.quant_max
+            flat,
+            self.scale[flat_index],
+            self.zero_point[flat_index],
+            0,
+            self.quant_min,
+            self.quant_max,
         )
         return out.reshape(rows.shape)
 

@@ -76,7 +76,9 @@ class QuantizationArgs(BaseModel):
             )
         return value
 
-    def fake_quantize(self, channels: int | None = None, columns: int | None = None) -> FakeQuantize:
+    def fake_quantize(
+        self, channels: int | None = None, columns: int | None = None
+    ) -> FakeQuantize:
         """A fresh FakeQuantize for these arguments: `channels` (rows) for strategy channel and
         group, `columns` (a weight's input width) for group."""
         return FakeQuantize(
@@ -102,7 +104,9 @@ class QuantizationArgs(BaseModel):
                 0,
             )
         except ValueError as err:
-            raise ModelMatchError(f"{owner}: {name} (weight {tuple(weight_shape)}): {err}") from None
+            raise ModelMatchError(
+                f"{owner}: {name} (weight {tuple(weight_shape)}): {err}"
+            ) from None
 
 
 def default_activation_args() -> QuantizationArgs:
@@ -128,9 +132,7 @@ class QuantizationScheme(BaseModel):
         for field in ("input_activations", "output_activations"):
             args = getattr(self, field)
             if args is not None and args.strategy == "group":
-                raise ValueError(
-                    f"{field}: strategy: group (group_size) is for weights only"
-                )
+                raise ValueError(f"{field}: strategy: group (group_size) is for weights only")
         return self
 
     @classmethod
@@ -146,7 +148,9 @@ class QuantizationScheme(BaseModel):
             strategy="group" if group_size else "channel",
             group_size=group_size,
         )
-        activations = QuantizationArgs(num_bits=activation_bits, symmetric=True) if activation_bits else None
+        activations = (
+            QuantizationArgs(num_bits=activation_bits, symmetric=True) if activation_bits else None
+        )
         return cls(input_activations=activations, weights=weights)
 
     @classmethod

@@ -42,22 +42,44 @@ TEXT_COLUMN = "text"
 class MaskedLanguageModelingDataArguments(DataArguments):
     """Data arguments of masked-LM training (Hugging Face's / SparseML's run_mlm)."""
 
-    dataset_name_2: str | None = field(default=None, metadata={"help": "A second `datasets` corpus, concatenated to the first"})
-    dataset_config_name_2: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name_2"})
-    train_file_2: str | None = field(default=None, metadata={"help": "A second training file, concatenated to --train_file"})
-    text_column_name: str | None = field(default=None, metadata={"help": "Column holding the text (default: 'text', else the first)"})
-    line_by_line: bool = field(default=False, metadata={"help": "Each non-empty line is one example (else texts are grouped into blocks)"})
-    mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked for the loss"})
+    dataset_name_2: str | None = field(
+        default=None, metadata={"help": "A second `datasets` corpus, concatenated to the first"}
+    )
+    dataset_config_name_2: str | None = field(
+        default=None, metadata={"help": "Configuration of --dataset_name_2"}
+    )
+    train_file_2: str | None = field(
+        default=None, metadata={"help": "A second training file, concatenated to --train_file"}
+    )
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the text (default: 'text', else the first)"}
+    )
+    line_by_line: bool = field(
+        default=False,
+        metadata={
+            "help": "Each non-empty line is one example (else texts are grouped into blocks)"
+        },
+    )
+    mlm_probability: float = field(
+        default=0.15, metadata={"help": "Share of tokens masked for the loss"}
+    )
     validation_split_percentage: int = field(
-        default=5, metadata={"help": "Without a validation split: the percentage of train held out for evaluation"}
+        default=5,
+        metadata={
+            "help": "Without a validation split: the percentage of train held out for evaluation"
+        },
     )
 
     def check(self) -> None:
         super().check()
         if not 0.0 < self.mlm_probability < 1.0:
-            raise SparseforgeError(f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}")
+            raise SparseforgeError(
+                f"--mlm_probability must be between 0 and 1, got {self.mlm_probability}"
+            )
         if not 0 <= self.validation_split_percentage < 100:
-            raise SparseforgeError(f"--validation_split_percentage must be in 0..99, got {self.validation_split_percentage}")
+            raise SparseforgeError(
+                f"--validation_split_percentage must be in 0..99, got {self.validation_split_percentage}"
+            )
         if self.dataset_name_2 and not self.dataset_name:
             raise SparseforgeError("--dataset_name_2 needs --dataset_name")
         if self.train_file_2 and not self.train_file:
@@ -74,7 +96,9 @@ def read_text(path: str, flag: str, cache_dir: str | None, text_column: str | No
         if not rows:
             raise DataError(f"{flag} {path} holds no text")
         return task_utils.dataset_from_rows(rows)
-    return only_text(read_data_file(path, cache_dir=cache_dir, flag=flag), text_column, f"{flag} {path}")
+    return only_text(
+        read_data_file(path, cache_dir=cache_dir, flag=flag), text_column, f"{flag} {path}"
+    )
 
 
 def only_text(dataset: Any, text_column: str | None, where: str) -> Any:
@@ -82,7 +106,9 @@ def only_text(dataset: Any, text_column: str | None, where: str) -> Any:
     columns = dataset.column_names
     column = text_column or (TEXT_COLUMN if TEXT_COLUMN in columns else columns[0])
     if column not in columns:
-        raise DataError(f"{where} has no column '{column}' (--text_column_name); its columns are: {', '.join(columns)}")
+        raise DataError(
+            f"{where} has no column '{column}' (--text_column_name); its columns are: {', '.join(columns)}"
+        )
     dataset = dataset.remove_columns([c for c in columns if c != column])
     return dataset.rename_column(column, TEXT_COLUMN) if column != TEXT_COLUMN else dataset
 
@@ -91,7 +117,9 @@ def split_off_validation(train: Any, percentage: int) -> tuple[Any, Any]:
     """Hugging Face's run_mlm split: validation is the first `percentage`% of train, train the rest."""
     cut = len(train) * percentage // 100
     if cut < 1 or cut >= len(train):
-        raise DataError(f"--validation_split_percentage {percentage} of {len(train)} training texts leaves an empty split")
+        raise DataError(
+            f"--validation_split_percentage {percentage} of {len(train)} training texts leaves an empty split"
+        )
     return train.select(range(cut, len(train))), train.select(range(cut))
 
 
@@ -104,9 +132,13 @@ def load_mlm_datasets(data_args: MaskedLanguageModelingDataArguments, cache_dir:
         for split in ("train", "validation", "test"):
             path = getattr(data_args, f"{split}_file")
             if path:
-                raw[split] = read_text(path, f"--{split}_file", cache_dir, data_args.text_column_name)
+                raw[split] = read_text(
+                    path, f"--{split}_file", cache_dir, data_args.text_column_name
+                )
         if data_args.train_file_2:
-            second = read_text(data_args.train_file_2, "--train_file_2", cache_dir, data_args.text_column_name)
+            second = read_text(
+                data_args.train_file_2, "--train_file_2", cache_dir, data_args.text_column_name
+            )
             raw["train"] = datasets.concatenate_datasets([raw["train"], second])
     elif data_args.dataset_name:
         corpora = [(data_args.dataset_name, data_args.dataset_config_name)]
@@ -114,21 +146,42 @@ def load_mlm_datasets(data_args: MaskedLanguageModelingDataArguments, cache_dir:
             corpora.append((data_args.dataset_name_2, data_args.dataset_config_name_2))
         loaded = [load_hub_dataset(name, config, cache_dir) for name, config in corpora]
         for split in ("train", "validation", "test"):
-            parts = [only_text(d[split], data_args.text_column_name, f"{name} {split}") for d, (name, _) in zip(loaded, corpora, strict=True) if split in d]
+            parts = [
+                only_text(d[split], data_args.text_column_name, f"{name} {split}")
+                for d, (name, _) in zip(loaded, corpora, strict=True)
+                if split in d
+            ]
             if parts:
                 raw[split] = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     else:
         raise DataError("no data: pass --train_file (.txt, json, csv...) or --dataset_name")
-    if "validation" not in raw and "train" in raw and not data_args.validation_ratio and data_args.validation_split_percentage:
+    if (
+        "validation" not in raw
+        and "train" in raw
+        and not data_args.validation_ratio
+        and data_args.validation_split_percentage
+    ):
         # run_mlm's default hold-out; --validation_ratio (a seeded random part) is prepare_splits'
-        raw["train"], raw["validation"] = split_off_validation(raw["train"], data_args.validation_split_percentage)
+        raw["train"], raw["validation"] = split_off_validation(
+            raw["train"], data_args.validation_split_percentage
+        )
     return datasets.DatasetDict(raw)
 
 
-def tokenize_lines(examples: Mapping[str, list], tokenizer: Any, max_seq_length: int, padding: bool | str) -> dict[str, list]:
+def tokenize_lines(
+    examples: Mapping[str, list], tokenizer: Any, max_seq_length: int, padding: bool | str
+) -> dict[str, list]:
     """`--line_by_line`: each line is one example, truncated to `max_seq_length`."""
     lines = [line for line in examples[TEXT_COLUMN] if line and not line.isspace()]
-    return dict(tokenizer(lines, padding=padding, truncation=True, max_length=max_seq_length, return_special_tokens_mask=True))
+    return dict(
+        tokenizer(
+            lines,
+            padding=padding,
+            truncation=True,
+            max_length=max_seq_length,
+            return_special_tokens_mask=True,
+        )
+    )
 
 
 def tokenize_texts(examples: Mapping[str, list], tokenizer: Any) -> dict[str, list]:
@@ -141,7 +194,10 @@ def group_texts(examples: Mapping[str, list], block_size: int) -> dict[str, list
     remainder shorter than a block is dropped, as Hugging Face's run_mlm does."""
     concatenated = {key: list(itertools.chain.from_iterable(examples[key])) for key in examples}
     total = (len(next(iter(concatenated.values()))) // block_size) * block_size
-    return {key: [values[i : i + block_size] for i in range(0, total, block_size)] for key, values in concatenated.items()}
+    return {
+        key: [values[i : i + block_size] for i in range(0, total, block_size)]
+        for key, values in concatenated.items()
+    }
 
 
 # ----- metrics ---------------------------------------------------------------------------------------
@@ -173,7 +229,14 @@ def _perplexity_callback() -> Any:
     class PerplexityCallback(TrainerCallback):
         """Adds `<prefix>_perplexity` next to every `<prefix>_loss` an evaluation returns."""
 
-        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        def on_evaluate(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            metrics: dict[str, float] | None = None,
+            **kwargs: Any,
+        ) -> None:
             for key in [k for k in (metrics or {}) if k.endswith("_loss")]:
                 metrics[key[: -len("loss")] + "perplexity"] = perplexity(metrics[key])  # type: ignore[index]
 
@@ -183,7 +246,9 @@ def _perplexity_callback() -> Any:
 # ----- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train masked-language-modeling` (the task-module contract)."""
-    return task_utils.run_cli(argv, task=TASK, data_arguments=MaskedLanguageModelingDataArguments, build=build)
+    return task_utils.run_cli(
+        argv, task=TASK, data_arguments=MaskedLanguageModelingDataArguments, build=build
+    )
 
 
 def build(args: TaskArgs) -> TaskRun:
@@ -197,9 +262,13 @@ def build(args: TaskArgs) -> TaskRun:
     raw = task_utils.prepare_splits(load_mlm_datasets(data_args, args.model.cache_dir), args)
     tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
     if tokenizer.mask_token is None:
-        raise SparseforgeError(f"the tokenizer of {args.model_path} has no mask token: it cannot train a masked language model")
+        raise SparseforgeError(
+            f"the tokenizer of {args.model_path} has no mask token: it cannot train a masked language model"
+        )
     model = load_pretrained(args.model_path, TASK)
-    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    max_length = task_utils.sequence_length(
+        data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model
+    )
     limits, wanted = task_utils.sample_limits(data_args), task_utils.wanted_splits(args)
     processed = {
         split: take_first(blocks_of(dataset, split, args, tokenizer, max_length), limits[split])
@@ -210,9 +279,18 @@ def build(args: TaskArgs) -> TaskRun:
     def compute_metrics(prediction: Any) -> dict[str, float]:
         return masked_accuracy(prediction.predictions, prediction.label_ids)
 
-    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm_probability=data_args.mlm_probability)
+    collator = DataCollatorForLanguageModeling(
+        tokenizer=tokenizer, mlm_probability=data_args.mlm_probability
+    )
     run = task_utils.task_run(
-        args, processed, model, tokenizer, compute_metrics, max_length, collator=collator, preprocess_logits_for_metrics=argmax_logits
+        args,
+        processed,
+        model,
+        tokenizer,
+        compute_metrics,
+        max_length,
+        collator=collator,
+        preprocess_logits_for_metrics=argmax_logits,
     )
     run.trainer.add_callback(_perplexity_callback())
     return run
@@ -224,15 +302,34 @@ def blocks_of(dataset: Any, split: str, args: TaskArgs, tokenizer: Any, max_leng
     if data_args.line_by_line:
         padding = "max_length" if data_args.pad_to_max_length else False
         blocks = task_utils.map_split(
-            dataset, tokenize_lines, args.training, data_args, split, remove_columns=dataset.column_names,
+            dataset,
+            tokenize_lines,
+            args.training,
+            data_args,
+            split,
+            remove_columns=dataset.column_names,
             fn_kwargs={"tokenizer": tokenizer, "max_seq_length": max_length, "padding": padding},
         )
     else:
         tokens = task_utils.map_split(
-            dataset, tokenize_texts, args.training, data_args, split, remove_columns=dataset.column_names,
+            dataset,
+            tokenize_texts,
+            args.training,
+            data_args,
+            split,
+            remove_columns=dataset.column_names,
             fn_kwargs={"tokenizer": tokenizer},
         )
-        blocks = task_utils.map_split(tokens, group_texts, args.training, data_args, split, fn_kwargs={"block_size": max_length})
+        blocks = task_utils.map_split(
+            tokens,
+            group_texts,
+            args.training,
+            data_args,
+            split,
+            fn_kwargs={"block_size": max_length},
+        )
     if len(blocks) == 0:
-        raise DataError(f"{split} text is shorter than one block of {max_length} tokens; lower --max_seq_length or use --line_by_line")
+        raise DataError(
+            f"{split} text is shorter than one block of {max_length} tokens; lower --max_seq_length or use --line_by_line"
+        )
     return blocks

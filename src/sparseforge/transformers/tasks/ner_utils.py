@@ -49,7 +49,9 @@ def iob1_to_iob2(tags: Sequence[str]) -> list[str]:
     return converted
 
 
-def _sentence_row(words: Sequence[Sequence[str]], width: int | None, index: int, convert_iob1: bool) -> dict[str, Any]:
+def _sentence_row(
+    words: Sequence[Sequence[str]], width: int | None, index: int, convert_iob1: bool
+) -> dict[str, Any]:
     """One sentence's row from its word lines, kept apart from the line loop: which tag columns a
     file fills depends on its width (2: NER only, 4: POS, chunk, NER)."""
     row: dict[str, Any] = {"id": str(index), "tokens": [w[0] for w in words]}
@@ -75,7 +77,9 @@ def _line_width(path: Path, number: int, line: str, parts: Sequence[str], width:
                 f"{path}:{number}: expected 'token POS chunk NER' (4 columns) or 'token tag' (2 columns), got {len(parts)}"
             )
     if len(parts) != width:
-        raise DataError(f"{path}:{number}: {len(parts)} columns where the file has {width}: {line!r}")
+        raise DataError(
+            f"{path}:{number}: {len(parts)} columns where the file has {width}: {line!r}"
+        )
     return width
 
 
@@ -126,7 +130,10 @@ def label_list(datasets_or_rows: Sequence[Any], column: str) -> list[str]:
 def b_to_i(labels: Sequence[str]) -> list[int]:
     """For each label id, the id of its `I-` form (for subword pieces after the first)."""
     index = {label: i for i, label in enumerate(labels)}
-    return [index.get("I-" + label[2:], i) if label.startswith("B-") else i for i, label in enumerate(labels)]
+    return [
+        index.get("I-" + label[2:], i) if label.startswith("B-") else i
+        for i, label in enumerate(labels)
+    ]
 
 
 def tokenize_and_align_labels(
@@ -200,7 +207,11 @@ def entity_metrics(
         true_seqs.append([id_to_label[int(t)] for t in label_row[keep]])
         pred_seqs.append([id_to_label[int(p)] for p in pred_row[: len(label_row)][keep]])
     total = sum(len(seq) for seq in true_seqs)
-    correct = sum(t == p for ts, ps in zip(true_seqs, pred_seqs, strict=True) for t, p in zip(ts, ps, strict=True))
+    correct = sum(
+        t == p
+        for ts, ps in zip(true_seqs, pred_seqs, strict=True)
+        for t, p in zip(ts, ps, strict=True)
+    )
     result = {"accuracy": correct / total if total else 0.0}
     result.update(collapse_check(chain.from_iterable(pred_seqs), chain.from_iterable(true_seqs)))
     if not _is_iob(list(id_to_label.values())):
@@ -209,7 +220,13 @@ def entity_metrics(
 
     report = classification_report(true_seqs, pred_seqs, output_dict=True, zero_division=0)
     micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
-    result.update({"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"])})
+    result.update(
+        {
+            "precision": float(micro["precision"]),
+            "recall": float(micro["recall"]),
+            "f1": float(micro["f1-score"]),
+        }
+    )
     if return_entity_level_metrics:
         for kind, values in report.items():
             if kind.endswith(" avg"):

@@ -27,7 +27,11 @@ from sparseforge.errors import DataError
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    return (
+        gzip.open(path, "rt", encoding="utf-8")
+        if path.suffix == ".gz"
+        else path.open(encoding="utf-8")
+    )
 
 
 def _answers_of(qa: Mapping[str, Any], where: str) -> dict[str, list]:
@@ -39,7 +43,9 @@ def _answers_of(qa: Mapping[str, Any], where: str) -> dict[str, list]:
         texts = [a["text"] for a in answers]
         starts = [a["answer_start"] for a in answers]
     if len(texts) != len(starts):
-        raise DataError(f"{where}: answers have {len(texts)} texts but {len(starts)} answer_start values")
+        raise DataError(
+            f"{where}: answers have {len(texts)} texts but {len(starts)} answer_start values"
+        )
     if qa.get("is_impossible"):
         texts, starts = [], []
     return {"text": [str(t) for t in texts], "answer_start": [int(s) for s in starts]}
@@ -61,7 +67,9 @@ def _squad_entries(path: Path) -> list[Any]:
         raise DataError(f"cannot read {path} as SQuAD json: {err}") from None
     if isinstance(rows, Mapping):
         if "data" not in rows:
-            raise DataError(f"{path}: a SQuAD json object needs a 'data' list (official layout); keys found: {', '.join(rows)}")
+            raise DataError(
+                f"{path}: a SQuAD json object needs a 'data' list (official layout); keys found: {', '.join(rows)}"
+            )
         rows = rows["data"]
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a list of articles or examples")
@@ -129,7 +137,9 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
 def check_answer_spans(examples: Iterable[Mapping[str, Any]], where: str) -> None:
     """Each answer's `answer_start` must point at its text in the context (a wrong offset trains garbage)."""
     for example in examples:
-        for text, start in zip(example["answers"]["text"], example["answers"]["answer_start"], strict=True):
+        for text, start in zip(
+            example["answers"]["text"], example["answers"]["answer_start"], strict=True
+        ):
             if example["context"][start : start + len(text)] != text:
                 raise DataError(
                     f"{where}: question {example['id']}: answer {text!r} is not at answer_start {start} of its context"
@@ -139,10 +149,18 @@ def check_answer_spans(examples: Iterable[Mapping[str, Any]], where: str) -> Non
 # ----- preprocessing --------------------------------------------------------------------------
 
 
-def _tokenize_windows(examples: Mapping[str, list], tokenizer: Any, max_seq_length: int, doc_stride: int, pad_to_max_length: bool) -> Any:
+def _tokenize_windows(
+    examples: Mapping[str, list],
+    tokenizer: Any,
+    max_seq_length: int,
+    doc_stride: int,
+    pad_to_max_length: bool,
+) -> Any:
     pad_on_right = tokenizer.padding_side == "right"
     questions = [q.lstrip() for q in examples["question"]]  # leading spaces waste window room
-    first, second = (questions, examples["context"]) if pad_on_right else (examples["context"], questions)
+    first, second = (
+        (questions, examples["context"]) if pad_on_right else (examples["context"], questions)
+    )
     # tokenizers panics (not an Exception) when the stride does not fit beside a question: check first
     specials = tokenizer.num_special_tokens_to_add(pair=True)
     longest = max(len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"])
@@ -192,7 +210,9 @@ def prepare_features(
     starts, ends, example_ids, kept_offsets = [], [], [], []
     for i, offsets in enumerate(offsets_all):
         input_ids = encoded["input_ids"][i]
-        cls_index = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
+        cls_index = (
+            input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
+        )
         sequence_ids = encoded.sequence_ids(i)
         example = sample_map[i]
         answers = examples["answers"][example]
@@ -215,7 +235,9 @@ def prepare_features(
         ends.append(end_position)
         if keep_offsets:
             example_ids.append(examples["id"][example])
-            kept_offsets.append([o if sequence_ids[k] == context_index else None for k, o in enumerate(offsets)])
+            kept_offsets.append(
+                [o if sequence_ids[k] == context_index else None for k, o in enumerate(offsets)]
+            )
     features = dict(encoded)
     features["start_positions"] = starts
     features["end_positions"] = ends
@@ -234,7 +256,11 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
 
 
 def _window_spans(
-    offsets: Sequence[Any], starts: np.ndarray, ends: np.ndarray, n_best_size: int, max_answer_length: int
+    offsets: Sequence[Any],
+    starts: np.ndarray,
+    ends: np.ndarray,
+    n_best_size: int,
+    max_answer_length: int,
 ) -> list[dict[str, Any]]:
     """Candidate spans of one window from its top starts and ends: the cut to spans inside the
     context (positions with offsets), ordered and at most `max_answer_length` tokens long."""
@@ -280,7 +306,11 @@ def _question_candidates(
 
 
 def _nbest_list(
-    candidates: list[dict[str, Any]], context: str, min_null: float | None, with_null: bool, n_best_size: int
+    candidates: list[dict[str, Any]],
+    context: str,
+    min_null: float | None,
+    with_null: bool,
+    n_best_size: int,
 ) -> list[dict[str, Any]]:
     """The n-best list written to `nbest_predictions.json`: best spans with their text, the null
     answer among them for v2, never empty, each with its softmax probability."""
@@ -289,11 +319,21 @@ def _nbest_list(
     for candidate in candidates:
         candidate["text"] = context[candidate["offsets"][0] : candidate["offsets"][1]]
     if with_null and min_null is not None:
-        candidates.append({"offsets": (0, 0), "score": min_null, "start_logit": None, "end_logit": None, "text": ""})
+        candidates.append(
+            {
+                "offsets": (0, 0),
+                "score": min_null,
+                "start_logit": None,
+                "end_logit": None,
+                "text": "",
+            }
+        )
         candidates.sort(key=lambda c: c["score"], reverse=True)
         candidates = candidates[: max(n_best_size, 1)]
     if not candidates:
-        candidates = [{"offsets": (0, 0), "score": 0.0, "start_logit": 0.0, "end_logit": 0.0, "text": ""}]
+        candidates = [
+            {"offsets": (0, 0), "score": 0.0, "start_logit": 0.0, "end_logit": 0.0, "text": ""}
+        ]
     probabilities = _softmax(np.array([c["score"] for c in candidates]))
     for candidate, probability in zip(candidates, probabilities, strict=True):
         candidate["probability"] = float(probability)
@@ -301,7 +341,9 @@ def _nbest_list(
     return candidates
 
 
-def _v2_answer(candidates: Sequence[Mapping[str, Any]], min_null: float | None, threshold: float) -> tuple[str, float]:
+def _v2_answer(
+    candidates: Sequence[Mapping[str, Any]], min_null: float | None, threshold: float
+) -> tuple[str, float]:
     """SQuAD v2's choice between the best span and no answer: (answer text, null score minus
     best span score); "" when no span exists or the null score wins by more than `threshold`."""
     best_span = next((c for c in candidates if c["start_logit"] is not None), None)
@@ -332,7 +374,9 @@ def postprocess_predictions(
     a window's length (the Trainer pads with -100) are never chosen because they have no offsets.
     """
     if len(features) != len(start_logits) or len(features) != len(end_logits):
-        raise DataError(f"got logits for {len(start_logits)} windows but {len(features)} windows were evaluated")
+        raise DataError(
+            f"got logits for {len(start_logits)} windows but {len(features)} windows were evaluated"
+        )
     by_example: dict[str, list[int]] = collections.defaultdict(list)
     for index, feature in enumerate(features):
         by_example[feature["example_id"]].append(index)
@@ -342,11 +386,17 @@ def postprocess_predictions(
     null_diffs: dict[str, float] = {}
     for example in examples:
         windows = by_example.get(example["id"], [])
-        candidates, min_null = _question_candidates(windows, features, start_logits, end_logits, n_best_size, max_answer_length)
-        candidates = _nbest_list(candidates, example["context"], min_null, version_2_with_negative, n_best_size)
+        candidates, min_null = _question_candidates(
+            windows, features, start_logits, end_logits, n_best_size, max_answer_length
+        )
+        candidates = _nbest_list(
+            candidates, example["context"], min_null, version_2_with_negative, n_best_size
+        )
         nbest[example["id"]] = candidates
         if version_2_with_negative:
-            predictions[example["id"]], null_diffs[example["id"]] = _v2_answer(candidates, min_null, null_score_diff_threshold)
+            predictions[example["id"]], null_diffs[example["id"]] = _v2_answer(
+                candidates, min_null, null_score_diff_threshold
+            )
         else:
             predictions[example["id"]] = candidates[0]["text"]
     return predictions, nbest, null_diffs
@@ -369,7 +419,10 @@ def exact_match(prediction: str, truth: str) -> float:
 
 def f1_score(prediction: str, truth: str, version_2: bool = False) -> float:
     """Token-overlap F1 of the official scripts; v2.0's gives an empty side 1 only against another empty side."""
-    pred_tokens, truth_tokens = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    pred_tokens, truth_tokens = (
+        normalize_answer(prediction).split(),
+        normalize_answer(truth).split(),
+    )
     if version_2 and (not pred_tokens or not truth_tokens):
         return float(pred_tokens == truth_tokens)
     common = collections.Counter(pred_tokens) & collections.Counter(truth_tokens)
@@ -380,7 +433,9 @@ def f1_score(prediction: str, truth: str, version_2: bool = False) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: Mapping[str, str], examples: Iterable[Mapping[str, Any]], version_2: bool = False) -> dict[str, float]:
+def squad_metrics(
+    predictions: Mapping[str, str], examples: Iterable[Mapping[str, Any]], version_2: bool = False
+) -> dict[str, float]:
     """Exact match and F1 in percent, each the best over a question's reference answers.
 
     v1.1 returns `exact_match`, `f1`; v2.0 returns `exact`, `f1`, `total` and the HasAns_/NoAns_
@@ -409,7 +464,11 @@ def squad_metrics(predictions: Mapping[str, str], examples: Iterable[Mapping[str
 
     if not version_2:
         return {"exact_match": mean(exact_scores, exact_scores), "f1": mean(f1_scores, f1_scores)}
-    result = {"exact": mean(exact_scores, exact_scores), "f1": mean(f1_scores, f1_scores), "total": float(total)}
+    result = {
+        "exact": mean(exact_scores, exact_scores),
+        "f1": mean(f1_scores, f1_scores),
+        "total": float(total),
+    }
     for prefix, wanted in (("HasAns", True), ("NoAns", False)):
         ids = [qid for qid, has in has_answer.items() if has == wanted]
         if ids:

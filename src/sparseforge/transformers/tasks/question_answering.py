@@ -39,12 +39,23 @@ _OFFSET_COLUMNS = ["example_id", "offset_mapping"]
 class QuestionAnsweringDataArguments(DataArguments):
     """Data arguments of extractive question answering (Hugging Face's / SparseML's run_qa)."""
 
-    doc_stride: int = field(default=128, metadata={"help": "Tokens of overlap between the windows a long context is cut into"})
-    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates kept per window when choosing answers"})
+    doc_stride: int = field(
+        default=128,
+        metadata={"help": "Tokens of overlap between the windows a long context is cut into"},
+    )
+    n_best_size: int = field(
+        default=20,
+        metadata={"help": "Start and end candidates kept per window when choosing answers"},
+    )
     max_answer_length: int = field(default=30, metadata={"help": "Longest answer, in tokens"})
-    version_2_with_negative: bool = field(default=False, metadata={"help": "SQuAD v2: some questions have no answer"})
+    version_2_with_negative: bool = field(
+        default=False, metadata={"help": "SQuAD v2: some questions have no answer"}
+    )
     null_score_diff_threshold: float = field(
-        default=0.0, metadata={"help": "v2: answer '' when the null score beats the best span by more than this"}
+        default=0.0,
+        metadata={
+            "help": "v2: answer '' when the null score beats the best span by more than this"
+        },
     )
 
     def check(self) -> None:
@@ -52,7 +63,9 @@ class QuestionAnsweringDataArguments(DataArguments):
         if self.doc_stride < 0:
             raise SparseforgeError(f"--doc_stride must be >= 0, got {self.doc_stride}")
         if self.max_seq_length is not None and self.doc_stride >= self.max_seq_length:
-            raise SparseforgeError(f"--doc_stride {self.doc_stride} must be less than --max_seq_length {self.max_seq_length}")
+            raise SparseforgeError(
+                f"--doc_stride {self.doc_stride} must be less than --max_seq_length {self.max_seq_length}"
+            )
         if self.n_best_size < 1 or self.max_answer_length < 1:
             raise SparseforgeError("--n_best_size and --max_answer_length must be positive")
 
@@ -68,16 +81,25 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
             raise DataError(f"{flag}: {err}") from None
         qa_utils.check_answer_spans(rows, f"{flag} {path}")
         return task_utils.dataset_from_rows(rows)
-    dataset = read_data_file(path, cache_dir=cache_dir, flag=flag)  # csv / parquet with the same columns
+    dataset = read_data_file(
+        path, cache_dir=cache_dir, flag=flag
+    )  # csv / parquet with the same columns
     missing = [c for c in ("id", "context", "question", "answers") if c not in dataset.column_names]
     if missing:
-        raise DataError(f"{flag} {path} has no column {', '.join(missing)}; its columns are: {', '.join(dataset.column_names)}")
+        raise DataError(
+            f"{flag} {path} has no column {', '.join(missing)}; its columns are: {', '.join(dataset.column_names)}"
+        )
     return dataset
 
 
 def load_qa_datasets(data_args: QuestionAnsweringDataArguments, cache_dir: str | None) -> Any:
     """Local SQuAD files first, else `--dataset_name` through `datasets` (offline: a one-line error)."""
-    return load_splits(data_args, read_split, cache_dir, "pass --train_file / --validation_file (SQuAD json) or --dataset_name")
+    return load_splits(
+        data_args,
+        read_split,
+        cache_dir,
+        "pass --train_file / --validation_file (SQuAD json) or --dataset_name",
+    )
 
 
 # ----- metrics ---------------------------------------------------------------------------------------
@@ -88,14 +110,23 @@ class SquadEvaluation:
     same windows in order, without the offset columns.
     """
 
-    def __init__(self, examples: Any, features: Any, data_args: QuestionAnsweringDataArguments, training_args: Any, prefix: str = ""):
+    def __init__(
+        self,
+        examples: Any,
+        features: Any,
+        data_args: QuestionAnsweringDataArguments,
+        training_args: Any,
+        prefix: str = "",
+    ):
         self.examples = examples
         self.features = features
         self.data_args = data_args
         self.training_args = training_args
         self.prefix = prefix
 
-    def predictions(self, start_logits: np.ndarray, end_logits: np.ndarray) -> tuple[dict, dict, dict]:
+    def predictions(
+        self, start_logits: np.ndarray, end_logits: np.ndarray
+    ) -> tuple[dict, dict, dict]:
         return qa_utils.postprocess_predictions(
             self.examples,
             self.features,
@@ -116,13 +147,17 @@ class SquadEvaluation:
         has_references = any(len(example["answers"]["text"]) for example in self.examples)
         if not has_references and not self.data_args.version_2_with_negative:
             return {}
-        return qa_utils.squad_metrics(answers, self.examples, version_2=self.data_args.version_2_with_negative)
+        return qa_utils.squad_metrics(
+            answers, self.examples, version_2=self.data_args.version_2_with_negative
+        )
 
 
 # ----- the run -----------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train question-answering` (the task-module contract)."""
-    return task_utils.run_cli(argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build)
+    return task_utils.run_cli(
+        argv, task=TASK, data_arguments=QuestionAnsweringDataArguments, build=build
+    )
 
 
 def build(args: TaskArgs) -> TaskRun:
@@ -135,9 +170,13 @@ def build(args: TaskArgs) -> TaskRun:
     tokenizer = task_utils.load_tokenizer(args.model, args.model_path)
     task_utils.require_fast_tokenizer(tokenizer, "question answering (answer offsets)")
     model = load_pretrained(args.model_path, TASK)
-    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    max_length = task_utils.sequence_length(
+        data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model
+    )
     if data_args.doc_stride >= max_length:
-        raise SparseforgeError(f"--doc_stride {data_args.doc_stride} must be less than the sequence length {max_length}")
+        raise SparseforgeError(
+            f"--doc_stride {data_args.doc_stride} must be less than the sequence length {max_length}"
+        )
 
     def features_of(split: str, limit: int | None, keep_offsets: bool) -> tuple[Any, Any]:
         examples = take_first(raw[split], limit)
@@ -166,11 +205,21 @@ def build(args: TaskArgs) -> TaskRun:
     for split, prefix in (("validation", ""), ("test", "predict")):
         if wanted[split]:
             examples, with_offsets = features_of(split, limits[split], True)
-            evaluations[split] = SquadEvaluation(examples, with_offsets, data_args, args.training, prefix=prefix)
+            evaluations[split] = SquadEvaluation(
+                examples, with_offsets, data_args, args.training, prefix=prefix
+            )
             processed[split] = with_offsets.remove_columns(_OFFSET_COLUMNS)
 
     def predict(trainer: Any, dataset: Any) -> None:
         # the test windows have their own examples: post-process them with their own evaluation
         task_utils.predict_and_log(trainer, dataset, evaluations["test"])
 
-    return task_utils.task_run(args, processed, model, tokenizer, evaluations.get("validation"), max_length, predict=predict)
+    return task_utils.task_run(
+        args,
+        processed,
+        model,
+        tokenizer,
+        evaluations.get("validation"),
+        max_length,
+        predict=predict,
+    )

@@ -30,18 +30,26 @@ def load_tokenizer(model_args: Any, model_path: str) -> Any:
 
     path = model_args.tokenizer_name or model_path
     flag = "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path"
-    require_tokenizer_files(path, flag, "save the tokenizer with the model, or pass --tokenizer_name FOLDER")
+    require_tokenizer_files(
+        path, flag, "save the tokenizer with the model, or pass --tokenizer_name FOLDER"
+    )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=model_args.use_fast_tokenizer, cache_dir=model_args.cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, use_fast=model_args.use_fast_tokenizer, cache_dir=model_args.cache_dir
+        )
     except (OSError, ValueError) as err:
-        raise SparseforgeError(f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
+        raise SparseforgeError(
+            f"cannot load a tokenizer from {path}: {str(err).splitlines()[0]}"
+        ) from None
     return tokenizer
 
 
 def require_fast_tokenizer(tokenizer: Any, why: str) -> None:
     """Offsets and word ids exist only on fast (Rust) tokenizers."""
     if not getattr(tokenizer, "is_fast", False):
-        raise SparseforgeError(f"{why} needs a fast tokenizer; {type(tokenizer).__name__} is not one (drop --use_fast_tokenizer False)")
+        raise SparseforgeError(
+            f"{why} needs a fast tokenizer; {type(tokenizer).__name__} is not one (drop --use_fast_tokenizer False)"
+        )
 
 
 def sequence_length(requested: int | None, default: int, tokenizer: Any, model: Any) -> int:
@@ -50,11 +58,17 @@ def sequence_length(requested: int | None, default: int, tokenizer: Any, model: 
     positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if positions:
         # BERT-like models reserve no positions; RoBERTa-like ones offset by padding_idx + 1
-        offset = 2 if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+        offset = (
+            2
+            if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+            else 0
+        )
         limits.append(positions - offset)
     length = min(limits)
     if requested and length < requested:
-        logger.warning("--max_seq_length %d is more than the model accepts: using %d", requested, length)
+        logger.warning(
+            "--max_seq_length %d is more than the model accepts: using %d", requested, length
+        )
     return length
 
 
@@ -64,7 +78,9 @@ def dataset_from_rows(rows: list[dict[str, Any]]) -> Any:
     return datasets.Dataset.from_list(rows)
 
 
-def check_splits(raw: Mapping[str, Any], training_args: Any, sources: str = "--train_file or --dataset_name") -> None:
+def check_splits(
+    raw: Mapping[str, Any], training_args: Any, sources: str = "--train_file or --dataset_name"
+) -> None:
     """Each of --do_train / --do_eval / --do_predict has its split; `sources` names the task's data flags."""
     if training_args.do_train and "train" not in raw:
         raise DataError(f"--do_train needs training data ({sources})")
@@ -86,7 +102,9 @@ def check_one_shot_data(raw: Mapping[str, Any], recipe: Any, one_shot: bool) -> 
         )
 
 
-def prepare_splits(raw: Any, args: TaskArgs, sources: str = "--train_file or --dataset_name") -> Any:
+def prepare_splits(
+    raw: Any, args: TaskArgs, sources: str = "--train_file or --dataset_name"
+) -> Any:
     """The one place every task's raw splits go through: the `--validation_ratio` hold-out, then
     the checks that each requested step has its split (before anything is tokenized)."""
     raw = hold_out(raw, args.data.validation_ratio, args.training.seed)
@@ -106,10 +124,16 @@ def wanted_splits(args: TaskArgs) -> dict[str, bool]:
 
 def sample_limits(data_args: Any) -> dict[str, int | None]:
     """`--max_{train,eval,predict}_samples` by split."""
-    return {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
+    return {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples,
+    }
 
 
-def map_split(dataset: Any, function: Any, training_args: Any, data_args: Any, split: str, **kwargs: Any) -> Any:
+def map_split(
+    dataset: Any, function: Any, training_args: Any, data_args: Any, split: str, **kwargs: Any
+) -> Any:
     """`dataset.map(function, batched=True)` with the shared flags, on the main process first."""
     with training_args.main_process_first(desc=f"preprocessing {split}"):
         return dataset.map(
@@ -178,7 +202,9 @@ def task_run(
     trainer = SparseTrainer(
         model=model,
         args=args.training,
-        train_dataset=datasets.get("train"),  # also --one_shot's source of gradients and calibration
+        train_dataset=datasets.get(
+            "train"
+        ),  # also --one_shot's source of gradients and calibration
         eval_dataset=datasets.get("validation"),
         processing_class=tokenizer,
         data_collator=collator if collator is not None else padding_collator(args, tokenizer),
@@ -209,7 +235,9 @@ def padding_collator(args: TaskArgs, tokenizer: Any, dynamic: Any = None) -> Any
     return (dynamic or DataCollatorWithPadding)(tokenizer)
 
 
-def predict_and_log(trainer: Any, dataset: Any, compute_metrics: Callable[[Any], dict[str, float]] | None = None) -> Any:
+def predict_and_log(
+    trainer: Any, dataset: Any, compute_metrics: Callable[[Any], dict[str, float]] | None = None
+) -> Any:
     """`trainer.predict` with the "predict" prefix (with `compute_metrics` instead of the
     evaluation's when given), its metrics logged and saved to predict_results.json."""
     eval_metrics = trainer.compute_metrics
@@ -248,7 +276,9 @@ def parse_args(argv: Sequence[str], task: str, data_arguments: type) -> TaskArgs
     return args
 
 
-def run_cli(argv: Sequence[str], *, task: str, data_arguments: type, build: Callable[[TaskArgs], TaskRun]) -> int:
+def run_cli(
+    argv: Sequence[str], *, task: str, data_arguments: type, build: Callable[[TaskArgs], TaskRun]
+) -> int:
     """The task-module contract in one place: parse the flags, check the output folder, build the
     TaskRun (nothing is left in a new folder if that fails), drive it, print metrics.
     The output folder's manifest records which of its files are the user's, so that a later
@@ -278,7 +308,9 @@ def run_cli(argv: Sequence[str], *, task: str, data_arguments: type, build: Call
     return 0
 
 
-def drive(run: TaskRun, run_args: Any, *, task: str, resume_from_checkpoint: str | None = None) -> dict[str, float]:
+def drive(
+    run: TaskRun, run_args: Any, *, task: str, resume_from_checkpoint: str | None = None
+) -> dict[str, float]:
     """Train (or one-shot), save, evaluate into eval_results.json, predict, export: the one
     sequence every task runs. Returns the evaluation metrics."""
     from sparseforge.transformers.trainer import best_model_after_epoch, export_onnx, one_shot
@@ -302,7 +334,13 @@ def drive(run: TaskRun, run_args: Any, *, task: str, resume_from_checkpoint: str
     if args.do_predict and run.predict is not None and run.predict_dataset is not None:
         run.predict(trainer, run.predict_dataset)
     if run_args.onnx_export_path and args.should_save:
-        path = export_onnx(args.output_dir, run_args.onnx_export_path, task, run.sequence_length, run_args.num_export_samples)
+        path = export_onnx(
+            args.output_dir,
+            run_args.onnx_export_path,
+            task,
+            run.sequence_length,
+            run_args.num_export_samples,
+        )
         logger.info("exported to %s", path)
     return metrics
 
@@ -316,17 +354,27 @@ def evaluate(run: TaskRun) -> dict[str, float]:
         metrics.update({f"{key}_{suffix}": value for key, value in extra.items()})
     metrics["eval_samples"] = len(run.eval_dataset)
     trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)  # eval_results.json (+ all_results.json), main process only
+    trainer.save_metrics(
+        "eval", metrics
+    )  # eval_results.json (+ all_results.json), main process only
     return metrics
 
 
 def print_metrics(metrics: Mapping[str, Any], training_args: Any) -> None:
     """The CLI's one summary line of the final evaluation."""
     if metrics and training_args.should_log:
-        print("eval: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
+        print(
+            "eval: "
+            + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(metrics.items())
+            )
+        )
 
 
-def main_process_writes(training_args: Any, output_dir: str | os.PathLike | None = None) -> Path | None:
+def main_process_writes(
+    training_args: Any, output_dir: str | os.PathLike | None = None
+) -> Path | None:
     """The folder to write prediction files into, or None on processes that must not write."""
     if not training_args.should_save:
         return None

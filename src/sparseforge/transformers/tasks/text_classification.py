@@ -47,27 +47,41 @@ class TextClassificationDataArguments(DataArguments):
     """Data arguments of text classification: the GLUE task and which columns hold what."""
 
     task_name: str | None = field(
-        default=None, metadata={"help": f"GLUE task or imdb: {', '.join(GLUE_TASK_COLUMNS)} (sets columns, labels, metrics)"}
+        default=None,
+        metadata={
+            "help": f"GLUE task or imdb: {', '.join(GLUE_TASK_COLUMNS)} (sets columns, labels, metrics)"
+        },
     )
     input_column_names: str | None = field(
-        default=None, metadata={"help": "Input text column(s): 'text' or 'sentence1,sentence2' (default: the task's or guessed)"}
+        default=None,
+        metadata={
+            "help": "Input text column(s): 'text' or 'sentence1,sentence2' (default: the task's or guessed)"
+        },
     )
-    label_column_name: str = field(default="label", metadata={"help": "Column holding the label(s)"})
+    label_column_name: str = field(
+        default="label", metadata={"help": "Column holding the label(s)"}
+    )
 
     def check(self) -> None:
         super().check()
         if self.task_name is not None:
             self.task_name = self.task_name.lower().replace("-", "")
             if self.task_name not in GLUE_TASK_COLUMNS:
-                raise SparseforgeError(f"unknown --task_name '{self.task_name}'; valid: {', '.join(GLUE_TASK_COLUMNS)}")
+                raise SparseforgeError(
+                    f"unknown --task_name '{self.task_name}'; valid: {', '.join(GLUE_TASK_COLUMNS)}"
+                )
         if self.input_column_names is not None:
             names = [name.strip() for name in self.input_column_names.split(",") if name.strip()]
             if not 1 <= len(names) <= 2:
-                raise SparseforgeError("--input_column_names takes one column or two separated by a comma")
+                raise SparseforgeError(
+                    "--input_column_names takes one column or two separated by a comma"
+                )
 
 
 # ----- columns and labels ------------------------------------------------------------------------
-def input_columns(data_args: TextClassificationDataArguments, columns: Sequence[str]) -> tuple[str, str | None]:
+def input_columns(
+    data_args: TextClassificationDataArguments, columns: Sequence[str]
+) -> tuple[str, str | None]:
     """(first, second or None): the flag, else the GLUE task's, else sentence1/2, else the first
     one or two non-label, non-id columns."""
     if data_args.input_column_names:
@@ -75,11 +89,15 @@ def input_columns(data_args: TextClassificationDataArguments, columns: Sequence[
         return names[0], names[1] if len(names) > 1 else None
     if data_args.task_name:
         return GLUE_TASK_COLUMNS[data_args.task_name]
-    candidates = [c for c in columns if c != data_args.label_column_name and c.lower() not in _ID_COLUMNS]
+    candidates = [
+        c for c in columns if c != data_args.label_column_name and c.lower() not in _ID_COLUMNS
+    ]
     if "sentence1" in candidates and "sentence2" in candidates:
         return "sentence1", "sentence2"
     if not candidates:
-        raise DataError(f"no input text column besides the label; columns are: {', '.join(columns)}")
+        raise DataError(
+            f"no input text column besides the label; columns are: {', '.join(columns)}"
+        )
     return candidates[0], candidates[1] if len(candidates) > 1 else None
 
 
@@ -147,13 +165,22 @@ def label_scheme(raw: Any, data_args: TextClassificationDataArguments) -> LabelS
         raise DataError(f"label column '{column}' is empty")
     lists = [_as_label_list(v) for v in values]
     if any(item is not None for item in lists):  # one list makes the column multi-label
-        lists = [item if item is not None else [value] for item, value in zip(lists, values, strict=True)]
-        distinct = sorted({_norm(x) for item in lists for x in item}, key=lambda x: (isinstance(x, str), x))
+        lists = [
+            item if item is not None else [value] for item, value in zip(lists, values, strict=True)
+        ]
+        distinct = sorted(
+            {_norm(x) for item in lists for x in item}, key=lambda x: (isinstance(x, str), x)
+        )
         if all(isinstance(x, int) for x in distinct):
             distinct = list(range(max(distinct) + 1))
-        return LabelScheme([str(x) for x in distinct], "multi_label_classification", {x: i for i, x in enumerate(distinct)})
+        return LabelScheme(
+            [str(x) for x in distinct],
+            "multi_label_classification",
+            {x: i for i, x in enumerate(distinct)},
+        )
     if task == "stsb" or (
-        all(isinstance(v, (int, float)) for v in values) and any(isinstance(v, float) and not float(v).is_integer() for v in values)
+        all(isinstance(v, (int, float)) for v in values)
+        and any(isinstance(v, float) and not float(v).is_integer() for v in values)
     ):
         return LabelScheme(None, "regression")
     distinct = sorted({_norm(v) for v in values}, key=lambda x: (isinstance(x, str), x))
@@ -163,11 +190,17 @@ def label_scheme(raw: Any, data_args: TextClassificationDataArguments) -> LabelS
         to_id.update({i: i for i in range(len(glue_names))})
         unknown = [v for v in distinct if v not in to_id and v != -1]
         if unknown:
-            raise DataError(f"--task_name {task}: labels {unknown[:5]} are not {task} labels ({', '.join(glue_names)} or 0..{len(glue_names) - 1})")
+            raise DataError(
+                f"--task_name {task}: labels {unknown[:5]} are not {task} labels ({', '.join(glue_names)} or 0..{len(glue_names) - 1})"
+            )
         return LabelScheme(list(glue_names), "single_label_classification", to_id)
     if all(isinstance(v, int) for v in distinct) and distinct and min(distinct) >= 0:
         distinct = list(range(max(distinct) + 1))
-    return LabelScheme([str(v) for v in distinct], "single_label_classification", {v: i for i, v in enumerate(distinct)})
+    return LabelScheme(
+        [str(v) for v in distinct],
+        "single_label_classification",
+        {v: i for i, v in enumerate(distinct)},
+    )
 
 
 def _label_problem(value: Any, scheme: LabelScheme) -> str | None:
@@ -179,9 +212,17 @@ def _label_problem(value: Any, scheme: LabelScheme) -> str | None:
             number = float(value)
         except (TypeError, ValueError):
             return f"label {value!r} is not a number (regression needs numeric labels)"
-        return None if math.isfinite(number) else f"label {value!r} is not a finite number (regression needs finite numbers)"
+        return (
+            None
+            if math.isfinite(number)
+            else f"label {value!r} is not a finite number (regression needs finite numbers)"
+        )
     items = _as_label_list(value) if scheme.problem_type == "multi_label_classification" else None
-    unknown = [item for item in (items if items is not None else [value]) if _norm(item) not in scheme.to_id and _norm(item) != -1]
+    unknown = [
+        item
+        for item in (items if items is not None else [value])
+        if _norm(item) not in scheme.to_id and _norm(item) != -1
+    ]
     if unknown:
         valid = ", ".join(scheme.names[:10]) + (" ..." if len(scheme.names) > 10 else "")  # type: ignore[index]
         return f"label {unknown[0]!r} is not one of the training and validation data's labels ({valid})"
@@ -192,7 +233,11 @@ def check_labels(raw: Any, scheme: LabelScheme, data_args: TextClassificationDat
     """Every label of every split can be encoded: one line naming the file, the example (1-based)
     and what is valid, before anything is tokenized. Test files may leave labels empty."""
     column = data_args.label_column_name
-    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    files = {
+        "train": data_args.train_file,
+        "validation": data_args.validation_file,
+        "test": data_args.test_file,
+    }
     for split, dataset in raw.items():
         if column not in dataset.column_names:
             continue
@@ -208,20 +253,35 @@ def check_labels(raw: Any, scheme: LabelScheme, data_args: TextClassificationDat
 # ----- the run -----------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train text-classification` (the task-module contract)."""
-    return task_utils.run_cli(argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build)
+    return task_utils.run_cli(
+        argv, task=TASK, data_arguments=TextClassificationDataArguments, build=build
+    )
 
 
 def load_checked_data(args: TaskArgs) -> tuple[Any, tuple[str, str | None], LabelScheme]:
     """The raw splits (checked), the input columns and the label scheme, before any tokenizing."""
     data_args: TextClassificationDataArguments = args.data
-    raw = load_raw_datasets(data_args, task_name=data_args.task_name, cache_dir=args.model.cache_dir)
-    raw = task_utils.prepare_splits(raw, args, sources="--train_file, --dataset_name or --task_name")
+    raw = load_raw_datasets(
+        data_args, task_name=data_args.task_name, cache_dir=args.model.cache_dir
+    )
+    raw = task_utils.prepare_splits(
+        raw, args, sources="--train_file, --dataset_name or --task_name"
+    )
     first, second = input_columns(data_args, first_split(raw).column_names)
     wanted = [first] + ([second] if second else [])
     for split in raw:
-        require_columns(raw[split], wanted, split=split, flag="--input_column_names" if data_args.input_column_names else "the task's input columns")
+        require_columns(
+            raw[split],
+            wanted,
+            split=split,
+            flag="--input_column_names"
+            if data_args.input_column_names
+            else "the task's input columns",
+        )
         if split != "test":
-            require_columns(raw[split], [data_args.label_column_name], split=split, flag="--label_column_name")
+            require_columns(
+                raw[split], [data_args.label_column_name], split=split, flag="--label_column_name"
+            )
     scheme = label_scheme(raw, data_args)
     check_labels(raw, scheme, data_args)
     return raw, (first, second), scheme
@@ -235,7 +295,10 @@ def build(args: TaskArgs) -> TaskRun:
 
     data_args: TextClassificationDataArguments = args.data
     raw, columns, scheme = load_checked_data(args)
-    config_kwargs: dict[str, Any] = {"num_labels": scheme.num_labels, "problem_type": scheme.problem_type}
+    config_kwargs: dict[str, Any] = {
+        "num_labels": scheme.num_labels,
+        "problem_type": scheme.problem_type,
+    }
     if scheme.names is not None:
         config_kwargs["id2label"] = dict(enumerate(scheme.names))
         config_kwargs["label2id"] = {name: i for i, name in enumerate(scheme.names)}
@@ -249,15 +312,32 @@ def build(args: TaskArgs) -> TaskRun:
         is_multi_label=scheme.problem_type == "multi_label_classification",
     )
     extra = {}
-    if data_args.task_name == "mnli" and "validation_mismatched" in processed and args.training.do_eval:
+    if (
+        data_args.task_name == "mnli"
+        and "validation_mismatched" in processed
+        and args.training.do_eval
+    ):
         extra["mm"] = processed["validation_mismatched"]
     length = data_args.max_seq_length or DEFAULT_MAX_SEQ_LENGTH  # the ONNX export's input length
-    return task_utils.task_run(args, processed, model, tokenizer, compute_metrics, length, extra_eval=extra,
-                    predict=lambda trainer, dataset: write_predictions(trainer, dataset, scheme))
+    return task_utils.task_run(
+        args,
+        processed,
+        model,
+        tokenizer,
+        compute_metrics,
+        length,
+        extra_eval=extra,
+        predict=lambda trainer, dataset: write_predictions(trainer, dataset, scheme),
+    )
 
 
 def tokenize_splits(
-    raw: Any, args: TaskArgs, columns: tuple[str, str | None], scheme: LabelScheme, tokenizer: Any, max_length: int
+    raw: Any,
+    args: TaskArgs,
+    columns: tuple[str, str | None],
+    scheme: LabelScheme,
+    tokenizer: Any,
+    max_length: int,
 ) -> dict[str, Any]:
     """The splits the run uses (and mnli's extra validation sets), tokenized with encoded labels."""
     import datasets
@@ -285,7 +365,14 @@ def tokenize_splits(
         if not wanted.get(split, split.startswith("validation_") and args.training.do_eval):
             continue
         dataset = take_first(dataset, limits.get(split, data_args.max_eval_samples))
-        processed[split] = task_utils.map_split(dataset, preprocess, args.training, data_args, split, remove_columns=dataset.column_names)
+        processed[split] = task_utils.map_split(
+            dataset,
+            preprocess,
+            args.training,
+            data_args,
+            split,
+            remove_columns=dataset.column_names,
+        )
         # `map` keeps the raw column's type when the output reuses its name ("labels"): set it.
         if label_feature is not None and "labels" in processed[split].column_names:
             processed[split] = processed[split].cast_column("labels", label_feature)
@@ -314,5 +401,9 @@ def write_predictions(trainer: Any, dataset: Any, scheme: LabelScheme) -> None:
             names = [scheme.names[j] for j in np.flatnonzero(row > MULTI_LABEL_THRESHOLD)]  # type: ignore[index]
             lines.append(f"{i}\t{','.join(names)}")
     else:
-        lines += [f"{i}\t{scheme.names[int(p)]}" for i, p in enumerate(np.asarray(logits).argmax(-1))]  # type: ignore[index]
-    Path(trainer.args.output_dir, "predict_results.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        lines += [
+            f"{i}\t{scheme.names[int(p)]}" for i, p in enumerate(np.asarray(logits).argmax(-1))
+        ]  # type: ignore[index]
+    Path(trainer.args.output_dir, "predict_results.txt").write_text(
+        "\n".join(lines) + "\n", encoding="utf-8"
+    )

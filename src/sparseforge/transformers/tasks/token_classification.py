@@ -43,21 +43,33 @@ TASK_NAMES = tuple(ner_utils.CONLL_COLUMNS)
 class TokenClassificationDataArguments(DataArguments):
     """Data arguments of token classification (Hugging Face's / SparseML's run_ner)."""
 
-    task_name: str = field(default="ner", metadata={"help": "ner, pos or chunk: which CoNLL column holds the labels"})
-    text_column_name: str | None = field(default=None, metadata={"help": "Column of word lists (default: 'tokens', else the first)"})
+    task_name: str = field(
+        default="ner", metadata={"help": "ner, pos or chunk: which CoNLL column holds the labels"}
+    )
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "Column of word lists (default: 'tokens', else the first)"}
+    )
     label_column_name: str | None = field(
-        default=None, metadata={"help": "Column of tag lists (default: '<task_name>_tags', else the second)"}
+        default=None,
+        metadata={"help": "Column of tag lists (default: '<task_name>_tags', else the second)"},
     )
     label_all_tokens: bool = field(
-        default=False, metadata={"help": "Label every subword piece of a word (B-X continues as I-X), not just the first"}
+        default=False,
+        metadata={
+            "help": "Label every subword piece of a word (B-X continues as I-X), not just the first"
+        },
     )
-    return_entity_level_metrics: bool = field(default=False, metadata={"help": "Also report precision/recall/F1 per entity type"})
+    return_entity_level_metrics: bool = field(
+        default=False, metadata={"help": "Also report precision/recall/F1 per entity type"}
+    )
 
     def check(self) -> None:
         super().check()
         self.task_name = self.task_name.lower()
         if self.task_name not in TASK_NAMES:
-            raise SparseforgeError(f"unknown --task_name '{self.task_name}'; valid: {', '.join(TASK_NAMES)}")
+            raise SparseforgeError(
+                f"unknown --task_name '{self.task_name}'; valid: {', '.join(TASK_NAMES)}"
+            )
 
 
 # ----- data ------------------------------------------------------------------------------------------
@@ -72,10 +84,17 @@ def read_split(path: str, flag: str, cache_dir: str | None) -> Any:
 
 
 def load_token_datasets(data_args: TokenClassificationDataArguments, cache_dir: str | None) -> Any:
-    return load_splits(data_args, read_split, cache_dir, "pass --train_file / --validation_file (CoNLL column files or json) or --dataset_name")
+    return load_splits(
+        data_args,
+        read_split,
+        cache_dir,
+        "pass --train_file / --validation_file (CoNLL column files or json) or --dataset_name",
+    )
 
 
-def columns_of(data_args: TokenClassificationDataArguments, columns: Sequence[str]) -> tuple[str, str]:
+def columns_of(
+    data_args: TokenClassificationDataArguments, columns: Sequence[str]
+) -> tuple[str, str]:
     """(words column, tags column): the flags, else 'tokens' and '<task>_tags', else the first two."""
     text = data_args.text_column_name or ("tokens" if "tokens" in columns else columns[0])
     label = data_args.label_column_name
@@ -89,13 +108,19 @@ def columns_of(data_args: TokenClassificationDataArguments, columns: Sequence[st
 def check_rows(dataset: Any, text_column: str, label_column: str, where: str) -> None:
     """Every example is a list of words and a list of as many tags; anything else is a one-line
     error naming the file and the example (1-based), before tokenization."""
-    for index, (words, tags) in enumerate(zip(dataset[text_column], dataset[label_column], strict=True), start=1):
+    for index, (words, tags) in enumerate(
+        zip(dataset[text_column], dataset[label_column], strict=True), start=1
+    ):
         if not isinstance(words, list):
             kind = "nothing" if words is None else type(words).__name__
-            raise DataError(f"{where}: example {index}: '{text_column}' holds {kind}, not a list of words")
+            raise DataError(
+                f"{where}: example {index}: '{text_column}' holds {kind}, not a list of words"
+            )
         if not isinstance(tags, list):
             kind = "nothing" if tags is None else type(tags).__name__
-            raise DataError(f"{where}: example {index}: '{label_column}' holds {kind}, not a list of tags (one per word)")
+            raise DataError(
+                f"{where}: example {index}: '{label_column}' holds {kind}, not a list of tags (one per word)"
+            )
         if len(words) != len(tags):
             raise DataError(
                 f"{where}: example {index} has {len(words)} words in '{text_column}' and {len(tags)} tags in "
@@ -128,7 +153,9 @@ def label_mapping(labels: list[str], model_config: Any) -> dict[str, int]:
 # ----- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str]) -> int:
     """Entry point of `sparseforge train token-classification` (the task-module contract)."""
-    return task_utils.run_cli(argv, task=TASK, data_arguments=TokenClassificationDataArguments, build=build)
+    return task_utils.run_cli(
+        argv, task=TASK, data_arguments=TokenClassificationDataArguments, build=build
+    )
 
 
 def load_checked_data(args: TaskArgs) -> tuple[Any, str, str, list[str]]:
@@ -138,10 +165,19 @@ def load_checked_data(args: TaskArgs) -> tuple[Any, str, str, list[str]]:
     text_column, label_column = columns_of(data_args, first_split(raw).column_names)
     for split in raw:
         require_columns(raw[split], [text_column], split=split, flag="--text_column_name")
-        require_columns(raw[split], [label_column], split=split, flag="--label_column_name / --task_name")
-        check_rows(raw[split], text_column, label_column, getattr(data_args, f"{split}_file", None) or f"{split} data")
+        require_columns(
+            raw[split], [label_column], split=split, flag="--label_column_name / --task_name"
+        )
+        check_rows(
+            raw[split],
+            text_column,
+            label_column,
+            getattr(data_args, f"{split}_file", None) or f"{split} data",
+        )
         raw[split] = tags_as_names(raw[split], label_column)
-    labels = ner_utils.label_list([raw[split] for split in raw if split != "test"] or list(raw.values()), label_column)
+    labels = ner_utils.label_list(
+        [raw[split] for split in raw if split != "test"] or list(raw.values()), label_column
+    )
     return raw, text_column, label_column, labels
 
 
@@ -159,8 +195,12 @@ def build(args: TaskArgs) -> TaskRun:
     label_to_id = label_mapping(labels, AutoConfig.from_pretrained(args.model_path))
     id_to_label = {i: label for label, i in label_to_id.items()}
     # a head with another label count is replaced by load_pretrained
-    model = load_pretrained(args.model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id)
-    max_length = task_utils.sequence_length(data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model)
+    model = load_pretrained(
+        args.model_path, TASK, num_labels=len(labels), id2label=id_to_label, label2id=label_to_id
+    )
+    max_length = task_utils.sequence_length(
+        data_args.max_seq_length, DEFAULT_MAX_SEQ_LENGTH, tokenizer, model
+    )
     preprocess_kwargs = {
         "tokenizer": tokenizer,
         "text_column": text_column,
@@ -178,13 +218,24 @@ def build(args: TaskArgs) -> TaskRun:
             continue
         raw[split] = dataset = take_first(dataset, limits[split])
         processed[split] = task_utils.map_split(
-            dataset, ner_utils.tokenize_and_align_labels, args.training, data_args, split,
-            remove_columns=dataset.column_names, fn_kwargs=preprocess_kwargs,
+            dataset,
+            ner_utils.tokenize_and_align_labels,
+            args.training,
+            data_args,
+            split,
+            remove_columns=dataset.column_names,
+            fn_kwargs=preprocess_kwargs,
         )
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return ner_utils.entity_metrics(logits, prediction.label_ids, id_to_label, data_args.return_entity_level_metrics)
+        logits = (
+            prediction.predictions[0]
+            if isinstance(prediction.predictions, tuple)
+            else prediction.predictions
+        )
+        return ner_utils.entity_metrics(
+            logits, prediction.label_ids, id_to_label, data_args.return_entity_level_metrics
+        )
 
     def predict(trainer: Any, dataset: Any) -> None:
         output = task_utils.predict_and_log(trainer, dataset)
@@ -195,10 +246,25 @@ def build(args: TaskArgs) -> TaskRun:
             (folder / "predictions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     collator = task_utils.padding_collator(args, tokenizer, DataCollatorForTokenClassification)
-    return task_utils.task_run(args, processed, model, tokenizer, compute_metrics, max_length, predict=predict, collator=collator)
+    return task_utils.task_run(
+        args,
+        processed,
+        model,
+        tokenizer,
+        compute_metrics,
+        max_length,
+        predict=predict,
+        collator=collator,
+    )
 
 
-def word_tags(logits: Any, words: list[list[str]], tokenizer: Any, max_length: int, id_to_label: dict[int, str]) -> list[str]:
+def word_tags(
+    logits: Any,
+    words: list[list[str]],
+    tokenizer: Any,
+    max_length: int,
+    id_to_label: dict[int, str],
+) -> list[str]:
     """One line of tags per sentence, one tag per word, from the word's first piece (words cut
     off by truncation get none)."""
     predicted = np.asarray(logits).argmax(-1)
