@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hang import HANG_SECONDS
 
 from sparseforge.cli import main
 
@@ -125,7 +126,7 @@ def test_recipe_check_does_not_simulate_an_absurd_schedule(tmp_path, capsys):
         )
         start = time.perf_counter()
         assert main(["recipe", "check", str(recipe)]) == 0
-        assert time.perf_counter() - start < 5.0
+        assert time.perf_counter() - start < HANG_SECONDS
         out = capsys.readouterr().out
         assert (
             "valid recipe, 1 modifier(s)" in out

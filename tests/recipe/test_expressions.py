@@ -4,6 +4,7 @@ import re
 import time
 
 import pytest
+from hang import HANG_SECONDS
 
 from sparseforge.errors import RecipeError
 from sparseforge.recipe.expressions import eval_expression_text, resolve_variables, safe_eval
@@ -122,7 +123,7 @@ def timed(expr, values=None):
 def test_number_limits_name_the_expression(expr, expected):
     message, seconds = timed(expr, {"x": float("nan")})
     assert re.search(expected, message), message
-    assert seconds < 1.0
+    assert seconds < HANG_SECONDS
 
 
 def test_largest_allowed_numbers_still_compute():
@@ -136,7 +137,7 @@ def test_a_chain_of_squares_stops_at_the_limit():
     start = time.perf_counter()
     with pytest.raises(RecipeError, match=r"would exceed 256 bits|the integer is too large"):
         resolve_variables(raw)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < HANG_SECONDS
     assert (
         resolve_variables({k: raw[k] for k in ("v0", "v1", "v2", "v3", "v4", "v5", "v6")})["v6"]
         == 10**64
@@ -149,7 +150,7 @@ def test_long_and_deep_expressions_are_refused_by_their_limits():
         f"is 5,999 characters long; an expression may have at most {MAX_EXPRESSION_CHARS:,}"
         in message
     )
-    assert seconds < 1.0
+    assert seconds < HANG_SECONDS
     assert "nests more than 32 operations deep" in timed("+".join(["1"] * 40))[0]
     assert "too many nested parentheses" in timed("(" * 300 + "1" + ")" * 300)[0]
     assert safe_eval("+".join(["1"] * 30), lookup_from({})) == 30

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hang import HANG_SECONDS
 
 from sparseforge import Recipe, RecipeError
 from sparseforge.modifiers.base import Modifier
@@ -454,7 +455,7 @@ def test_markdown_front_matter_scan_is_linear():
             assert "front matter" in str(err)
         else:
             assert recipe.modifiers[0].end_epoch == 2.0 and before.endswith("-->")
-        assert time.perf_counter() - start < 1.0
+        assert time.perf_counter() - start < HANG_SECONDS
     assert Recipe.from_text("<!-- a -->\n <!-- b\n c -->" + body, markdown=True).max_epochs == 2
 
 
@@ -496,7 +497,7 @@ def test_100_kb_recipes_load_within_a_second():
         assert len(text) < 100_000
         start = time.process_time()
         assert Recipe.load(text).modifiers
-        assert time.process_time() - start < 1.0
+        assert time.process_time() - start < HANG_SECONDS
 
 
 def test_keys_that_are_not_names_are_located_errors():
@@ -555,4 +556,4 @@ def test_hostile_recipe_args_load_or_raise_recipe_error(args):
         assert "a sparseforge bug" not in str(err) and "\n" not in str(err), str(err)
     else:
         assert all(math.isfinite(b) for b in recipe.modifiers[0].epoch_bounds())
-    assert time.process_time() - start < 1.0
+    assert time.process_time() - start < HANG_SECONDS
