@@ -57,7 +57,10 @@ VARIANTS = {
         "heads/2 + ffn/4": (0.5, 0.25, 1.0),
         "heads/2 + ffn/4 + layers/2": (0.5, 0.25, 0.5),
     },
-    "MiniLM": {"third of MACs (heads/2, ffn 24%)": (0.5, 0.24, 1.0)},
+    "MiniLM": {
+        "third of MACs (heads/2, ffn 24%)": (0.5, 0.24, 1.0),
+        "third of MACs (4 of 6 layers, heads/2, ffn/2)": (0.5, 0.5, 4 / 6),
+    },
     "tiny": {"heads/2 + ffn/4 + layers/2": (0.5, 0.25, 0.5)},
 }
 BATCHES = ((1, 128), (32, 64))
@@ -157,13 +160,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer timing rounds")
     parser.add_argument("--tiny", action="store_true", help="smoke test on a tiny shape only")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=("BERT-base", "MiniLM"),
+        default=None,
+        help="only these shapes",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="sparseforge_bench_structured_"))
     try:
-        results = {"speed": run(TINY if args.tiny else SHAPES, workdir, args.quick or args.tiny)}
+        shapes = TINY if args.tiny else SHAPES
+        if args.models:
+            shapes = {k: v for k, v in shapes.items() if k.split()[0] in args.models}
+        results = {"speed": run(shapes, workdir, args.quick or args.tiny)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["total_seconds"] = time.perf_counter() - started
