@@ -15,6 +15,7 @@ one-shot with `sparseforge.oneshot`, calibrated on the first --calibration_sampl
     wanda50           Wanda 50%
     magnitude50       magnitude 50% (GMPruningModifier, start_epoch == end_epoch: the baseline)
     ptq_int8          post-training quantization: int8 per-channel weights, static uint8 inputs
+    ptq_int8_linear   the same on the Linear layers only (embeddings and attention matmuls float)
     sparsegpt50_int8  SparseGPT 50%, then the same PTQ
     sparsegpt50_ft1   one recipe: SparseGPT 50% one-shot, then 1 epoch of fine-tuning (first 8,000
                       train sentences, LR 5e-5 -> 0) distilling from the dense model, zeros kept
@@ -72,6 +73,8 @@ CONFIGS = {
     "magnitude50": "oneshot_modifiers:\n  - !GMPruningModifier\n      init_sparsity: 0.5\n      final_sparsity: 0.5\n"
     "      start_epoch: 0\n      end_epoch: 0\n      params: ['re:.*encoder.layer.*(query|key|value|dense).weight$']\n",
     "ptq_int8": "oneshot_modifiers:\n" + PTQ,
+    # the same with embeddings and the attention matmuls left in float (as llm-compressor's W8A8)
+    "ptq_int8_linear": "oneshot_modifiers:\n" + PTQ + "      ignore: [Embedding, QATMatMul]\n",
     "sparsegpt50_int8": "oneshot_modifiers:\n"
     + SPARSEGPT.format(sparsity=0.5, structure="0:0")
     + PTQ,
