@@ -95,6 +95,13 @@ class RecipeArguments:
     onnx_export_path: str | None = field(
         default=None, metadata=_help("After training, export the model to ONNX into this folder")
     )
+    save_compressed: bool = field(
+        default=False,
+        metadata=_help(
+            "Also write the trained model in the compressed-tensors format to OUTPUT_DIR/compressed "
+            "(needs a recipe that quantizes Linear layers only, and the compressed-tensors package)"
+        ),
+    )
     num_export_samples: int = field(
         default=0, metadata=_help("Sample inputs/outputs to save with the ONNX export (0 = none)")
     )

@@ -713,3 +713,55 @@ def test_resuming_a_damaged_checkpoint_is_a_one_line_error(tmp_path, tiny_model_
     assert main(args) == 2  # auto-resume: the marker lists manager_state.pt, so it is known missing
     line = _one_line_error(capsys)
     assert "manager_state.pt is missing" in line and str(checkpoint) in line, line
+
+
+QAT_LINEARS = """training_modifiers:
+  - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 1.0}
+quantization_modifiers:
+  - !QuantizationModifier
+      start_epoch: 0.0
+      scheme: W8A8
+      ignore: [Embedding, QATMatMul]
+"""
+
+
+@pytest.mark.slow
+def test_save_compressed_writes_a_folder_plain_transformers_loads(tmp_path, tiny_model_dir, capsys):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sparseforge.transformers.loading import load_model
+
+    model_dir = tiny_model_dir()
+    train = ["--train_file", str(DATA / "train.csv"), "--do_train", "--num_train_epochs", "1"]
+    # A recipe that does not quantize cannot give a smaller compressed-tensors model: refused
+    # before training, nothing written.
+    dense = tmp_path / "dense.yaml"
+    dense.write_text(QAT_LINEARS.split("quantization_modifiers")[0])
+    refused = tmp_path / "refused"
+    args = _common(model_dir, refused) + train + ["--recipe", str(dense), "--save_compressed"]
+    capsys.readouterr()
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bars
+    assert last.startswith("sparseforge train: error:") and "needs a quantized model" in last
+    assert not refused.exists()
+
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_LINEARS)
+    out = tmp_path / "out"
+    args = _common(model_dir, out) + train + ["--recipe", str(recipe), "--save_compressed"]
+    assert main(args) == 0
+    compressed = out / "compressed"
+    config = json.loads((compressed / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    theirs_model = AutoModelForSequenceClassification.from_pretrained(str(compressed)).eval()
+    ours_model = load_model(out, "text-classification")
+    tokenizer = AutoTokenizer.from_pretrained(str(compressed))
+    batch = tokenizer(
+        ["a good film", "the worst plot", "fine acting"], return_tensors="pt", padding=True
+    )
+    with torch.no_grad():
+        theirs, ours = theirs_model(**batch).logits, ours_model(**batch).logits
+    # The same int8 model: equal up to a rounding tie (torch's x * (1/s) vs compressed-tensors' x / s).
+    assert torch.allclose(theirs, ours, atol=0.05), (theirs, ours)
+    assert ours_model.bert.encoder.layer[0].output.dense.weight_fake_quant is not None

@@ -317,6 +317,8 @@ def drive(
 
     trainer = run.trainer
     args = trainer.args
+    if run_args.save_compressed:
+        _check_compressed_plan(trainer)
     if run_args.best_model_after_epoch is not None:
         trainer.add_callback(best_model_after_epoch(run_args.best_model_after_epoch))
     if run_args.one_shot:
@@ -330,6 +332,8 @@ def drive(
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
+    if run_args.save_compressed and args.should_save and (run_args.one_shot or args.do_train):
+        _save_compressed(trainer)
     metrics = evaluate(run) if args.do_eval and run.eval_dataset is not None else {}
     if args.do_predict and run.predict is not None and run.predict_dataset is not None:
         run.predict(trainer, run.predict_dataset)
@@ -343,6 +347,33 @@ def drive(
         )
         logger.info("exported to %s", path)
     return metrics
+
+
+def _check_compressed_plan(trainer: Any) -> None:
+    """--save_compressed is refused before training when the recipe cannot give a model the
+    compressed-tensors format holds (no quantization, or embeddings / attention quantized)."""
+    from sparseforge.errors import SparseforgeError
+    from sparseforge.transformers.compressed import check_plan
+
+    if trainer.manager is None:
+        raise SparseforgeError("--save_compressed needs a --recipe that quantizes the model")
+    check_plan(trainer.model, list(trainer.manager.modifiers))
+
+
+def _save_compressed(trainer: Any) -> None:
+    """The trained model beside the sparseforge folder, in the compressed-tensors format that
+    plain transformers loads (the sparseforge folder stays for export and resuming)."""
+    from sparseforge.transformers.compressed import save_compressed_model
+
+    target = Path(trainer.args.output_dir) / "compressed"
+    sizes = save_compressed_model(trainer.model, target)
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(str(target))
+    logger.info(
+        "compressed-tensors copy in %s: quantized weights %.1f%% of their FP32 bytes",
+        target,
+        100 * sizes["quantized_weight_fraction"],
+    )
 
 
 def evaluate(run: TaskRun) -> dict[str, float]:
