@@ -464,6 +464,7 @@ RUN_OUTPUTS = (
     "chat_template*",
     "checkpoint-*",
     "runs",
+    "compressed",
 )
 OUTPUT_MANIFEST = "sparseforge_output.json"
 

@@ -765,3 +765,22 @@ def test_save_compressed_writes_a_folder_plain_transformers_loads(tmp_path, tiny
     # The same int8 model: equal up to a rounding tie (torch's x * (1/s) vs compressed-tensors' x / s).
     assert torch.allclose(theirs, ours, atol=0.05), (theirs, ours)
     assert ours_model.bert.encoder.layer[0].output.dense.weight_fake_quant is not None
+
+
+def test_save_compressed_never_writes_into_a_users_compressed_folder(
+    tmp_path, tiny_model_dir, capsys
+):
+    model_dir = tiny_model_dir()
+    out = tmp_path / "out"
+    (out / "compressed").mkdir(parents=True)
+    (out / "compressed" / "notes.txt").write_text("mine")
+    recipe = tmp_path / "qat.yaml"
+    recipe.write_text(QAT_LINEARS)
+    train = ["--train_file", str(DATA / "train.csv"), "--do_train", "--num_train_epochs", "1"]
+    args = _common(model_dir, out) + train + ["--recipe", str(recipe), "--save_compressed"]
+    capsys.readouterr()
+    assert main(args + ["--overwrite_output_dir"]) == 2
+    line = _one_line_error(capsys)
+    assert "holds compressed, which sparseforge did not write" in line, line
+    assert [p.name for p in out.iterdir()] == ["compressed"]
+    assert (out / "compressed" / "notes.txt").read_text() == "mine"

@@ -349,26 +349,47 @@ def drive(
     return metrics
 
 
+COMPRESSED_DIR = "compressed"  # --save_compressed's folder inside --output_dir
+
+
 def _check_compressed_plan(trainer: Any) -> None:
     """--save_compressed is refused before training when the recipe cannot give a model the
     compressed-tensors format holds (no quantization, or embeddings / attention quantized)."""
     from sparseforge.errors import SparseforgeError
+    from sparseforge.transformers.arguments import user_entries
     from sparseforge.transformers.compressed import check_plan
 
     if trainer.manager is None:
         raise SparseforgeError("--save_compressed needs a --recipe that quantizes the model")
+    output_dir = Path(trainer.args.output_dir)
+    if (output_dir / COMPRESSED_DIR).exists() and COMPRESSED_DIR in user_entries(output_dir):
+        raise SparseforgeError(
+            f"--save_compressed writes {output_dir / COMPRESSED_DIR}, which holds files sparseforge "
+            "did not write: move them or choose another --output_dir"
+        )
     check_plan(trainer.model, list(trainer.manager.modifiers))
 
 
 def _save_compressed(trainer: Any) -> None:
     """The trained model beside the sparseforge folder, in the compressed-tensors format that
     plain transformers loads (the sparseforge folder stays for export and resuming)."""
+    import shutil
+    import tempfile
+
     from sparseforge.transformers.compressed import save_compressed_model
 
-    target = Path(trainer.args.output_dir) / "compressed"
-    sizes = save_compressed_model(trainer.model, target)
-    if trainer.processing_class is not None:
-        trainer.processing_class.save_pretrained(str(target))
+    output_dir = Path(trainer.args.output_dir)
+    target = output_dir / COMPRESSED_DIR
+    staging = Path(tempfile.mkdtemp(prefix=".sparseforge-tmp-compressed-", dir=output_dir))
+    try:  # written aside, then renamed: the folder exists only once complete
+        sizes = save_compressed_model(trainer.model, staging)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(str(staging))
+        if target.exists():  # a previous sparseforge run's (a user's was refused before training)
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info(
         "compressed-tensors copy in %s: quantized weights %.1f%% of their FP32 bytes",
         target,
