@@ -84,9 +84,6 @@ class SetParamModifier(Modifier):
         _assign(self._selected, torch.tensor(self.val))
 
 
-INTERPOLATIONS = ("linear", "cubic", "inverse_cubic")
-
-
 def interpolate(x: float, x0: float, x1: float, inter_func: str) -> float:
     """Fraction of the way from the initial to the final value at `x` (SparseML's curves)."""
     if x <= x0:

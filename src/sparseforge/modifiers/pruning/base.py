@@ -35,7 +35,7 @@ from sparseforge.modifiers.pruning.masks import (
     create_masks,
     parse_mask_type,
 )
-from sparseforge.modifiers.pruning.schedule import INTERPOLATIONS, interpolate
+from sparseforge.modifiers.pruning.schedule import check_inter_func, interpolate
 from sparseforge.modifiers.selection import as_pattern_list, select_parameters
 
 logger = logging.getLogger(__name__)
@@ -276,9 +276,7 @@ class GradualPruningModifier(PruningModifier):
     @field_validator("inter_func", mode="before")
     @classmethod
     def _check_inter_func(cls, value: Any) -> Any:
-        if value not in INTERPOLATIONS:
-            raise ValueError(f"unknown inter_func {value!r}; valid: {', '.join(INTERPOLATIONS)}")
-        return value
+        return check_inter_func(value)
 
     @field_validator("mask_type", mode="before")
     @classmethod

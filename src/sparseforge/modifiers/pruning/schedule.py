@@ -14,6 +14,13 @@ import sys
 INTERPOLATIONS = ("linear", "cubic", "inverse_cubic")
 
 
+def check_inter_func(value: object) -> object:
+    """The `inter_func` field validator of every gradual modifier: a name from INTERPOLATIONS."""
+    if value not in INTERPOLATIONS:
+        raise ValueError(f"unknown inter_func {value!r}; valid: {', '.join(INTERPOLATIONS)}")
+    return value
+
+
 def interpolate(
     x_cur: float, x0: float, x1: float, y0: float, y1: float, inter_func: str = "linear"
 ) -> float:

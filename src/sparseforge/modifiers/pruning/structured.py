@@ -43,7 +43,7 @@ from sparseforge.modifiers.pruning.group_scores import (
     magnitude_scores,
 )
 from sparseforge.modifiers.pruning.groups import EncoderGroups, find_encoder_groups
-from sparseforge.modifiers.pruning.schedule import INTERPOLATIONS, interpolate
+from sparseforge.modifiers.pruning.schedule import check_inter_func, interpolate
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,7 @@ class GroupPruningModifier(PruningModifier):
     @field_validator("inter_func", mode="before")
     @classmethod
     def _check_inter_func(cls, value: Any) -> Any:
-        if value not in INTERPOLATIONS:
-            raise ValueError(f"unknown inter_func {value!r}; valid: {', '.join(INTERPOLATIONS)}")
-        return value
+        return check_inter_func(value)
 
     @model_validator(mode="after")
     def _check_targets(self) -> GroupPruningModifier:
