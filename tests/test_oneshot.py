@@ -371,6 +371,33 @@ def test_result_paths(tmp_path):
     ]
 
 
+def test_a_failed_save_leaves_no_folder_and_an_empty_folder_is_filled(tmp_path, monkeypatch):
+    """The output folder is written aside and renamed: it exists only once complete."""
+    model = make_tiny_model()
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        sparseforge.oneshot(
+            model,
+            [WandaPruningModifier(sparsity=0.25)],
+            token_batches(2),
+            output_dir=tmp_path / "o",
+        )
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
+    (tmp_path / "empty").mkdir()
+    result = sparseforge.oneshot(
+        make_tiny_model(),
+        [WandaPruningModifier(sparsity=0.25)],
+        token_batches(2),
+        output_dir=tmp_path / "empty",
+    )
+    assert (result.output_dir / "oneshot_report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
 # ----- compressed-tensors ------------------------------------------------------------------------
 W8A8_LINEARS = (
     SPARSEGPT_RECIPE

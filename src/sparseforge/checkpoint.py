@@ -17,11 +17,14 @@ the Trainer's package.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,24 @@ _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.bin", "*.pt", "*.p
 _NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state", "manager_state")
 
 BuildModel = Callable[[], torch.nn.Module]
+
+
+@contextlib.contextmanager
+def folder_written_aside(target: Path) -> Iterator[Path]:
+    """A staging folder beside `target` to write a model folder into: on success it is renamed to
+    `target`, on any error it is removed, so the folder exists only once complete.
+
+    `target` must be absent or an empty folder (callers refuse anything else before working).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            target.rmdir()  # empty: never a user's files
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def weight_files(path: str | os.PathLike) -> list[Path]:

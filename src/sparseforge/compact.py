@@ -15,10 +15,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sparseforge.checkpoint import folder_written_aside
 from sparseforge.errors import SparseforgeError
 from sparseforge.tasks import AUTO_MODEL_CLASSES, TASK_ALIASES, normalize_task
 
@@ -75,9 +75,7 @@ def compact_folder(
     task = normalize_task(task) if task else task_of(source)
     model = load_model(source, task)
     plan = compact_zeroed(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with folder_written_aside(target) as staging:
         model.save_pretrained(str(staging))
         for item in source.iterdir():
             if (
@@ -86,12 +84,6 @@ def compact_folder(
                 and not item.name.endswith(".safetensors")
             ):
                 shutil.copy2(item, staging / item.name)
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info(
         "compacted %s -> %s: %d of %d layers",
         source,

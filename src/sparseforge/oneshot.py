@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sparseforge.checkpoint import folder_written_aside
 from sparseforge.errors import DataError, ModelMatchError, RecipeError, SparseforgeError
 from sparseforge.modifiers.base import Modifier, TrainingState
 from sparseforge.modifiers.pruning.base import GradualPruningModifier
@@ -613,23 +614,16 @@ def oneshot(
     report = run_oneshot(model, loaded, batches)
     if out is not None:
         save_oneshot(
-            model, to_save, report, out, tokenizer=tokenizer, save_compressed=save_compressed
+            model,
+            to_save,
+            report,
+            out,
+            tokenizer=tokenizer,
+            save_compressed=save_compressed,
+            training=training,
         )
-        if training is not None:
-            _save_training_stages(training, out)
     return OneShotResult(
         model=model, report=report, output_dir=out, recipe=loaded, training_recipe=training
-    )
-
-
-def _save_training_stages(training: Recipe, out: Path) -> None:
-    path = training.save(out / TRAINING_RECIPE_FILE)
-    logger.info(
-        "oneshot: the recipe's training stages are in %s; continue with `sparseforge train TASK "
-        "--model_name_or_path %s --recipe %s` (and --distill_teacher the dense model)",
-        path,
-        out,
-        path,
     )
 
 
@@ -641,26 +635,38 @@ def save_oneshot(
     *,
     tokenizer: Any = None,
     save_compressed: bool = False,
+    training: Recipe | None = None,
 ) -> None:
-    """Write the model folder: weights (+ config, tokenizer), recipe.yaml, oneshot_report.json."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if save_compressed:
-        from sparseforge.transformers.compressed import save_compressed_model
+    """Write the model folder: weights (+ config, tokenizer), recipe.yaml, oneshot_report.json,
+    and the recipe's training stages when it has some. Written aside, then renamed: the folder
+    exists only once complete (`output_dir` must be absent or empty)."""
+    with folder_written_aside(Path(output_dir)) as staging:
+        if save_compressed:
+            from sparseforge.transformers.compressed import save_compressed_model
 
-        report["compressed"] = save_compressed_model(model, output_dir)
-    elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(output_dir))
-    else:
-        from safetensors.torch import save_model
+            report["compressed"] = save_compressed_model(model, staging)
+        elif hasattr(model, "save_pretrained"):
+            model.save_pretrained(str(staging))
+        else:
+            from safetensors.torch import save_model
 
-        save_model(model, str(output_dir / "model.safetensors"))
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(str(output_dir))
-    recipe.save(output_dir / RECIPE_FILE)
-    tmp = output_dir / (REPORT_FILE + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    os.replace(tmp, output_dir / REPORT_FILE)
+            save_model(model, str(staging / "model.safetensors"))
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(staging))
+        recipe.save(staging / RECIPE_FILE)
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        if training is not None:
+            training.save(staging / TRAINING_RECIPE_FILE)
     logger.info("oneshot: saved %s", output_dir)
+    if training is not None:
+        path = Path(output_dir) / TRAINING_RECIPE_FILE
+        logger.info(
+            "oneshot: the recipe's training stages are in %s; continue with `sparseforge train "
+            "TASK --model_name_or_path %s --recipe %s` (and --distill_teacher the dense model)",
+            path,
+            output_dir,
+            path,
+        )
 
 
 __all__ = ["OneShotResult", "find_layers", "oneshot", "run_oneshot", "save_oneshot"]

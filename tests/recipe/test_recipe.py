@@ -130,6 +130,44 @@ def test_recipe_args_override_variables_in_every_form():
     )
 
 
+def test_recipe_args_reach_every_alias_of_an_anchored_variable():
+    """Issue 21: the seed writes `end_epoch: *num_epochs`; YAML resolves the alias to 40 when
+    parsing, so an override of num_epochs used to change the variable and nothing else."""
+    recipe = Recipe.load(
+        RECIPES / "seed_style.md",
+        {"num_epochs": 2, "quantization_start_epoch": 1.5, "init_lr": 1e-4},
+    )
+    epoch_range, lr_main, lr_qat, _ = recipe.modifiers
+    assert epoch_range.end_epoch == 2.0 and recipe.max_epochs == 2
+    assert (lr_main.end_epoch, lr_main.init_lr) == (1.5, 1e-4)
+    assert (lr_qat.start_epoch, lr_qat.end_epoch, lr_qat.init_lr) == (1.5, 2.0, 1e-4)
+    # without overrides the aliases keep their values; the evaluated YAML has no eval() left
+    plain = Recipe.load(RECIPES / "seed_style.md")
+    assert plain.modifiers[0].end_epoch == 40.0 and "eval(" not in plain.to_yaml()
+
+
+def test_alias_links_respect_stage_scopes_and_leave_other_values_alone():
+    text = (
+        "num_epochs: &n 10\n"
+        "other: *n\n"
+        "func: &f linear\n"
+        "stage_a:\n"
+        "  num_epochs: 3\n"
+        "  modifiers:\n"
+        "    - !EpochRangeModifier {start_epoch: 0, end_epoch: *n}\n"
+        "stage_b:\n"
+        "  modifiers:\n"
+        "    - !LearningRateFunctionModifier\n"
+        "      {start_epoch: 0, end_epoch: *n, lr_func: *f, init_lr: 0.1, final_lr: 0.0}\n"
+    )
+    recipe = Recipe.load(text, {"num_epochs": 4})
+    stage_a, stage_b = recipe.stages
+    # stage_a defines its own num_epochs: an alias of the global there keeps the global's number
+    assert stage_a.modifiers[0].end_epoch == 10.0
+    assert stage_b.modifiers[0].end_epoch == 4.0 and stage_b.modifiers[0].lr_func == "linear"
+    assert recipe.variables["other"] == 4
+
+
 def test_recipe_args_for_an_undefined_variable_is_an_error():
     with pytest.raises(RecipeError, match=r"'nope'.*does not define.*num_epochs"):
         Recipe.load(RECIPES / "transfer_style.yaml", "nope=1")

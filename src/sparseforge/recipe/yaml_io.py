@@ -84,7 +84,11 @@ class _BoundedLoader(_ParsingBase):  # type: ignore[misc,valid-type]
 
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node)
+        self.prepare_document(node)
         return super().construct_document(node)
+
+    def prepare_document(self, node: yaml.Node) -> None:
+        """A hook between the bounds check and construction; nothing for plain YAML."""
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -152,6 +156,83 @@ def _check_expansion(root: yaml.Node) -> None:
 
 class _RecipeLoader(_BoundedLoader):
     """The bounded safe loader plus line tracking and `!Modifier` tags."""
+
+    def prepare_document(self, node: yaml.Node) -> None:
+        _link_aliased_variables(node)
+
+
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _link_aliased_variables(root: yaml.Node) -> None:
+    """Turn each `*alias` of a numeric variable into `eval(variable)`, so that `recipe_args`
+    reach every place the recipe uses it.
+
+    YAML resolves `end_epoch: *num_epochs` to the number when parsing, so overriding
+    `num_epochs` changed only the variable (SparseML's behaviour: the seed recipe, written with
+    anchors, kept its 40 epochs whatever `recipe_args` said). Variables are the numeric scalars of
+    the top-level mapping and of its stages (untagged mappings); an alias of a root variable
+    inside a stage that defines the same name is left alone. Runs after `_check_expansion`, on
+    the node graph (each node once).
+    """
+    if not isinstance(root, yaml.MappingNode):
+        return
+    stages = [v for _, v in root.value if isinstance(v, yaml.MappingNode)]
+    for scope in (root, *stages):
+        variables: dict[int, tuple[str, int]] = {}
+        for index, (key, value) in enumerate(scope.value):
+            if (
+                isinstance(key, yaml.ScalarNode)
+                and key.value.isidentifier()
+                and isinstance(value, yaml.ScalarNode)
+                and value.tag in _NUMBER_TAGS
+                and id(value) not in variables
+            ):
+                variables[id(value)] = (key.value, index)
+        if variables:
+            _replace_aliases(scope, scope, variables, frozenset(), set())
+
+
+def _replace_aliases(
+    node: yaml.Node,
+    scope: yaml.MappingNode,
+    variables: dict[int, tuple[str, int]],
+    shadowed: frozenset[str],
+    seen: set[int],
+) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+
+    def linked(child: yaml.Node, hidden: frozenset[str]) -> yaml.Node:
+        name = variables.get(id(child), ("", -1))[0]
+        if not name or name in hidden:
+            return child
+        return yaml.ScalarNode(
+            "tag:yaml.org,2002:str", f"eval({name})", child.start_mark, child.end_mark
+        )
+
+    if isinstance(node, yaml.SequenceNode):
+        node.value = [linked(item, shadowed) for item in node.value]
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        if node is not scope and not node.tag.startswith("!"):  # a stage: its own names win
+            names = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+            shadowed = shadowed | names
+        node.value = [
+            (
+                key,
+                value
+                if node is scope and variables.get(id(value), ("", -1))[1] == index
+                else linked(value, shadowed),
+            )
+            for index, (key, value) in enumerate(node.value)
+        ]
+        children = [value for _, value in node.value]
+    else:
+        return
+    for child in children:
+        _replace_aliases(child, scope, variables, shadowed, seen)
 
 
 # YAML 1.1 reads `8e-5` (no dot) as a string; SparseML users expect a float.
