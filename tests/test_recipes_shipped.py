@@ -28,6 +28,10 @@ STRUCTURED = (
     "zoo:nlp/text_classification/minilm-l6/pytorch/huggingface/bbc_news/structured_quant-none",
     "zoo:nlp/sentiment_analysis/minilm-l6/pytorch/huggingface/sst2/structured_quant-none",
 )
+# the seed recipe itself (Neural Magic's, Apache-2.0, front matter unmodified) and the CoNLL recipe
+# bench/bench_tasks.py measured on MiniLM
+SEED = "zoo:nlp/question_answering/bert-base/pytorch/huggingface/squad/pruned70_block4_quant-none"
+CONLL_MINILM = "zoo:nlp/token_classification/minilm-l6/pytorch/huggingface/conll2003/pruned80_quant-none"
 OUTPUT_KEYS = {
     "question-answering": ["start_logits", "end_logits"],
     "text-classification": ["logits"],
@@ -50,7 +54,7 @@ def test_every_guide_stub_is_shipped():
         for key in GUIDE_TASKS
         for variant in ("base-none", "pruned90_quant-none")
     }
-    assert expected | {DEMO, DEMO_DENSE} | set(STRUCTURED) == shipped
+    assert expected | {DEMO, DEMO_DENSE, SEED, CONLL_MINILM} | set(STRUCTURED) == shipped
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=stub_of)
@@ -59,7 +63,10 @@ def test_shipped_recipe_loads_and_resolves(path):
     assert Path(zoo.resolve_recipe(stub)) == path.resolve()
     recipe = Recipe.load(zoo.resolve_recipe(stub))
     assert recipe.max_epochs == recipe.variables["num_epochs"]
-    assert "written for this project" in path.read_text()
+    text = path.read_text()
+    assert "written for this project" in text or (
+        stub == SEED and "Copyright (c) 2021 - present / Neuralmagic" in text
+    )
     # the evaluated recipe round-trips through YAML
     assert Recipe.load(recipe.to_yaml()).to_yaml() == recipe.to_yaml()
 
@@ -93,6 +100,38 @@ def test_sparse_transfer_recipe_shape(key):
     assert 0 < quant.start_epoch < quant.disable_quantization_observer_epoch < num_epochs
     assert by_name["DistillationModifier"].distill_output_keys == OUTPUT_KEYS[GUIDE_TASKS[key]]
     assert by_name["SetWeightDecayModifier"].weight_decay == pytest.approx(0.01)
+
+
+def test_the_seed_stub_is_the_seed_and_scales_through_its_variables():
+    """70% [1,4] GMP on the encoder, QAT, distillation; recipe_args reach its `*aliases`."""
+    recipe = Recipe.load(zoo.resolve_recipe(SEED))
+    by_name = {mod.name: mod for mod in recipe.modifiers}
+    gmp = by_name["GMPruningModifier"]
+    assert (gmp.final_sparsity, gmp.mask_type, gmp.start_epoch, gmp.end_epoch) == (
+        0.7,
+        [1, 4],
+        2.0,
+        20.0,
+    )
+    assert recipe.max_epochs == 40
+    scaled = Recipe.load(
+        zoo.resolve_recipe(SEED),
+        {
+            "num_epochs": 0.5,
+            "pruning_start_epoch": 0.025,
+            "pruning_end_epoch": 0.25,
+            "quantization_start_epoch": 0.375,
+            "qat_freeze_epoch": 0.4375,
+        },
+    )
+    by_name = {mod.name: mod for mod in scaled.modifiers}
+    assert (by_name["GMPruningModifier"].start_epoch, by_name["GMPruningModifier"].end_epoch) == (
+        0.025,
+        0.25,
+    )
+    quant = by_name["QuantizationModifier"]
+    assert (quant.start_epoch, quant.disable_quantization_observer_epoch) == (0.375, 0.4375)
+    assert scaled.modifiers[0].end_epoch == 0.5
 
 
 def one_training_step(manager, model, teacher, task):
