@@ -425,9 +425,14 @@ def encoder_sparsity(model_dir: Path) -> float:
     return zeros / total if total else 0.0
 
 
+def train_minutes(folder: Path) -> float:
+    """The Trainer's own train_runtime (training only, no evaluation), also for a reused stage."""
+    return json.loads((folder / "train_results.json").read_text())["train_runtime"] / 60
+
+
 def row(name: str, info: dict) -> str:
-    def seconds(key: str) -> str:
-        return "reused" if info.get(key) is None else f"{info[key] / 60:.0f} min"
+    def seconds(stage: str) -> str:
+        return f"{info[f'{stage}_train_minutes']:.0f} min"
 
     low, high = info["sparse_recovery_ci"]
     olow, ohigh = info["onnx_recovery_ci"]
@@ -436,7 +441,7 @@ def row(name: str, info: dict) -> str:
         f"| **{info['sparse_recovery']:.1%}** ({low:.1%}-{high:.1%}) "
         f"| {info['onnx_recovery']:.1%} ({olow:.1%}-{ohigh:.1%}) "
         f"| {info['onnx_minus_pytorch_f1']:+.2f} | {info['encoder_sparsity']:.1%} "
-        f"| {seconds('dense_seconds')} / {seconds('sparse_seconds')} |"
+        f"| {seconds('dense')} / {seconds('sparse')} |"
     )
 
 
@@ -460,6 +465,8 @@ def main() -> int:
         start = time.perf_counter()
         info = runners[task](args, workdir)
         info["encoder_sparsity"] = encoder_sparsity(workdir / f"{task}_sparse")
+        for stage in ("dense", "sparse"):
+            info[f"{stage}_train_minutes"] = train_minutes(workdir / f"{task}_{stage}")
         info.update(
             machine=platform.processor() or platform.machine(),
             threads=args.threads,
