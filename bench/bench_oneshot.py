@@ -227,6 +227,24 @@ def accuracy_of(sums: np.ndarray) -> np.ndarray:
     return sums[..., 0] / sums[..., 1]
 
 
+def encode_conll(sentences: list[dict], tokenizer, label_to_id: dict) -> dict:
+    """Words tokenized as the CLI does (first sub-token labelled, 128 tokens at most), padded."""
+    from sparseforge.transformers.tasks.ner_utils import tokenize_and_align_labels
+
+    return tokenize_and_align_labels(
+        {
+            "tokens": [s["tokens"] for s in sentences],
+            "ner_tags": [s["ner_tags"] for s in sentences],
+        },
+        tokenizer,
+        text_column="tokens",
+        label_column="ner_tags",
+        label_to_id=label_to_id,
+        max_seq_length=CONLL_MAX_LENGTH,
+        padding=True,
+    )
+
+
 def tag_sentences(
     model, tokenizer, sentences: list[dict]
 ) -> tuple[list[list[str]], list[list[str]]]:
@@ -235,7 +253,7 @@ def tag_sentences(
     import torch
 
     from sparseforge.oneshot import MODEL_INPUT_KEYS
-    from sparseforge.transformers.tasks.ner_utils import IGNORE_INDEX, tokenize_and_align_labels
+    from sparseforge.transformers.tasks.ner_utils import IGNORE_INDEX
 
     id_to_label = {int(i): label for i, label in model.config.id2label.items()}
     label_to_id = {label: i for i, label in id_to_label.items()}
@@ -243,18 +261,7 @@ def tag_sentences(
     with torch.no_grad():
         for start in range(0, len(sentences), 64):
             chunk = sentences[start : start + 64]
-            encoded = tokenize_and_align_labels(
-                {
-                    "tokens": [s["tokens"] for s in chunk],
-                    "ner_tags": [s["ner_tags"] for s in chunk],
-                },
-                tokenizer,
-                text_column="tokens",
-                label_column="ner_tags",
-                label_to_id=label_to_id,
-                max_seq_length=CONLL_MAX_LENGTH,
-                padding=True,
-            )
+            encoded = encode_conll(chunk, tokenizer, label_to_id)
             inputs = {k: torch.tensor(encoded[k]) for k in MODEL_INPUT_KEYS if k in encoded}
             best = model(**inputs).logits.argmax(-1).numpy()
             for pred_row, label_row in zip(best, np.asarray(encoded["labels"]), strict=True):
@@ -564,19 +571,8 @@ def fit_tiny(model, tokenizer, sentences: list[dict], steps: int) -> None:
     import torch
 
     from sparseforge.oneshot import MODEL_INPUT_KEYS
-    from sparseforge.transformers.tasks.ner_utils import tokenize_and_align_labels
 
-    encoded = tokenize_and_align_labels(
-        {
-            "tokens": [s["tokens"] for s in sentences],
-            "ner_tags": [s["ner_tags"] for s in sentences],
-        },
-        tokenizer,
-        text_column="tokens",
-        label_column="ner_tags",
-        label_to_id=model.config.label2id,
-        padding=True,
-    )
+    encoded = encode_conll(sentences, tokenizer, model.config.label2id)
     inputs = {k: torch.tensor(encoded[k]) for k in MODEL_INPUT_KEYS if k in encoded}
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
