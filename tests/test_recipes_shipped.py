@@ -31,7 +31,9 @@ STRUCTURED = (
 # the seed recipe itself (Neural Magic's, Apache-2.0, front matter unmodified) and the CoNLL recipe
 # bench/bench_tasks.py measured on MiniLM
 SEED = "zoo:nlp/question_answering/bert-base/pytorch/huggingface/squad/pruned70_block4_quant-none"
-CONLL_MINILM = "zoo:nlp/token_classification/minilm-l6/pytorch/huggingface/conll2003/pruned80_quant-none"
+CONLL_MINILM = (
+    "zoo:nlp/token_classification/minilm-l6/pytorch/huggingface/conll2003/pruned80_quant-none"
+)
 OUTPUT_KEYS = {
     "question-answering": ["start_logits", "end_logits"],
     "text-classification": ["logits"],

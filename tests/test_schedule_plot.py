@@ -119,3 +119,30 @@ def test_missing_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(SparseforgeError, match=r"pip install 'sparseforge\[plot\]'"):
         plot_schedule(_rows(), tmp_path / "x.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_plot_rows_follow_the_cubic_ramp_and_show_the_lr_reset():
+    """A short recipe (the seed scaled to half an epoch) drawn from whole-epoch rows was a straight
+    line through its events: the cubic ramp looked linear and the QAT LR reset vanished."""
+    recipe = Recipe.load(
+        SEED_SHAPE.replace("update_frequency: 0.5", "update_frequency: 0.01")
+        .replace("10.0", "0.5")
+        .replace("7.0", "0.35")
+        .replace("9.0", "0.45")
+        .replace("start_epoch: 1.0", "start_epoch: 0.05")
+        .replace("end_epoch: 5.0", "end_epoch: 0.25")
+    )
+    plain = schedule_table(recipe, steps_per_epoch=600)
+    drawn = schedule_table(recipe, steps_per_epoch=600, samples=200)
+    assert len(drawn) > len(plain) + 200 - 10
+    by_epoch = {round(row.epoch, 6): row for row in drawn}
+    # half way through the ramp a cubic schedule is far above the straight line (0.35)
+    middle = by_epoch[round(0.5 * 75 / 200, 6)]  # epoch 0.1875, 69% of the ramp
+    progress = (0.1875 - 0.05) / 0.2
+    assert middle.values["sparsity"] == pytest.approx(0.7 * (1 - (1 - progress) ** 3), abs=0.02)
+    # one step before the reset the rate is ~0; at the reset it is back to init_lr
+    before = by_epoch[round(0.35 - 1 / 600, 6)]
+    after = max(
+        (row for row in drawn if 0.35 < row.epoch < 0.36), key=lambda row: row.learning_rate
+    )
+    assert before.learning_rate < 1e-6 and after.learning_rate == pytest.approx(5e-5, rel=0.05)

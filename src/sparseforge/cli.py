@@ -52,6 +52,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # `recipe check` simulates every optimizer step for its table; a recipe's 1e300 epochs would never end.
 MAX_TABULATED_STEPS = 1_000_000
+# Rows drawn by `recipe check --plot`: enough that cubic ramps look cubic and LR resets look like jumps.
+PLOT_SAMPLES = 200
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,7 +165,8 @@ def recipe_main(argv: Sequence[str]) -> int:
         from sparseforge.schedule_plot import plot_schedule, read_log_history
 
         measured = read_log_history(args.log) if args.log else None
-        written = plot_schedule(rows, args.plot, title=str(args.file), measured=measured)
+        drawn = schedule_table(recipe, args.steps_per_epoch, samples=PLOT_SAMPLES)
+        written = plot_schedule(drawn, args.plot, title=str(args.file), measured=measured)
         print(f"\nschedule plot written to {written}")
     if args.yaml:
         print("\n" + recipe.to_yaml())

@@ -24,12 +24,14 @@ class ScheduleRow:
 
 
 def schedule_table(
-    recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | None = None
+    recipe: Recipe, steps_per_epoch: int = 100, base_lr: float | None = None, samples: int = 0
 ) -> list[ScheduleRow]:
     """One row per whole epoch (and per event epoch) from 0 to the recipe's end (`end_epoch`).
 
     The learning rate is simulated by running the recipe's LR modifiers over every step on a
     stand-in optimizer; other modifiers contribute `schedule_values()` and `schedule_events()`.
+    `samples` > 0 adds that many evenly spaced rows and one row a step before each event, so a
+    drawing shows curves (cubic sparsity) and jumps (an LR reset) on a recipe of few epochs.
     """
     end_epoch = max(recipe.end_epoch_at(steps_per_epoch), 0.0)
     # The recipe's own instances, bound to one schedule: a recipe is data and is never bound.
@@ -42,6 +44,11 @@ def schedule_table(
             events.setdefault(round(max(epoch, 0.0), 4), []).append(text)
     whole_epochs = {float(e) for e in range(math.floor(end_epoch + 1e-9) + 1)}
     epochs = sorted(whole_epochs | {round(end_epoch, 4)} | set(events))
+    if samples > 0:
+        step = 1.0 / steps_per_epoch
+        dense = {end_epoch * i / samples for i in range(samples + 1)}
+        before = {epoch - step for epoch in events if epoch - step > 0}
+        epochs = sorted(set(epochs) | dense | before)
 
     lr_mods = [mod for mod in modifiers if type(mod).controls_learning_rate]
     dummy = torch.nn.Parameter(torch.zeros(1))
