@@ -166,6 +166,15 @@ def test_alias_links_respect_stage_scopes_and_leave_other_values_alone():
     assert stage_a.modifiers[0].end_epoch == 10.0
     assert stage_b.modifiers[0].end_epoch == 4.0 and stage_b.modifiers[0].lr_func == "linear"
     assert recipe.variables["other"] == 4
+    # a recipe without stages: aliases in flow-style modifier fields follow the override too
+    nested = Recipe.load(
+        "end_epoch: &e 3\n"
+        "modifiers:\n"
+        "  - !EpochRangeModifier {start_epoch: 0, end_epoch: *e}\n"
+        "  - !SetLearningRateModifier {start_epoch: *e, learning_rate: 0.1}\n",
+        {"end_epoch": 6},
+    )
+    assert nested.modifiers[0].end_epoch == 6.0 and nested.modifiers[1].start_epoch == 6.0
 
 
 def test_recipe_args_for_an_undefined_variable_is_an_error():

@@ -171,68 +171,70 @@ def _link_aliased_variables(root: yaml.Node) -> None:
     YAML resolves `end_epoch: *num_epochs` to the number when parsing, so overriding
     `num_epochs` changed only the variable (SparseML's behaviour: the seed recipe, written with
     anchors, kept its 40 epochs whatever `recipe_args` said). Variables are the numeric scalars of
-    the top-level mapping and of its stages (untagged mappings); an alias of a root variable
+    the top-level mapping and of its stages (its mapping values); an alias of a root variable
     inside a stage that defines the same name is left alone. Runs after `_check_expansion`, on
     the node graph (each node once).
     """
     if not isinstance(root, yaml.MappingNode):
         return
     stages = [v for _, v in root.value if isinstance(v, yaml.MappingNode)]
+    stage_names = {
+        id(stage): frozenset(k.value for k, _ in stage.value if isinstance(k, yaml.ScalarNode))
+        for stage in stages
+    }
     for scope in (root, *stages):
-        variables: dict[int, tuple[str, int]] = {}
+        _AliasLinker(scope, stage_names).visit(scope, frozenset())
+
+
+class _AliasLinker:
+    """One scope's numeric variables, and the walk that links their aliases below it."""
+
+    def __init__(self, scope: yaml.MappingNode, stage_names: dict[int, frozenset[str]]):
+        self.scope = scope
+        self.stage_names = stage_names
+        self.seen: set[int] = set()
+        self.variables: dict[int, tuple[str, int]] = {}  # id(node) -> (name, defining entry)
         for index, (key, value) in enumerate(scope.value):
             if (
                 isinstance(key, yaml.ScalarNode)
                 and key.value.isidentifier()
                 and isinstance(value, yaml.ScalarNode)
                 and value.tag in _NUMBER_TAGS
-                and id(value) not in variables
+                and id(value) not in self.variables
             ):
-                variables[id(value)] = (key.value, index)
-        if variables:
-            _replace_aliases(scope, scope, variables, frozenset(), set())
+                self.variables[id(value)] = (key.value, index)
 
-
-def _replace_aliases(
-    node: yaml.Node,
-    scope: yaml.MappingNode,
-    variables: dict[int, tuple[str, int]],
-    shadowed: frozenset[str],
-    seen: set[int],
-) -> None:
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-
-    def linked(child: yaml.Node, hidden: frozenset[str]) -> yaml.Node:
-        name = variables.get(id(child), ("", -1))[0]
+    def linked(self, child: yaml.Node, hidden: frozenset[str]) -> yaml.Node:
+        name = self.variables.get(id(child), ("", -1))[0]
         if not name or name in hidden:
             return child
         return yaml.ScalarNode(
             "tag:yaml.org,2002:str", f"eval({name})", child.start_mark, child.end_mark
         )
 
-    if isinstance(node, yaml.SequenceNode):
-        node.value = [linked(item, shadowed) for item in node.value]
-        children = list(node.value)
-    elif isinstance(node, yaml.MappingNode):
-        if node is not scope and not node.tag.startswith("!"):  # a stage: its own names win
-            names = {k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
-            shadowed = shadowed | names
-        node.value = [
-            (
-                key,
-                value
-                if node is scope and variables.get(id(value), ("", -1))[1] == index
-                else linked(value, shadowed),
-            )
-            for index, (key, value) in enumerate(node.value)
-        ]
-        children = [value for _, value in node.value]
-    else:
-        return
-    for child in children:
-        _replace_aliases(child, scope, variables, shadowed, seen)
+    def defines(self, node: yaml.Node, index: int, value: yaml.Node) -> bool:
+        """Whether this entry is the variable's own definition (not an alias of it)."""
+        return node is self.scope and self.variables.get(id(value), ("", -1))[1] == index
+
+    def visit(self, node: yaml.Node, hidden: frozenset[str]) -> None:
+        if not self.variables or id(node) in self.seen:
+            return
+        self.seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            node.value = [self.linked(item, hidden) for item in node.value]
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            if node is not self.scope:  # a stage's own names win inside it
+                hidden = hidden | self.stage_names.get(id(node), frozenset())
+            node.value = [
+                (key, value if self.defines(node, index, value) else self.linked(value, hidden))
+                for index, (key, value) in enumerate(node.value)
+            ]
+            children = [value for _, value in node.value]
+        else:
+            return
+        for child in children:
+            self.visit(child, hidden)
 
 
 # YAML 1.1 reads `8e-5` (no dot) as a string; SparseML users expect a float.
