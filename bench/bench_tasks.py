@@ -43,14 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 SEEDS = ROOT.parent / "shared" / "seeds"
 SEED_EPOCHS = 40.0
-# The seed's epoch variables, scaled together so its schedule keeps its shape.
-SEED_EPOCH_VARIABLES = (
-    "num_epochs",
-    "pruning_start_epoch",
-    "pruning_end_epoch",
-    "quantization_start_epoch",
-    "qat_freeze_epoch",
-)
+# The seed's epoch variables and their values, scaled together so its schedule keeps its shape.
 SEED_VALUES = {
     "num_epochs": 40.0,
     "pruning_start_epoch": 2.0,
@@ -210,7 +203,7 @@ def seed_recipe() -> Path:
 
 def seed_recipe_args(epochs: float) -> dict[str, float]:
     """The seed's epoch variables scaled from its 40 epochs to `epochs`."""
-    return {name: SEED_VALUES[name] * epochs / SEED_EPOCHS for name in SEED_EPOCH_VARIABLES}
+    return {name: value * epochs / SEED_EPOCHS for name, value in SEED_VALUES.items()}
 
 
 def squad_onnx_predictions(deployment: Path, eval_file: Path, threads: int) -> dict[str, str]:
