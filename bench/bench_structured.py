@@ -60,6 +60,8 @@ VARIANTS = {
     "MiniLM": {
         "third of MACs (heads/2, ffn 24%)": (0.5, 0.24, 1.0),
         "third of MACs (4 of 6 layers, heads/2, ffn/2)": (0.5, 0.5, 4 / 6),
+        "third of MACs (3 of 6 layers, heads/2, ffn 2/3)": (0.5, 2 / 3, 0.5),
+        "third of MACs (2 of 6 layers, full width)": (1.0, 1.0, 2 / 6),
     },
     "tiny": {"heads/2 + ffn/4 + layers/2": (0.5, 0.25, 0.5)},
 }
