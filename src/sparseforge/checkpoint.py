@@ -48,18 +48,23 @@ BuildModel = Callable[[], torch.nn.Module]
 
 
 @contextlib.contextmanager
-def folder_written_aside(target: Path) -> Iterator[Path]:
+def folder_written_aside(target: Path, replace_own: bool = False) -> Iterator[Path]:
     """A staging folder beside `target` to write a model folder into: on success it is renamed to
     `target`, on any error it is removed, so the folder exists only once complete.
 
-    `target` must be absent or an empty folder (callers refuse anything else before working).
+    `target` must be absent or an empty folder (callers refuse anything else before working),
+    unless `replace_own`: the caller has checked that an existing `target` is sparseforge's own
+    earlier output, which is replaced only once the new folder is complete.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
         if target.exists():
-            target.rmdir()  # empty: never a user's files
+            if replace_own:
+                shutil.rmtree(target)
+            else:
+                target.rmdir()  # empty: never a user's files
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

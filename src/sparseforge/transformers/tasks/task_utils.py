@@ -373,23 +373,15 @@ def _check_compressed_plan(trainer: Any) -> None:
 def _save_compressed(trainer: Any) -> None:
     """The trained model beside the sparseforge folder, in the compressed-tensors format that
     plain transformers loads (the sparseforge folder stays for export and resuming)."""
-    import shutil
-    import tempfile
-
+    from sparseforge.checkpoint import folder_written_aside
     from sparseforge.transformers.compressed import save_compressed_model
 
-    output_dir = Path(trainer.args.output_dir)
-    target = output_dir / COMPRESSED_DIR
-    staging = Path(tempfile.mkdtemp(prefix=".sparseforge-tmp-compressed-", dir=output_dir))
-    try:  # written aside, then renamed: the folder exists only once complete
+    target = Path(trainer.args.output_dir) / COMPRESSED_DIR
+    # a previous sparseforge run's folder is replaced; a user's was refused before training
+    with folder_written_aside(target, replace_own=True) as staging:
         sizes = save_compressed_model(trainer.model, staging)
         if trainer.processing_class is not None:
             trainer.processing_class.save_pretrained(str(staging))
-        if target.exists():  # a previous sparseforge run's (a user's was refused before training)
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info(
         "compressed-tensors copy in %s: quantized weights %.1f%% of their FP32 bytes",
         target,
