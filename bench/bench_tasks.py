@@ -3,6 +3,7 @@
     python bench/bench_tasks.py [--tasks squad,conll] [--workdir /tmp/bench_tasks]
         [--squad_dense_epochs 0.5] [--squad_epochs 0.5] [--conll_dense_epochs 3]
         [--conll_epochs 3] [--threads N]
+        [--variant NAME --conll_recipe FILE_OR_STUB --conll_recipe_args JSON]
 
 - SQuAD v1.1: only the dev file exists here, so it is split by article (the first 38 articles
   train, the last 10 evaluate; titles in the results). NOT comparable to official SQuAD dev
@@ -18,6 +19,12 @@ onnxruntime on the same questions / sentences. Recovery = sparse / dense with a 
 bootstrap interval over questions (SQuAD) or sentences (CoNLL). A stage whose output folder
 already holds eval_results.json is reused (delete the folder to retrain). Writes
 WORKDIR/results_<task>.json and prints a markdown row per task.
+
+--variant NAME trains the sparse stage again into <task>_sparse_NAME (results_<task>_NAME.json),
+from the same dense model: with --conll_recipe (another recipe, e.g. the shipped one without its
+quantization modifiers, to split the pruning's cost from QAT's: --without_qat writes that copy)
+and --conll_recipe_args (more variables, merged over {"num_epochs": --conll_epochs}), the
+diagnostics the issue asks for.
 """
 
 from __future__ import annotations
@@ -346,7 +353,8 @@ def run_conll(args: argparse.Namespace, workdir: Path) -> dict:
     data += ["--test_file", str(conll / "eng.testb"), "--max_seq_length", str(CONLL_SEQ)]
     data += ["--pad_to_max_length", "false", "--per_device_train_batch_size", "32"]
     data += ["--do_train", "--do_eval", "--do_predict"]
-    dense_dir, sparse_dir = workdir / "conll_dense", workdir / "conll_sparse"
+    dense_dir, sparse_dir = workdir / "conll_dense", workdir / sparse_name("conll", args)
+    recipe_args = {"num_epochs": args.conll_epochs, **json.loads(args.conll_recipe_args)}
     (workdir / "conll_dense.yaml").write_text(
         DENSE_RECIPE.format(epochs=args.conll_dense_epochs, lr=1e-4)
     )
@@ -358,11 +366,12 @@ def run_conll(args: argparse.Namespace, workdir: Path) -> dict:
         dense_dir,
         args.threads,
     )
+    info["recipe"], info["recipe_args"] = args.conll_recipe, recipe_args
     info["sparse_seconds"] = train_stage(
-        "conll_sparse",
+        sparse_name("conll", args),
         ["train", "token-classification", "--model_name_or_path", str(dense_dir)]
-        + ["--distill_teacher", str(dense_dir), "--recipe", CONLL_RECIPE]
-        + ["--recipe_args", json.dumps({"num_epochs": args.conll_epochs}), *data],
+        + ["--distill_teacher", str(dense_dir), "--recipe", args.conll_recipe]
+        + ["--recipe_args", json.dumps(recipe_args), *data],
         sparse_dir,
         args.threads,
     )
@@ -403,6 +412,33 @@ ENCODER_LINEAR = re.compile(
     r"bert\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
     r"|intermediate\.dense|output\.dense)\.weight"
 )
+
+
+def without_quantization(recipe: str, workdir: Path) -> str:
+    """A copy of `recipe`'s YAML without its `quantization_modifiers:` block (all else equal)."""
+    from sparseforge.zoo import resolve_recipe
+
+    text = Path(resolve_recipe(recipe)).read_text(encoding="utf-8")
+    front = re.search(r"^---\n(.*?)^---\n", text, re.S | re.M)
+    lines = (front.group(1) if front else text).splitlines(keepends=True)
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith("quantization_modifiers:"):
+            skipping = True
+        elif skipping and line.strip() and not line[0].isspace():
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    if len(kept) == len(lines):
+        raise SystemExit(f"{recipe}: no quantization_modifiers block to leave out")
+    path = workdir / "conll_recipe_without_qat.yaml"
+    path.write_text("".join(kept), encoding="utf-8")
+    return str(path)
+
+
+def sparse_name(task: str, args: argparse.Namespace) -> str:
+    """The sparse stage's folder name: <task>_sparse, or <task>_sparse_<variant>."""
+    return f"{task}_sparse" + (f"_{args.variant}" if args.variant else "")
 
 
 def encoder_sparsity(model_dir: Path) -> float:
@@ -447,26 +483,36 @@ def main() -> int:
     parser.add_argument("--conll_dense_epochs", type=float, default=3.0)
     parser.add_argument("--conll_epochs", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--variant", default="", help="suffix of a diagnostic sparse run")
+    parser.add_argument("--conll_recipe", default=CONLL_RECIPE)
+    parser.add_argument("--conll_recipe_args", default="{}", help="JSON of recipe variables")
+    parser.add_argument("--without_qat", action="store_true", help="drop the recipe's QAT")
     args = parser.parse_args()
+    if args.variant and args.tasks != "conll":
+        parser.error("--variant runs the CoNLL sparse stage only: add --tasks conll")
     if not DATA.is_dir():
         print(f"the task data is missing: {DATA} (../shared/data beside the repository)")
         return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.without_qat:
+        args.conll_recipe = without_quantization(args.conll_recipe, workdir)
     runners = {"squad": run_squad, "conll": run_conll}
     for task in args.tasks.split(","):
         start = time.perf_counter()
         info = runners[task](args, workdir)
-        info["encoder_sparsity"] = encoder_sparsity(workdir / f"{task}_sparse")
-        for stage in ("dense", "sparse"):
-            info[f"{stage}_train_minutes"] = train_minutes(workdir / f"{task}_{stage}")
+        sparse_dir = workdir / sparse_name(task, args)
+        info["encoder_sparsity"] = encoder_sparsity(sparse_dir)
+        info["dense_train_minutes"] = train_minutes(workdir / f"{task}_dense")
+        info["sparse_train_minutes"] = train_minutes(sparse_dir)
         info.update(
             machine=platform.processor() or platform.machine(),
             threads=args.threads,
             total_seconds=time.perf_counter() - start,
             args=vars(args),
         )
-        (workdir / f"results_{task}.json").write_text(json.dumps(info, indent=2) + "\n")
+        suffix = f"_{args.variant}" if args.variant else ""
+        (workdir / f"results_{task}{suffix}.json").write_text(json.dumps(info, indent=2) + "\n")
         print(
             "| task | dense F1 | sparse INT8 F1 (PyTorch) | (ONNX) | recovery | ONNX recovery "
             "| ONNX - PyTorch | encoder sparsity | dense / sparse train |"

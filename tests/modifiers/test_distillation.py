@@ -70,6 +70,33 @@ def test_kl_rows_of_token_logits_are_averaged_per_row():
     assert kl_logsoftmax(student, teacher, 2.0).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_padded_tokens_do_not_count_in_token_distillation():
+    """Token logits (batch, seq, classes): rows the attention mask drops are left out of the sum
+    and of the count, so the loss is the hand KL over the real tokens only, whatever the padded
+    positions hold; per-sequence logits ignore the mask."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    real = mask.bool()
+    expected = _hand_kl(student[real].tolist(), teacher[real].tolist(), 2.0)
+    mod = DistillationModifier(hardness=1.0, temperature=2.0)
+    inputs = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": mask}
+    got = mod.distillation_loss({"logits": student}, {"logits": teacher}, inputs)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    noisy = student.clone()
+    noisy[1, 1:] = 100.0  # garbage where the mask says padding
+    assert mod.distillation_loss(
+        {"logits": noisy}, {"logits": teacher}, inputs
+    ).item() == pytest.approx(expected, rel=1e-5)
+    unmasked = mod.distillation_loss({"logits": student}, {"logits": teacher})
+    assert unmasked.item() != pytest.approx(expected, rel=1e-3)  # the mask made the difference
+    # one row per sequence (batch, classes): the (batch, seq) mask does not apply
+    pooled = mod.distillation_loss({"logits": student[:, 0]}, {"logits": teacher[:, 0]}, inputs)
+    assert pooled.item() == pytest.approx(
+        _hand_kl(student[:, 0].tolist(), teacher[:, 0].tolist(), 2.0), rel=1e-5
+    )
+
+
 def test_distillation_loss_mixes_task_loss_by_hardness():
     model = torch.nn.Linear(2, 2)
     teacher = Fixed(TEACHER)
@@ -216,6 +243,26 @@ def test_per_layer_loss_formula_without_projection():
     loss = manager.loss_update(torch.tensor(0.3), student_outputs=None, student_inputs={"x": x})
     s, t = student.first(x), teacher.first(x)
     expected = 0.3 + 2.0 * ((s - t).square().mean() / (t.square().mean() + 1e-6))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_per_layer_loss_leaves_padded_tokens_out():
+    torch.manual_seed(0)
+    student, teacher = TwoLayer(4), TwoLayer(4)
+    recipe = (
+        "modifiers:\n  - !PerLayerDistillationModifier {gain: 1.0, normalize: true, project_features: false, "
+        "student_layer_names: [first], teacher_layer_names: [first]}"
+    )
+    manager = _manager(recipe, student, teacher)
+    x = torch.randn(2, 3, 2)  # (batch, seq, features)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    student(x)
+    loss = manager.loss_update(
+        torch.tensor(0.0), student_outputs=None, student_inputs={"x": x, "attention_mask": mask}
+    )
+    real = mask.bool()
+    s, t = student.first(x)[real], teacher.first(x)[real]
+    expected = (s - t).square().mean() / (t.square().mean() + 1e-6)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 

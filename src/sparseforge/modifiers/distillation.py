@@ -48,19 +48,39 @@ LABEL_KEYS = frozenset(
 
 
 # ----- formulas --------------------------------------------------------------------------------
-def kl_logsoftmax(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def kl_logsoftmax(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float,
+    row_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """SparseML's per-row distillation term: sum KL(softmax(t/T) || softmax(s/T)) * T^2 / rows.
 
     A row is one distribution over the last dimension (a sequence's logits, or a token's).
+    `row_mask` (shape of the rows, 1 = counts) leaves padded tokens out of the sum and the count.
     """
-    rows = student.numel() / student.size(-1)
     kl = F.kl_div(
         F.log_softmax(student / temperature, dim=-1),
         F.log_softmax(teacher / temperature, dim=-1),
         log_target=True,
-        reduction="sum",
-    )
-    return kl * (temperature**2) / rows
+        reduction="none",
+    ).sum(-1)
+    if row_mask is None:
+        return kl.sum() * (temperature**2) / kl.numel()
+    return (kl * row_mask).sum() * (temperature**2) / row_mask.sum().clamp(min=1)
+
+
+def token_mask(inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+    """The real-token mask (float, 1 = counts) for a per-token output: `attention_mask` of a dict
+    of inputs when its shape is the output's without the last dimension, else None (one row
+    per sequence, or no mask given). Padded positions carry no information to distill, and with
+    dynamic padding they are a batch-dependent share of the rows."""
+    if not isinstance(inputs, Mapping):
+        return None
+    mask = inputs.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(output.shape[:-1]):
+        return None
+    return mask.to(device=output.device, dtype=torch.float32)
 
 
 def output_items(
@@ -271,8 +291,11 @@ class DistillationModifier(_TeacherMixin, Modifier):
     def on_initialize(self, state: TrainingState) -> None:
         self._bind_teacher(state)
 
-    def distillation_loss(self, student_outputs: Any, teacher_outputs: Any) -> torch.Tensor:
-        """Mean over the distilled outputs of `kl_logsoftmax` (the term `hardness` weighs)."""
+    def distillation_loss(
+        self, student_outputs: Any, teacher_outputs: Any, inputs: Any = None
+    ) -> torch.Tensor:
+        """Mean over the distilled outputs of `kl_logsoftmax` (the term `hardness` weighs);
+        per-token outputs count the tokens `inputs`' attention_mask keeps (`token_mask`)."""
         student_items = output_items(student_outputs, self.distill_output_keys)
         keys = [key for key, _ in student_items]
         teacher_items = dict(output_items(teacher_outputs, keys))
@@ -285,7 +308,12 @@ class DistillationModifier(_TeacherMixin, Modifier):
                     f"but {tuple(teacher.shape)} in the teacher; distillation needs the same head"
                 )
             losses.append(
-                kl_logsoftmax(student.float(), teacher.float().detach(), self.temperature)
+                kl_logsoftmax(
+                    student.float(),
+                    teacher.float().detach(),
+                    self.temperature,
+                    token_mask(inputs, student),
+                )
             )
         if not losses:
             raise ModelMatchError("DistillationModifier: the model returned no outputs to distill")
@@ -308,7 +336,9 @@ class DistillationModifier(_TeacherMixin, Modifier):
                 )
             keys = None if kwargs.get("teacher_inputs") is not None else self.teacher_input_keys
             teacher_outputs = self._run_teacher(state, inputs, keys)
-        teacher_loss = self.distillation_loss(student_outputs, teacher_outputs)
+        teacher_loss = self.distillation_loss(
+            student_outputs, teacher_outputs, kwargs.get("student_inputs")
+        )
         total = (1.0 - self.hardness) * loss + self.hardness * teacher_loss
         state.logs["distillation/task_loss"] = float(loss.detach())
         state.logs["distillation/teacher_loss"] = float(teacher_loss.detach())
@@ -486,9 +516,17 @@ class PerLayerDistillationModifier(_TeacherMixin, Modifier):
                     f"{self.name}: student layer '{s_name}' gives shape {tuple(student.shape)}, teacher layer "
                     f"'{t_name}' gives {tuple(teacher.shape)}; set project_features: True or pick matching layers"
                 )
-            mse = (student.float() - teacher.float()).square().mean()
-            if self.normalize:
-                mse = mse / (teacher.float().square().mean() + self.epsilon)
+            mask = token_mask(inputs, teacher)
+            if mask is None:
+                mse = (student.float() - teacher.float()).square().mean()
+                power = teacher.float().square().mean() if self.normalize else None
+            else:  # padded tokens left out (`token_mask`)
+                count = mask.sum().clamp(min=1) * teacher.shape[-1]
+                mask = mask.unsqueeze(-1)
+                mse = ((student.float() - teacher.float()).square() * mask).sum() / count
+                power = (teacher.float().square() * mask).sum() / count if self.normalize else None
+            if power is not None:
+                mse = mse / (power + self.epsilon)
             feature_loss = feature_loss + mse
         self._student_cache.clear()  # so a layer that does not fire next time is an error, not a stale value
         self._teacher_cache.clear()
