@@ -85,13 +85,21 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_bootstrap import (  # noqa: E402  (bench/: the one paired bootstrap of the benchmarks)
+    accuracy_of,
+    entity_counts,
+    micro_f1,
+    recovery_interval,
+    resampling_weights,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = (
     ROOT.parent / "shared" / "data" / "sst2"
 )  # ../shared beside the clone, as the other benchmarks
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 CONLL_MAX_LENGTH = 128  # tokens: calibration and evaluation
-BOOTSTRAP_DRAWS = 1000
 
 ENCODER_LINEARS = "re:.*encoder\\.layer\\.\\d+\\.(attention\\.self\\.(query|key|value)|attention\\.output\\.dense|intermediate\\.dense|output\\.dense)$"
 SPARSEGPT = "  - !SparseGPTModifier {{sparsity: {sparsity}, mask_structure: '{structure}', block_size: 128, dampening_frac: 0.01}}\n"
@@ -222,11 +230,6 @@ def sentence_correct(model, tokenizer, dev: Path) -> np.ndarray:
     return np.array([[int(c), 1] for c in correct], dtype=np.int64)
 
 
-def accuracy_of(sums: np.ndarray) -> np.ndarray:
-    """Accuracy from summed (correct, sentences) columns, over any leading draw axes."""
-    return sums[..., 0] / sums[..., 1]
-
-
 def encode_conll(sentences: list[dict], tokenizer, label_to_id: dict) -> dict:
     """Words tokenized as the CLI does (first sub-token labelled, 128 tokens at most), padded."""
     from sparseforge.transformers.tasks.ner_utils import tokenize_and_align_labels
@@ -243,6 +246,11 @@ def encode_conll(sentences: list[dict], tokenizer, label_to_id: dict) -> dict:
         max_seq_length=CONLL_MAX_LENGTH,
         padding=True,
     )
+
+
+def sentence_entity_counts(model, tokenizer, sentences: list[dict]) -> np.ndarray:
+    """Per-sentence entity counts (`paired_bootstrap.entity_counts`) of `model` on `sentences`."""
+    return entity_counts(*tag_sentences(model, tokenizer, sentences))
 
 
 def tag_sentences(
@@ -269,58 +277,6 @@ def tag_sentences(
                 gold.append([id_to_label[int(t)] for t in label_row[keep]])
                 predicted.append([id_to_label[int(p)] for p in pred_row[keep]])
     return gold, predicted
-
-
-def entity_counts(model, tokenizer, sentences: list[dict]) -> np.ndarray:
-    """(true positives, predicted, gold) entities of every sentence (seqeval's get_entities, as
-    its default-mode micro scores count them), checked against seqeval's own F1 over them all."""
-    from seqeval.metrics import f1_score
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    gold, predicted = tag_sentences(model, tokenizer, sentences)
-    counts = []
-    for true_tags, pred_tags in zip(gold, predicted, strict=True):
-        true, pred = set(get_entities(true_tags)), set(get_entities(pred_tags))
-        counts.append([len(true & pred), len(pred), len(true)])
-    counts = np.array(counts, dtype=np.int64)
-    expected = f1_score(gold, predicted, zero_division=0)
-    if abs(float(f1_of(counts.sum(0))) - expected) > 1e-9:
-        raise RuntimeError(f"entity counts give F1 {f1_of(counts.sum(0))}, seqeval {expected}")
-    return counts
-
-
-def f1_of(sums: np.ndarray) -> np.ndarray:
-    """Micro F1 = 2 TP / (predicted + gold) from summed entity counts; 0 when there are none."""
-    sums = np.asarray(sums, dtype=np.float64)
-    denominator = sums[..., 1] + sums[..., 2]
-    return np.divide(
-        2 * sums[..., 0], denominator, out=np.zeros_like(denominator), where=denominator > 0
-    )
-
-
-# ----- the paired bootstrap ------------------------------------------------------------------------
-def resampling_weights(units: int, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.ndarray:
-    """(draws, units): how often each unit is picked in each draw of `units` picks with
-    replacement, so a draw's summed statistics are `weights @ stats`, the same draws for every row."""
-    rng = np.random.default_rng(seed)
-    return np.stack(
-        [np.bincount(rng.integers(0, units, units), minlength=units) for _ in range(draws)]
-    ).astype(np.float64)
-
-
-def recovery_interval(
-    stats: np.ndarray, dense_stats: np.ndarray, weights: np.ndarray, score: Callable
-) -> tuple[float | None, float | None]:
-    """2.5th and 97.5th percentiles of score(compressed) / score(dense) over paired draws (draws
-    whose dense score is 0 are left out; None when all are)."""
-    compressed, dense = score(weights @ stats), score(weights @ dense_stats)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = compressed / dense
-    ratios = ratios[np.isfinite(ratios)]
-    if not ratios.size:
-        return None, None
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
 
 
 # ----- the tasks ---------------------------------------------------------------------------------
@@ -389,7 +345,8 @@ def conll_task(args: argparse.Namespace, work: Path) -> Task | None:
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
     return Task(
         "conll", "token-classification", "f1", dense, data, rows, "text", len(rows),
-        CONLL_MAX_LENGTH, partial(entity_counts, tokenizer=tokenizer, sentences=test), f1_of,
+        CONLL_MAX_LENGTH, partial(sentence_entity_counts, tokenizer=tokenizer, sentences=test),
+        micro_f1,
     )  # fmt: skip
 
 

@@ -46,6 +46,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_bootstrap import (  # noqa: E402  (bench/: the one paired bootstrap of the benchmarks)
+    accuracy_of,
+    entity_counts,
+    micro_f1,
+    recovery_interval,
+    resampling_weights,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 SEEDS = ROOT.parent / "shared" / "seeds"
@@ -169,17 +178,15 @@ def run_batches(session, columns: dict[str, np.ndarray], batch: int = 32) -> lis
     return [np.concatenate(part) for part in parts]
 
 
-def bootstrap(
-    statistic: Callable[[np.ndarray], float], units: int, draws: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of `statistic(indices)` over resamples of `units` with replacement."""
-    rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, units, units)) for _ in range(draws)]
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
-
-
-# --- SQuAD -----------------------------------------------------------------------------------
+def add_recoveries(info: dict, stats: dict[str, np.ndarray], score: Callable) -> None:
+    """sparse / onnx recovery against dense, with the paired bootstrap's 95% interval (bench/
+    paired_bootstrap.py: the same draws for every model, over questions or sentences)."""
+    weights = resampling_weights(len(stats["dense"]))
+    for model in ("sparse", "onnx"):
+        info[f"{model}_recovery"] = info[f"{model}_f1"] / info["dense_f1"]
+        info[f"{model}_recovery_ci"] = recovery_interval(
+            stats[model], stats["dense"], weights, score
+        )
 
 
 def squad_split(workdir: Path) -> tuple[Path, Path, dict]:
@@ -292,36 +299,15 @@ def run_squad(args: argparse.Namespace, workdir: Path) -> dict:
     }
     for model, table in scores.items():
         info[f"{model}_f1"], info[f"{model}_em"] = table.mean(axis=0).tolist()
-    for model in ("sparse", "onnx"):
-        info[f"{model}_recovery"] = info[f"{model}_f1"] / info["dense_f1"]
-        info[f"{model}_recovery_ci"] = bootstrap(
-            lambda idx, m=model: scores[m][idx, 0].mean() / scores["dense"][idx, 0].mean(),
-            len(examples),
-        )
+    # per-question (F1, 1) rows: their column sums give the mean F1 (`accuracy_of`)
+    f1_rows = {m: np.column_stack([t[:, 0], np.ones(len(t))]) for m, t in scores.items()}
+    add_recoveries(info, f1_rows, accuracy_of)
     info["onnx_minus_pytorch_f1"] = info["onnx_f1"] - info["sparse_f1"]
     info["sparse_eval"] = json.loads((sparse_dir / "eval_results.json").read_text())
     return info
 
 
 # --- CoNLL-2003 -------------------------------------------------------------------------------
-
-
-def sentence_entities(lines: list[list[str]]) -> list[set]:
-    from seqeval.metrics.sequence_labeling import get_entities
-
-    return [set(get_entities(tags)) for tags in lines]
-
-
-def entity_counts(predicted: list[set], truth: list[set]) -> np.ndarray:
-    """Per-sentence (true positives, predicted, true) entity counts: micro F1 sums them."""
-    return np.asarray(
-        [(len(p & t), len(p), len(t)) for p, t in zip(predicted, truth, strict=True)], dtype=float
-    )
-
-
-def micro_f1(counts: np.ndarray) -> float:
-    tp, predicted, true = counts.sum(axis=0)
-    return 200 * tp / (predicted + true) if predicted + true else 0.0
 
 
 def conll_onnx_tags(deployment: Path, words: list[list[str]], threads: int) -> list[list[str]]:
@@ -379,7 +365,7 @@ def run_conll(args: argparse.Namespace, workdir: Path) -> dict:
         sparse_dir, "token-classification", CONLL_SEQ, args.threads
     )
     rows = read_conll(conll / "eng.testb")
-    truth = sentence_entities([r["ner_tags"] for r in rows])
+    truth = [r["ner_tags"] for r in rows]
 
     def cli_tags(folder: Path) -> list[list[str]]:
         lines = (folder / "predictions.txt").read_text(encoding="utf-8").splitlines()
@@ -388,19 +374,21 @@ def run_conll(args: argparse.Namespace, workdir: Path) -> dict:
     start = time.perf_counter()
     onnx_tags = conll_onnx_tags(deployment, [r["tokens"] for r in rows], args.threads)
     info["onnx_eval_seconds"] = time.perf_counter() - start
+
+    def scored(tags: list[list[str]]) -> np.ndarray:
+        # words cut off at 128 tokens have no tag: "O" for them (entities there count as missed)
+        return entity_counts(
+            truth, [p + ["O"] * (len(t) - len(p)) for p, t in zip(tags, truth, strict=True)]
+        )
+
     counts = {
-        "dense": entity_counts(sentence_entities(cli_tags(dense_dir)), truth),
-        "sparse": entity_counts(sentence_entities(cli_tags(sparse_dir)), truth),
-        "onnx": entity_counts(sentence_entities(onnx_tags), truth),
+        "dense": scored(cli_tags(dense_dir)),
+        "sparse": scored(cli_tags(sparse_dir)),
+        "onnx": scored(onnx_tags),
     }
     for model, table in counts.items():
-        info[f"{model}_f1"] = micro_f1(table)
-    for model in ("sparse", "onnx"):
-        info[f"{model}_recovery"] = info[f"{model}_f1"] / info["dense_f1"]
-        info[f"{model}_recovery_ci"] = bootstrap(
-            lambda idx, m=model: micro_f1(counts[m][idx]) / micro_f1(counts["dense"][idx]),
-            len(rows),
-        )
+        info[f"{model}_f1"] = 100 * float(micro_f1(table.sum(0)))
+    add_recoveries(info, counts, micro_f1)
     info["onnx_minus_pytorch_f1"] = info["onnx_f1"] - info["sparse_f1"]
     for name, folder in (("dense", dense_dir), ("sparse", sparse_dir)):
         info[f"{name}_testa"] = json.loads((folder / "eval_results.json").read_text())

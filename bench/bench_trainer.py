@@ -54,6 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/paired_bootstrap.py
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -364,15 +366,19 @@ def fake_quant_off_accuracy(model_dir: Path) -> float:
 
 def recovery_interval(dense, sparse, resamples: int = 10000) -> dict:
     """Recovery (sparse / dense dev accuracy, from `dev_correct` of each) with a 95% paired-bootstrap
-    interval: the dev sentences are resampled together for both models, so the interval is the
-    spread 872 sentences leave in the ratio (not the spread between training seeds, which adds to it)."""
-    import torch
+    interval (bench/paired_bootstrap.py): the dev sentences are resampled together for both models,
+    so the interval is the spread 872 sentences leave in the ratio (not the spread between training
+    seeds, which adds to it)."""
+    import numpy as np
+    from paired_bootstrap import accuracy_of, resampling_weights
+    from paired_bootstrap import recovery_interval as paired_interval
 
-    dense, sparse = dense.float(), sparse.float()
-    generator = torch.Generator().manual_seed(0)
-    index = torch.randint(len(dense), (resamples, len(dense)), generator=generator)
-    ratios = sparse[index].mean(1) / dense[index].mean(1)
-    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975])).tolist()
+    dense, sparse = dense.float().numpy(), sparse.float().numpy()
+    rows = {
+        name: np.column_stack([v, np.ones_like(v)]) for name, v in (("d", dense), ("s", sparse))
+    }
+    weights = resampling_weights(len(dense), draws=resamples)
+    low, high = paired_interval(rows["s"], rows["d"], weights, accuracy_of)
     return {
         "dense": float(dense.mean()),
         "sparse": float(sparse.mean()),
