@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sparseforge import Manager, ModelMatchError, RecipeError
-from sparseforge.modifiers.params import interpolate
+from sparseforge.modifiers.pruning.schedule import interpolate
 
 
 class Net(torch.nn.Module):
@@ -100,10 +100,12 @@ modifiers:
     # the update before step k happens at epoch (k-1)/4; updates every 0.5 epoch
     update_epochs = [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     for (_, got), at in zip(values, update_epochs, strict=True):
-        fraction = interpolate(at, 0.0, 2.0, inter_func)
+        fraction = interpolate(at, 0.0, 2.0, 0.0, 1.0, inter_func)
         assert got == pytest.approx([fraction, 10.0 + 10.0 * fraction])
-    assert interpolate(1.0, 0.0, 2.0, "cubic") == pytest.approx(1 - 0.5**3)
-    assert interpolate(1.0, 0.0, 2.0, "inverse_cubic") == pytest.approx(1 - 0.5 ** (1 / 3))
+    assert interpolate(1.0, 0.0, 2.0, 0.0, 1.0, "cubic") == pytest.approx(1 - 0.5**3)
+    assert interpolate(1.0, 0.0, 2.0, 0.0, 1.0, "inverse_cubic") == pytest.approx(
+        1 - 0.5 ** (1 / 3)
+    )
 
 
 def test_gradual_param_needs_an_end_and_equal_shapes():

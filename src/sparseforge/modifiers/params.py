@@ -20,6 +20,7 @@ from pydantic import PrivateAttr, model_validator
 
 from sparseforge.errors import ModelMatchError
 from sparseforge.modifiers.base import Modifier, TrainingState, UpdatingModifier, register
+from sparseforge.modifiers.pruning.schedule import interpolate
 from sparseforge.modifiers.selection import (
     as_pattern_list,
     prunable_parameter_names,
@@ -84,20 +85,6 @@ class SetParamModifier(Modifier):
         _assign(self._selected, torch.tensor(self.val))
 
 
-def interpolate(x: float, x0: float, x1: float, inter_func: str) -> float:
-    """Fraction of the way from the initial to the final value at `x` (SparseML's curves)."""
-    if x <= x0:
-        return 0.0
-    if x >= x1:
-        return 1.0
-    t = (x - x0) / (x1 - x0)
-    if inter_func == "cubic":
-        return 1 - (1 - t) ** 3
-    if inter_func == "inverse_cubic":
-        return 1 - (1 - t) ** (1 / 3)
-    return t
-
-
 @register
 class GradualParamModifier(UpdatingModifier):
     """Moves `params` from `init_val` to `final_val` between start and end, by `inter_func`."""
@@ -133,7 +120,8 @@ class GradualParamModifier(UpdatingModifier):
         init = torch.tensor(self.init_val, dtype=torch.float64)
         final = torch.tensor(self.final_val, dtype=torch.float64)
         start = max(self.scheduled_start, 0.0)
-        fraction = interpolate(epoch, start, self.scheduled_end, self.inter_func)
+        # the fraction of the way: SparseML's curve from 0 to 1 (the pruning schedules' own)
+        fraction = interpolate(epoch, start, self.scheduled_end, 0.0, 1.0, self.inter_func)
         return init + fraction * (final - init)
 
     def on_update(self, state: TrainingState) -> None:
@@ -179,5 +167,4 @@ __all__ = [
     "GradualParamModifier",
     "SetParamModifier",
     "SparsificationLoggingModifier",
-    "interpolate",
 ]
