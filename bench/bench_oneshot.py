@@ -86,8 +86,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from llmcompressor_oneshot import sha256  # noqa: E402  (the digest its rows carry)
 from paired_bootstrap import (  # noqa: E402  (bench/: the one paired bootstrap of the benchmarks)
     accuracy_of,
+    difference_interval,
     entity_counts,
     micro_f1,
     recovery_interval,
@@ -204,15 +206,20 @@ def fine_tune_sparse(pruned: Path, dense: Path, data: Path, out: Path) -> Path:
 
 
 # ----- per-unit statistics: what each row's metric and its bootstrap are computed from -----------
-def sentence_correct(model, tokenizer, dev: Path) -> np.ndarray:
-    """(correct, 1) for every sentence of dev.tsv (sentence<TAB>label), batches of 128, 64 tokens."""
-    import torch
-
-    rows = [
+def sst2_rows(dev: Path) -> list[list[str]]:
+    """(sentence, label) rows of dev.tsv (sentence<TAB>label, a header line first)."""
+    return [
         line.rsplit("\t", 1)
         for line in dev.read_text(encoding="utf-8").splitlines()[1:]
         if line.strip()
     ]
+
+
+def sentence_correct(model, tokenizer, dev: Path) -> np.ndarray:
+    """(correct, 1) for every sentence of dev.tsv (sentence<TAB>label), batches of 128, 64 tokens."""
+    import torch
+
+    rows = sst2_rows(dev)
     correct = []
     with torch.no_grad():
         for start in range(0, len(rows), 128):
@@ -228,6 +235,15 @@ def sentence_correct(model, tokenizer, dev: Path) -> np.ndarray:
             labels = torch.tensor([int(label) for _, label in chunk])
             correct.extend((predicted == labels).tolist())
     return np.array([[int(c), 1] for c in correct], dtype=np.int64)
+
+
+def predicted_correct(predictions: list[int], labels: list[int]) -> np.ndarray:
+    """(correct, 1) rows from another process's predicted label of every dev sentence."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predicted labels for {len(labels)} dev sentences")
+    return np.array(
+        [[int(p == t), 1] for p, t in zip(predictions, labels, strict=True)], dtype=np.int64
+    )
 
 
 def encode_conll(sentences: list[dict], tokenizer, label_to_id: dict) -> dict:
@@ -279,6 +295,36 @@ def tag_sentences(
     return gold, predicted
 
 
+def conll_gold(tokenizer, sentences: list[dict], id_to_label: dict[int, str]) -> list[list[str]]:
+    """The gold tag of every word that survives truncation, per sentence: tag_sentences' gold."""
+    from sparseforge.transformers.tasks.ner_utils import IGNORE_INDEX
+
+    label_to_id = {label: i for i, label in id_to_label.items()}
+    gold = []
+    for start in range(0, len(sentences), 64):
+        encoded = encode_conll(sentences[start : start + 64], tokenizer, label_to_id)
+        for label_row in encoded["labels"]:
+            gold.append([id_to_label[int(t)] for t in label_row if t != IGNORE_INDEX])
+    return gold
+
+
+def predicted_entity_counts(
+    predictions: list[list[str]], tokenizer, sentences: list[dict], id_to_label: dict[int, str]
+) -> np.ndarray:
+    """Per-sentence entity counts from another process's predicted tags (one per surviving word,
+    in order), checked to align with the gold tags word for word."""
+    gold = conll_gold(tokenizer, sentences, id_to_label)
+    if len(predictions) != len(gold):
+        raise ValueError(f"{len(predictions)} tagged sentences for {len(gold)} eng.testb sentences")
+    for index, (true, pred) in enumerate(zip(gold, predictions, strict=True)):
+        if len(true) != len(pred):
+            raise ValueError(
+                f"eng.testb sentence {index}: {len(pred)} predicted tags for {len(true)} gold tags "
+                "(words surviving truncation): the alignments differ"
+            )
+    return entity_counts(gold, predictions)
+
+
 # ----- the tasks ---------------------------------------------------------------------------------
 @dataclass
 class Task:
@@ -296,6 +342,11 @@ class Task:
     max_length: int
     evaluate: Callable[[Any], np.ndarray]  # model -> (units, columns) statistics
     score: Callable[[np.ndarray], np.ndarray]
+    # for llm-compressor's rows: its calibration and evaluation files, the evaluation units as
+    # the texts its digest covers, and its per-unit predictions -> the same statistics
+    files: tuple[Path, Path]
+    unit_texts: list[str]
+    from_predictions: Callable[[list], np.ndarray]
 
 
 def sst2_task(args: argparse.Namespace, work: Path) -> Task | None:
@@ -314,10 +365,13 @@ def sst2_task(args: argparse.Namespace, work: Path) -> Task | None:
         data = SST2
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
     samples = min(args.calibration_samples, 16) if args.tiny else args.calibration_samples
+    dev = sst2_rows(data / "dev.tsv")
     return Task(
         "sst2", "text-classification", "accuracy", dense, data, str(data / "train.tsv"),
         "sentence", samples, 64, partial(sentence_correct, tokenizer=tokenizer, dev=data / "dev.tsv"),
-        accuracy_of,
+        accuracy_of, files=(data / "train.tsv", data / "dev.tsv"),
+        unit_texts=[text for text, _ in dev],
+        from_predictions=partial(predicted_correct, labels=[int(label) for _, label in dev]),
     )  # fmt: skip
 
 
@@ -341,25 +395,34 @@ def conll_task(args: argparse.Namespace, work: Path) -> Task | None:
     samples = min(args.calibration_samples, 16) if args.tiny else args.calibration_samples
     rows = [{"text": " ".join(s["tokens"])} for s in read_conll(data / "eng.train")[:samples]]
     test = read_conll(data / "eng.testb")
-    check_labels(dense, test)
+    id_to_label = check_labels(dense, test)
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
     return Task(
         "conll", "token-classification", "f1", dense, data, rows, "text", len(rows),
         CONLL_MAX_LENGTH, partial(sentence_entity_counts, tokenizer=tokenizer, sentences=test),
-        micro_f1,
+        micro_f1, files=(data / "eng.train", data / "eng.testb"),
+        unit_texts=[" ".join(s["tokens"]) for s in test],
+        from_predictions=partial(
+            predicted_entity_counts, tokenizer=tokenizer, sentences=test, id_to_label=id_to_label
+        ),
     )  # fmt: skip
 
 
-def check_labels(dense: Path, sentences: list[dict]) -> None:
-    """Every testb tag must be one of the dense model's labels (else it is no CoNLL NER model)."""
+def check_labels(dense: Path, sentences: list[dict]) -> dict[int, str]:
+    """Every testb tag must be one of the dense model's labels (else it is no CoNLL NER model);
+    returns the model's id2label."""
     from transformers import AutoConfig
 
-    known = set(AutoConfig.from_pretrained(str(dense)).id2label.values())
+    id_to_label = {
+        int(i): label for i, label in AutoConfig.from_pretrained(str(dense)).id2label.items()
+    }
+    known = set(id_to_label.values())
     unknown = sorted({tag for s in sentences for tag in s["ner_tags"]} - known)
     if unknown:
         raise SystemExit(
             f"--dense_model {dense}: its labels ({', '.join(sorted(known))}) lack testb tags: {', '.join(unknown)}"
         )
+    return id_to_label
 
 
 def load_folder(folder: Path, head: str):
@@ -395,7 +458,8 @@ def scored_row(
 
 def run_config(
     name: str, task: Task, work: Path, dense_stats: np.ndarray, weights: np.ndarray
-) -> dict:
+) -> tuple[dict, np.ndarray]:
+    """The configuration's row and its per-unit statistics (for llm-compressor's differences)."""
     import sparseforge
 
     out = work / name
@@ -421,13 +485,15 @@ def run_config(
         for m in result.report["modules"].values()
         if m.get("relative_error") is not None
     ]
-    return {
-        **scored_row(name, task, task.evaluate(model), dense_stats, weights),
+    stats = task.evaluate(model)
+    row = {
+        **scored_row(name, task, stats, dense_stats, weights),
         "oneshot_seconds": round(seconds, 1),
         "train_seconds": train_seconds,
         "peak_memory_mb": result.report["peak_memory_mb"],
         "mean_relative_error": sum(errors) / len(errors) if errors else None,
     }
+    return row, stats
 
 
 # ----- smoke-test data -----------------------------------------------------------------------------
@@ -566,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--llmcompressor_python",
         default=None,
-        help="Python of a virtualenv with llm-compressor: adds its oneshot rows, SST-2 only (see the docstring)",
+        help="Python of a virtualenv with llm-compressor: adds its oneshot rows (see the docstring)",
     )
     return parser
 
@@ -588,8 +654,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             sys.exit(
                 "--task conll needs --dense_model DIR, a folder saved by `sparseforge train token-classification` (this script never trains one)"
             )
-        if args.llmcompressor_python:
-            sys.exit("--llmcompressor_python compares on SST-2 only (--task sst2)")
     args.configs = args.configs or valid
 
 
@@ -610,14 +674,15 @@ def main() -> int:
     weights = resampling_weights(len(dense_stats))
     results = [scored_row("dense", task, dense_stats, dense_stats, weights)]
     print(json.dumps(results[0]), flush=True)
+    unit_stats: dict[str, np.ndarray] = {}
     for name in args.configs:
-        results.append(run_config(name, task, work, dense_stats, weights))
-        print(json.dumps(results[-1]), flush=True)
+        row, unit_stats[name] = run_config(name, task, work, dense_stats, weights)
+        results.append(row)
+        print(json.dumps(row), flush=True)
     if args.llmcompressor_python:
-        dense_accuracy = results[0]["accuracy"]
-        for row in run_llmcompressor(args, task.dense, task.data, task.samples, dense_accuracy):
-            results.append(row)
-            print(json.dumps(row), flush=True)
+        for raw in run_llmcompressor(args, task):
+            results.append(llmc_scored(raw, task, dense_stats, weights, unit_stats))
+            print(json.dumps(results[-1]), flush=True)
     print_table(results, task.metric)
     (work / "results.json").write_text(
         json.dumps(
@@ -627,17 +692,21 @@ def main() -> int:
     return 0
 
 
-def run_llmcompressor(
-    args: argparse.Namespace, dense: Path, data: Path, samples: int, dense_accuracy: float
-) -> list[dict]:
-    """llm-compressor's rows: llmcompressor_oneshot.py in its own Python, one JSON line each
-    (accuracy only, so no bootstrap interval)."""
+# ----- llm-compressor's rows ----------------------------------------------------------------------
+# the sparseforge configuration each llm-compressor row is set against (the difference interval)
+LLMC_VERSUS = {"llmc_sparsegpt50": "sparsegpt50", "llmc_sparsegpt50_w8a8": "sparsegpt50_int8"}
+
+
+def run_llmcompressor(args: argparse.Namespace, task: Task) -> list[dict]:
+    """llmcompressor_oneshot.py in its own Python: one JSON line per configuration, holding its
+    per-unit predictions (or its error)."""
     import subprocess
 
     command = [
         args.llmcompressor_python, str(ROOT / "bench" / "llmcompressor_oneshot.py"),
-        "--model", str(dense), "--train", str(data / "train.tsv"), "--dev", str(data / "dev.tsv"),
-        "--samples", str(samples), "--max_seq_length", "64", "--threads", str(args.threads),
+        "--task", task.name, "--model", str(task.dense), "--train", str(task.files[0]),
+        "--dev", str(task.files[1]), "--samples", str(task.samples),
+        "--max_seq_length", str(task.max_length), "--threads", str(args.threads),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     env.pop("PYTHONPATH", None)  # the other virtualenv sees neither sparseforge nor its packages
@@ -645,13 +714,58 @@ def run_llmcompressor(
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not rows:
         tail = done.stderr.strip().splitlines()[-5:]
-        return [{"config": "llmc", "accuracy": None, "error": f"exit {done.returncode}: {tail}"}]
-    for row in rows:
-        accuracy = row.get("accuracy")
-        row["recovery"] = accuracy / dense_accuracy if accuracy is not None else None
-        row["oneshot_seconds"] = row.pop("wall_s", None)
-        row["peak_memory_mb"] = row.pop("peak_mb", None)
+        return [{"config": "llmc", "error": f"exit {done.returncode}: {tail}"}]
     return rows
+
+
+def llmc_input_mismatch(row: dict, task: Task) -> str | None:
+    """Why llm-compressor's row was not calibrated and evaluated on sparseforge's texts, or None:
+    the digests it reports against sparseforge's own calibration texts and evaluation units."""
+    from sparseforge.transformers.oneshot_cli import _texts  # the texts sparseforge.oneshot reads
+
+    calibration = _texts(task.calibration, task.text_column, task.samples)
+    if row.get("calibration_sha256") != sha256(calibration):
+        return f"its calibration texts are not sparseforge's {len(calibration)} (sha256 differs)"
+    if row.get("evaluation_sha256") != sha256(task.unit_texts):
+        return (
+            f"its evaluation units are not the {len(task.unit_texts)} scored here (sha256 differs)"
+        )
+    return None
+
+
+def llmc_scored(
+    raw: dict, task: Task, dense_stats: np.ndarray, weights: np.ndarray, unit_stats: dict
+) -> dict:
+    """An llm-compressor row scored as every other row (its predictions -> the same per-unit
+    statistics -> metric and paired recovery interval), plus the paired interval of sparseforge's
+    matching configuration minus it, in metric points (x100)."""
+    name, predictions = raw.pop("config"), raw.pop("predictions", None)
+    own_accuracy = raw.pop("accuracy", None)  # sst2: its own count, checked against ours
+    timing = {
+        "oneshot_seconds": raw.pop("wall_s", None),
+        "peak_memory_mb": raw.pop("peak_mb", None),
+    }
+    problem = raw.pop("error", None) or llmc_input_mismatch(raw, task)
+    if problem is None and predictions is None:
+        problem = "no predictions"
+    if problem is None:
+        try:
+            stats = task.from_predictions(predictions)
+        except ValueError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return {"config": name, task.metric: None, **timing, "error": problem, **raw}
+    row = scored_row(name, task, stats, dense_stats, weights)
+    if own_accuracy is not None and abs(own_accuracy - row[task.metric]) > 1e-12:
+        row["error"] = f"its own accuracy {own_accuracy} differs from {row[task.metric]}"
+    versus = LLMC_VERSUS.get(name)
+    if versus in unit_stats:
+        ours = unit_stats[versus]
+        low, high = difference_interval(ours, stats, weights, task.score)
+        difference = float(task.score(ours.sum(0))) - row[task.metric]
+        row.update(versus=versus, difference=100 * difference)
+        row.update(difference_low=100 * low, difference_high=100 * high)
+    return {**row, **timing, **raw}
 
 
 def print_table(results: list[dict], metric: str = "accuracy") -> None:
@@ -664,14 +778,23 @@ def print_table(results: list[dict], metric: str = "accuracy") -> None:
         low, high = row.get("recovery_low"), row.get("recovery_high")
         return "-" if low is None or high is None else f"[{low:.4f}, {high:.4f}]"
 
+    def difference(row: dict) -> str:
+        if row.get("difference") is None:
+            return "-"
+        return (
+            f"{row['versus']} {row['difference']:+.2f} "
+            f"[{row['difference_low']:+.2f}, {row['difference_high']:+.2f}]"
+        )
+
     print(
-        f"\n{'config':<22} {metric:>8} {'recovery':>8} {'95% interval':>18} {'seconds':>8} {'rel. error':>10}"
+        f"\n{'config':<22} {metric:>8} {'recovery':>8} {'95% interval':>18} {'seconds':>8} "
+        f"{'rel. error':>10}  sparseforge - llmc, points [95%]"
     )
     for row in results:
         print(
             f"{row['config']:<22} {cell(row.get(metric), 4):>8} {cell(row.get('recovery'), 4):>8} "
             f"{interval(row):>18} {cell(row.get('oneshot_seconds'), 1):>8} "
-            f"{cell(row.get('mean_relative_error'), 4):>10}"
+            f"{cell(row.get('mean_relative_error'), 4):>10}  {difference(row)}"
         )
     for row in results:
         if row.get("error"):

@@ -1,18 +1,22 @@
-"""llm-compressor's `oneshot` on a BERT-class classifier, for bench_oneshot.py's side-by-side rows.
+"""llm-compressor's `oneshot` on a BERT-class encoder, for bench_oneshot.py's side-by-side rows.
 
 Run by the Python of a separate virtualenv that holds llm-compressor (a benchmark-only tool, never
 a sparseforge dependency; this script does not import sparseforge):
 
     python3.11 -m venv /work/llmc
     /work/llmc/bin/pip install -c bench/llmcompressor-constraints.txt llmcompressor
-    /work/llmc/bin/python bench/llmcompressor_oneshot.py --model DENSE_DIR \
+    /work/llmc/bin/python bench/llmcompressor_oneshot.py [--task sst2] --model DENSE_DIR \
         --train train.tsv --dev dev.tsv [--samples 512] [--max_seq_length 64] \
         [--configs sparsegpt50 sparsegpt50_w8a8] [--pipeline independent] [--threads 2]
+    /work/llmc/bin/python bench/llmcompressor_oneshot.py --task conll --model DENSE_DIR \
+        --train eng.train --dev eng.testb --max_seq_length 128 [...]
 
 The constraints file pins torch to the local CPU build (another torch version would bring a
-multi-GB CUDA build). Each configuration loads the dense model afresh and runs llm-compressor's
-`oneshot` on the first --samples sentences of the `sentence<TAB>label` train tsv (tokenized to at
-most --max_seq_length tokens, not shuffled: the same sentences sparseforge calibrates on):
+multi-GB CUDA build). Each configuration loads the dense model afresh (AutoModelForSequence-
+Classification for sst2, AutoModelForTokenClassification for conll) and runs llm-compressor's
+`oneshot` on the first --samples calibration texts, tokenized to at most --max_seq_length tokens,
+not shuffled: the same texts sparseforge calibrates on (sst2: the sentences of the
+`sentence<TAB>label` train tsv; conll: eng.train's sentences, words joined by single spaces):
 
     sparsegpt50        SparseGPTModifier(sparsity 0.5, mask 0:0, block 128, dampening 0.01) on the
                        Linear layers inside the encoder's layer class (BertLayer for BERT/MiniLM:
@@ -22,19 +26,31 @@ most --max_seq_length tokens, not shuffled: the same sentences sparseforge calib
                        preset; sparseforge's PTQ uses static ranges instead)
 
 The encoder layer class is also passed as `sequential_targets`, so llm-compressor's sequential
-pipeline cuts the model at each encoder layer. Dev accuracy is measured in PyTorch on the model
-`oneshot` returns (fake-quantized where quantized), batches of 128, --max_seq_length tokens.
-Prints one JSON line per configuration: {config, accuracy, wall_s, peak_mb, error, versions, and
-encoder_linear_sparsity and quantized_linears: what oneshot left in the encoder's Linears}.
-wall_s is the `oneshot` call alone; peak_mb is the process's peak RSS after it (its highest point
-so far, the earlier configurations included). A configuration llm-compressor refuses gets
-accuracy null and its exception, type and message, in `error`; the script carries on. Only the JSON
-lines go to stdout (llm-compressor's log goes to stderr).
+pipeline cuts the model at each encoder layer. The model `oneshot` returns (fake-quantized where
+quantized) then predicts every evaluation unit in PyTorch, as bench_oneshot.py does for its own
+rows, so that it scores them with the same per-unit statistics and bootstrap draws:
+
+    sst2   `predictions`: the predicted label id of every dev sentence (batches of 128, padded,
+           --max_seq_length tokens); `accuracy` against the tsv's labels as well
+    conll  `predictions`: the predicted tag of every word of every eng.testb sentence (batches of
+           64, words tokenized with is_split_into_words, padded, truncated at --max_seq_length,
+           each word tagged from its first sub-token, words cut off by truncation left out: the
+           alignment of sparseforge's tokenize_and_align_labels), tag names from id2label
+
+Prints one JSON line per configuration: {config, task, predictions, units, accuracy (sst2),
+calibration_sha256 and evaluation_sha256 (of the texts used, so that bench_oneshot can check
+they are its own), wall_s, peak_mb, error, versions, and encoder_linear_sparsity and
+quantized_linears: what oneshot left in the encoder's Linears}. wall_s is the `oneshot` call
+alone; peak_mb is the process's peak RSS after it (its highest point so far, the earlier
+configurations included). A configuration llm-compressor refuses gets predictions null and its
+exception, type and message, in `error`; the script carries on. Only the JSON lines go to stdout
+(llm-compressor's log goes to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -47,6 +63,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 CONFIGS = ("sparsegpt50", "sparsegpt50_w8a8")
+DOCSTART = "-DOCSTART-"
 
 
 def read_tsv(path: Path) -> list[tuple[str, int]]:
@@ -61,6 +78,32 @@ def read_tsv(path: Path) -> list[tuple[str, int]]:
             text, label = line.rsplit("\t", 1)
             rows.append((text, int(label)))
     return rows
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    """(words, tags) per sentence of a CoNLL column file: blank and `-DOCSTART-` lines end a
+    sentence, the first column is the word, the last the tag (as written: IOB1 in CoNLL-2003;
+    only the words are used here, bench_oneshot keeps the gold tags)."""
+    sentences: list[tuple[list[str], list[str]]] = []
+    words: list[list[str]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if not parts or parts[0] == DOCSTART:
+            if words:
+                sentences.append(([w[0] for w in words], [w[-1] for w in words]))
+            words = []
+            continue
+        words.append(parts)
+    if words:
+        sentences.append(([w[0] for w in words], [w[-1] for w in words]))
+    if not sentences:
+        raise SystemExit(f"{path}: no sentences")
+    return sentences
+
+
+def sha256(texts: list[str]) -> str:
+    """The digest bench_oneshot compares with its own: texts joined by newlines, UTF-8."""
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
 
 
 def layer_class(model) -> str:
@@ -96,33 +139,67 @@ def recipe(config: str, layer: str) -> list:
     ]
 
 
-def calibration_dataset(tokenizer, rows: list[tuple[str, int]], samples: int, length: int):
-    """The first `samples` sentences, tokenized (no padding, no labels), as a datasets.Dataset."""
+def calibration_dataset(tokenizer, texts: list[str], length: int):
+    """The texts tokenized (no padding, no labels), as a datasets.Dataset."""
     from datasets import Dataset
 
-    texts = [text for text, _ in rows[:samples]]
     encoded = tokenizer(texts, truncation=True, max_length=length)
     return Dataset.from_dict(dict(encoded))
 
 
-def dev_accuracy(model, tokenizer, rows: list[tuple[str, int]], length: int) -> float:
+def predict_labels(model, tokenizer, texts: list[str], length: int) -> list[int]:
+    """The predicted label id of every text: batches of 128, padded, `length` tokens at most."""
     import torch
 
-    correct = 0
+    predicted: list[int] = []
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(rows), 128):
-            chunk = rows[start : start + 128]
+        for start in range(0, len(texts), 128):
             encoded = tokenizer(
-                [text for text, _ in chunk],
+                texts[start : start + 128],
                 padding=True,
                 truncation=True,
                 max_length=length,
                 return_tensors="pt",
             )
-            predicted = model(**encoded).logits.argmax(-1)
-            correct += int((predicted == torch.tensor([label for _, label in chunk])).sum())
-    return correct / len(rows)
+            predicted.extend(model(**encoded).logits.argmax(-1).tolist())
+    return predicted
+
+
+def first_subtokens(word_ids: list[int | None]) -> list[int]:
+    """Positions of each word's first sub-token, in word order; a word cut off by truncation (or
+    with no token at all) has none and is left out, as tokenize_and_align_labels leaves it."""
+    positions, previous = [], None
+    for position, word in enumerate(word_ids):
+        if word is not None and word != previous:
+            positions.append(position)
+        previous = word
+    return positions
+
+
+def predict_tags(model, tokenizer, sentences: list[list[str]], length: int) -> list[list[str]]:
+    """The predicted tag of every surviving word of every sentence, read from its first
+    sub-token: batches of 64, words tokenized with is_split_into_words, padded, `length` tokens."""
+    import torch
+
+    id_to_label = {int(i): label for i, label in model.config.id2label.items()}
+    tagged: list[list[str]] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(sentences), 64):
+            encoded = tokenizer(
+                sentences[start : start + 64],
+                is_split_into_words=True,
+                padding=True,
+                truncation=True,
+                max_length=length,
+                return_tensors="pt",
+            )
+            best = model(**encoded).logits.argmax(-1).tolist()
+            for index, row in enumerate(best):
+                positions = first_subtokens(encoded.word_ids(batch_index=index))
+                tagged.append([id_to_label[row[p]] for p in positions])
+    return tagged
 
 
 def check_result(model, layer: str) -> dict:
@@ -148,24 +225,57 @@ def peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run(config: str, args: argparse.Namespace, train, dev) -> dict:
-    from llmcompressor import oneshot
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+class Data:
+    """The task's calibration texts and evaluation units, read once for every configuration."""
 
-    row = {"config": f"llmc_{config}", "accuracy": None, "wall_s": None, "peak_mb": None}
-    row["error"] = None
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.task = args.task
+        if args.task == "sst2":
+            train, dev = read_tsv(args.train), read_tsv(args.dev)
+            self.calibration = [text for text, _ in train[: args.samples]]
+            self.units = [text for text, _ in dev]
+            self.labels = [label for _, label in dev]
+            self.digest_units = self.units
+        else:
+            train, test = read_conll(args.train), read_conll(args.dev)
+            self.calibration = [" ".join(words) for words, _ in train[: args.samples]]
+            self.units = [words for words, _ in test]
+            self.labels = None
+            self.digest_units = [" ".join(words) for words in self.units]
+
+    def evaluate(self, model, tokenizer, length: int) -> dict:
+        """predictions (and accuracy for sst2) of `model` on every evaluation unit."""
+        if self.task == "conll":
+            return {"predictions": predict_tags(model, tokenizer, self.units, length)}
+        predicted = predict_labels(model, tokenizer, self.units, length)
+        correct = sum(p == t for p, t in zip(predicted, self.labels, strict=True))
+        return {"predictions": predicted, "accuracy": correct / len(self.labels)}
+
+
+def run(config: str, args: argparse.Namespace, data: Data) -> dict:
+    import transformers
+    from llmcompressor import oneshot
+
+    row = {"config": f"llmc_{config}", "task": data.task, "predictions": None}
+    row.update(units=len(data.units), wall_s=None, peak_mb=None, error=None)
+    row["calibration_sha256"] = sha256(data.calibration)
+    row["evaluation_sha256"] = sha256(data.digest_units)
+    head = {
+        "sst2": transformers.AutoModelForSequenceClassification,
+        "conll": transformers.AutoModelForTokenClassification,
+    }[data.task]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+        model = head.from_pretrained(args.model).eval()
         layer = layer_class(model)
-        data = calibration_dataset(tokenizer, train, args.samples, args.max_seq_length)
+        calibration = calibration_dataset(tokenizer, data.calibration, args.max_seq_length)
         began = time.perf_counter()
         model = oneshot(
             model=model,
             tokenizer=tokenizer,
             recipe=recipe(config, layer),
-            dataset=data,
-            num_calibration_samples=min(args.samples, len(data)),
+            dataset=calibration,
+            num_calibration_samples=len(calibration),
             shuffle_calibration_samples=False,
             max_seq_length=args.max_seq_length,
             sequential_targets=[layer],
@@ -175,7 +285,7 @@ def run(config: str, args: argparse.Namespace, train, dev) -> dict:
         row["peak_mb"] = peak_mb()
         row["sequential_targets"] = layer
         row.update(check_result(model, layer))
-        row["accuracy"] = dev_accuracy(model, tokenizer, dev, args.max_seq_length)
+        row.update(data.evaluate(model, tokenizer, args.max_seq_length))
     except Exception as exc:  # report what llm-compressor refused, then go on
         row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
         traceback.print_exc(file=sys.stderr)
@@ -191,13 +301,16 @@ def versions() -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["sst2", "conll"], default="sst2")
     parser.add_argument(
-        "--model", required=True, help="Hugging Face sequence-classification folder"
+        "--model", required=True, help="Hugging Face classification folder of the --task"
     )
     parser.add_argument(
-        "--train", required=True, type=Path, help="calibration tsv (sentence, label)"
+        "--train", required=True, type=Path, help="calibration file: sst2 tsv or eng.train"
     )
-    parser.add_argument("--dev", required=True, type=Path, help="dev tsv (sentence, label)")
+    parser.add_argument(
+        "--dev", required=True, type=Path, help="evaluation file: sst2 dev tsv or eng.testb"
+    )
     parser.add_argument("--samples", type=int, default=512)
     parser.add_argument("--max_seq_length", type=int, default=64)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
@@ -212,10 +325,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    train, dev = read_tsv(args.train), read_tsv(args.dev)
+    data = Data(args)
     found = versions()
     for config in args.configs:
-        row = run(config, args, train, dev)
+        row = run(config, args, data)
         row["versions"] = found
         print(json.dumps(row), file=results, flush=True)
     return 0

@@ -6,6 +6,8 @@ over questions; `micro_f1`: entity F1 from true-positive / predicted / gold coun
 `units` units with replacement, the same draws for the dense and the compressed model (paired),
 and the interval is the 2.5th-97.5th percentile of score(compressed) / score(dense) over draws:
 the spread the evaluation set leaves in the ratio, not the spread between training seeds.
+`difference_interval` pairs two compressed models the same way (the interval of their score
+difference, e.g. sparseforge minus llm-compressor on the same configuration).
 """
 
 from __future__ import annotations
@@ -71,3 +73,13 @@ def entity_counts(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[st
     if abs(float(micro_f1(counts.sum(0))) - expected) > 1e-9:
         raise RuntimeError(f"entity counts give F1 {micro_f1(counts.sum(0))}, seqeval {expected}")
     return counts
+
+
+def difference_interval(
+    stats: np.ndarray, other_stats: np.ndarray, weights: np.ndarray, score: Callable
+) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles of score(stats) - score(other_stats) over paired draws: two
+    compressed models scored on the same resampled units, so "equal" reads as "contains 0"."""
+    differences = score(weights @ stats) - score(weights @ other_stats)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)

@@ -40,3 +40,26 @@ def test_interval_is_paired_and_brackets_the_ratio():
         rows["d"], rows["d"], weights, paired_bootstrap.accuracy_of
     )
     assert same == (pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_difference_interval_is_paired():
+    rng = np.random.default_rng(2)
+    base = (rng.random(400) < 0.85).astype(float)
+    flipped = base.copy()
+    flipped[np.flatnonzero(base == 1)[:6]] = 0.0  # 6 right answers lost
+    flipped[np.flatnonzero(base == 0)[:6]] = 1.0  # and 6 others gained: same accuracy
+    worse = base.copy()
+    worse[np.flatnonzero(base == 1)[:20]] = 0.0  # 20 lost, none gained
+    rows = {
+        name: np.column_stack([v, np.ones_like(v)])
+        for name, v in (("base", base), ("flipped", flipped), ("worse", worse))
+    }
+    weights = paired_bootstrap.resampling_weights(400, draws=500)
+    score = paired_bootstrap.accuracy_of
+    low, high = paired_bootstrap.difference_interval(rows["flipped"], rows["base"], weights, score)
+    assert low < 0.0 < high  # equal accuracy: the interval of the difference contains 0
+    assert high - low < 0.04  # paired: only the 12 changed sentences move it, not all 400
+    low, high = paired_bootstrap.difference_interval(rows["base"], rows["worse"], weights, score)
+    assert 0.0 < low < 20 / 400 < high  # every draw favours base: the interval excludes 0
+    same = paired_bootstrap.difference_interval(rows["base"], rows["base"], weights, score)
+    assert same == (0.0, 0.0)
