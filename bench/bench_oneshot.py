@@ -33,24 +33,36 @@ tokenized with is_split_into_words, truncated at 128 tokens, each word tagged fr
 sub-token (`ner_utils.tokenize_and_align_labels`, as the CLI evaluates), labels from the model
 config's id2label. Reads ../shared/data/conll2003 beside the clone (eng.train, eng.testb).
 
-Side by side with llm-compressor (SST-2 only; `--llmcompressor_python PATH`, the Python of a
+Side by side with llm-compressor, on either task (`--llmcompressor_python PATH`, the Python of a
 separate virtualenv holding llm-compressor, a benchmark-only tool that sparseforge never imports):
 
     python3.11 -m venv /work/llmc
     /work/llmc/bin/pip install -c bench/llmcompressor-constraints.txt llmcompressor  # CPU torch
-    python bench/bench_oneshot.py --configs sparsegpt50 sparsegpt50_int8 \
-        --llmcompressor_python /work/llmc/bin/python
+    python bench/bench_oneshot.py [--task conll --dense_model DIR] \
+        --configs sparsegpt50 sparsegpt50_int8 --llmcompressor_python /work/llmc/bin/python
 
 runs bench/llmcompressor_oneshot.py in that Python after sparseforge's configurations, on the same
-dense model, the same first --calibration_samples train sentences (64 tokens) and the same dev
-sentences, and adds its rows to the table: llmc_sparsegpt50 (SparseGPTModifier 50% on the encoder
-layers' Linears) and llmc_sparsegpt50_w8a8 (the same, then QuantizationModifier scheme W8A8: int8
-per-channel weights, dynamic per-token int8 inputs; sparseforge's int8 rows use static input
-ranges). Its wall time is llm-compressor's `oneshot` call on a model already loaded, with the
-sentences already tokenized and nothing saved, while sparseforge's `oneshot_seconds` is the whole
-`sparseforge.oneshot` call (loading the folder, reading and tokenizing the tsv, saving the output
-folder): the comparison favours llm-compressor. A configuration it refuses is a row with its
-error. Threads: the same --threads.
+dense model, the same calibration texts (the first --calibration_samples train sentences, 64
+tokens; CoNLL: eng.train's, words joined by spaces, 128 tokens) and the same evaluation units, and
+adds its rows: llmc_sparsegpt50 (SparseGPTModifier 50% on the encoder layers' Linears) and
+llmc_sparsegpt50_w8a8 (the same, then QuantizationModifier scheme W8A8: int8 per-channel weights,
+dynamic per-token int8 inputs; sparseforge's int8 rows use static input ranges). That script
+returns per-unit predictions, not a score: the label of every dev sentence (SST-2), the tag of
+every eng.testb word that survives truncation, read from its first sub-token (CoNLL: the
+alignment of tokenize_and_align_labels, reimplemented there from the tokenizer's word_ids). Here
+they become the same per-unit statistics as sparseforge's rows ((correct, 1) rows; entity counts
+against the gold tags, every sentence checked to have as many predicted as gold tags), so its
+rows get the same paired recovery interval. It also reports sha256 digests of the calibration
+texts and evaluation units it used, checked against sparseforge's own (oneshot's text reader);
+a mismatch, a misaligned sentence or a configuration llm-compressor refuses is a row with its
+error. Each llm-compressor row also gets `difference`, sparseforge's matching configuration
+(sparsegpt50, sparsegpt50_int8) minus it in metric points (x100), with its paired bootstrap 95%
+interval (difference_low, difference_high: the same draws, both models scored on the same
+resampled units; an interval that contains 0 means no difference the evaluation set can show).
+Its wall time is llm-compressor's `oneshot` call on a model already loaded, with the texts
+already tokenized and nothing saved, while sparseforge's `oneshot_seconds` is the whole
+`sparseforge.oneshot` call (loading the folder, reading and tokenizing the texts, saving the
+output folder): the comparison favours llm-compressor. Threads: the same --threads.
 
 Reported per configuration: the metric (SST-2: accuracy over all 872 dev sentences; CoNLL: F1),
 PyTorch, fake-quantized where quantized; recovery = metric / dense metric, with a paired bootstrap
@@ -59,11 +71,10 @@ are resampled with replacement, 1,000 draws, seed 0, the same draws for every ro
 draw's recovery is metric(compressed) / metric(dense) on the same resampled units (the 2.5th and
 97.5th percentiles). The dense model's per-sentence results are computed once; CoNLL keeps each
 sentence's true-positive, predicted and gold entity counts (seqeval's get_entities), so a draw's
-F1 is 2 TP / (predicted + gold) over sums. llm-compressor's rows have no interval (its script
-reports accuracy only). Also: one-shot wall time (and training time), peak memory, mean relative
-reconstruction error of the pruned modules. Results print as one JSON line each and a table.
-Reads ../shared/data/sst2 beside the clone (train.tsv, dev.tsv) for SST-2; says so and exits
-when the data is missing.
+F1 is 2 TP / (predicted + gold) over sums. Also: one-shot wall time (and training time), peak
+memory, mean relative reconstruction error of the pruned modules. Results print as one JSON line
+each and a table. Reads ../shared/data/sst2 beside the clone (train.tsv, dev.tsv) for SST-2; says
+so and exits when the data is missing.
 """
 
 from __future__ import annotations
