@@ -268,6 +268,37 @@ def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
     )
 
 
+def dequantized_tables(path, tmp_path, rows: int) -> list[str]:
+    """Initializers of `rows` rows that onnxruntime's optimized graph dequantizes whole."""
+    optimized = tmp_path / f"{path.stem}_optimized.onnx"
+    verify.create_session(path, optimized)
+    graph = onnx.load(str(optimized))
+    tables = {i.name for i in graph.graph.initializer if len(i.dims) == 2 and i.dims[0] == rows}
+    nodes = graph.graph.node
+    return [n.input[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in tables]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantized_embeddings_are_dequantized_after_the_lookup(
+    qat_model_dir, tmp_path, per_channel
+):
+    """onnxruntime would dequantize the whole int8 vocabulary table on every run (the largest
+    cost at batch 1); the export gathers the int8 rows first, plain and fused."""
+    model = load_model(qat_model_dir("text-classification", per_channel), "text-classification")
+    vocab, width = model.config.vocab_size, model.config.hidden_size
+    plain, fused, _ = export_and_fuse(model, tmp_path)
+    for path in (plain, fused):
+        graph = onnx.load(str(path))
+        tables = [i for i in graph.graph.initializer if list(i.dims) == [vocab, width]]
+        assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
+        lookup = next(n for n in graph.graph.node if n.input[:1] == [tables[0].name])
+        assert lookup.op_type == "Gather"
+        assert dequantized_tables(path, tmp_path, vocab) == []
+        diff = verify.compare(verify.create_session(path), model, padded_batches(), ["logits"])
+        assert verify.tolerance_check(diff, quantized=True)[0], diff
+
+
 @pytest.mark.slow
 def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
