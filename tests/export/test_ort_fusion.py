@@ -250,7 +250,7 @@ def test_qdq_export_gets_integer_attention_with_the_qat_scales(
 
 
 @pytest.mark.slow
-def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
+def test_quantized_attention_matmuls_stay_quantized(qat_model_dir, tmp_path):
     """QAttention computes Q.K^T and probs.V in float: a QAT model that quantized them keeps them."""
     model = load_model(qat_model_dir("text-classification"), "text-classification")
     assert model.config._attn_implementation == "sparseforge_qat"
@@ -266,6 +266,22 @@ def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
         optimized.get("QLinearMatMul", 0) + optimized.get("MatMulIntegerToFloat", 0)
         == 6 * LAYERS + 2 * LAYERS
     )
+    # Q/K/V biases are added by their MatMulIntegerToFloat, not by Add nodes of their own
+    assert report["ort_fusion"]["rewrites"]["linear_biases"] == 3 * LAYERS
+    optimized_path = tmp_path / "optimized.onnx"
+    verify.create_session(target / "model.onnx", optimized_path)
+    graph = onnx.load(str(optimized_path))
+    constants = {init.name for init in graph.graph.initializer}
+    kernels = {out: n.op_type for n in graph.graph.node for out in n.output}
+    with_bias = [n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert sum(len(n.input) == 7 and n.input[6] in constants for n in with_bias) == 3 * LAYERS
+    assert not [
+        n
+        for n in graph.graph.node
+        if n.op_type == "Add"
+        and kernels.get(n.input[0]) == "MatMulIntegerToFloat"
+        and n.input[1] in constants
+    ]
 
 
 def dequantized_tables(path, tmp_path, rows: int) -> list[str]:

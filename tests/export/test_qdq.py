@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from sparseforge.export import verify
+from sparseforge.export import ort_fusion, verify
 from sparseforge.export.qdq import (
     convert_to_integer_ops,
     fold_weight_quantization,
@@ -180,3 +181,29 @@ def test_gather_of_float_or_activation_tables_is_left_alone():
         helper.make_tensor_value_info("float_table", TensorProto.INT8, [10, 4])
     )
     assert gather_before_dequantize(model) == 0
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_linear_bias_joins_its_integer_matmul(tmp_path, per_channel):
+    model, _ = qdq_linear_graph(per_channel)
+    fold_weight_quantization(model)
+    x = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)
+    outputs = []
+    for name in ("qdq", "fused"):
+        if name == "fused":
+            assert ort_fusion.fuse_linear_bias(model) == 1
+            ops = [node.op_type for node in model.graph.node]
+            assert ops == ["QuantizeLinear", "MatMulIntegerToFloat"]
+            model.opset_import.append(onnx.helper.make_opsetid(ort_fusion.MS_DOMAIN, 1))
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        outputs.append(verify.create_session(tmp_path / f"{name}.onnx").run(None, {"x": x})[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+
+
+def test_linear_bias_of_a_float_or_shared_matmul_stays():
+    model, _ = qdq_linear_graph(per_channel=False)
+    assert ort_fusion.fuse_linear_bias(model) == 0  # float weight (not folded to int8)
+    fold_weight_quantization(model)
+    model.graph.output.append(onnx.helper.make_tensor_value_info("mm", 1, ["batch", 4]))
+    model.graph.node.append(onnx.helper.make_node("Relu", ["mm"], ["other"]))
+    assert ort_fusion.fuse_linear_bias(model) == 0  # the MatMul output has another reader

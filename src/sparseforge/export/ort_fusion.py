@@ -533,6 +533,7 @@ def _rewrite_and_optimize(
         ).model
     finally:
         quiet.setLevel(level)
+    rewrites["linear_biases"] = fuse_linear_bias(graph)
     if exposed.inputs:
         rewrites["exposed_attention"] = len(exposed.inputs)
         for name, array in exposed.params.items():
@@ -545,6 +546,62 @@ def _rewrite_and_optimize(
         for init in unused:  # the dequantized float weights the fusion consumed
             graph.graph.initializer.remove(init)
     return graph, rewrites
+
+
+def _integer_linear(index: _Index, matmul: onnx.NodeProto) -> list[str] | None:
+    """MatMulIntegerToFloat inputs (A, B, scales, zero points) of `DQ(A) x DQ(int8 weight)`, or
+    None: a per-tensor quantized activation times an int8 weight with per-tensor or per-column
+    scales, the forms onnxruntime's kernel takes."""
+    parts = [index.producer.get(name) for name in matmul.input[:2]]
+    if any(p is None or p.op_type != "DequantizeLinear" or len(p.input) < 3 for p in parts):
+        return None
+    (a, b), weight = parts, index.constant(parts[1].input[0])
+    a_scale, b_scale = index.constant(a.input[1]), index.constant(b.input[1])
+    if weight is None or weight.dtype != np.int8 or weight.ndim != 2 or a_scale is None:
+        return None
+    if a.input[0] in index.initializers or a_scale.size != 1 or b_scale is None:
+        return None
+    axis = next((helper.get_attribute_value(x) for x in b.attribute if x.name == "axis"), 1)
+    if b_scale.size != 1 and (axis % 2 != 1 or b_scale.shape != (weight.shape[1],)):
+        return None
+    return [a.input[0], b.input[0], a.input[1], b.input[1], a.input[2], b.input[2]]
+
+
+def fuse_linear_bias(model: onnx.ModelProto) -> int:
+    """Turn each quantized `MatMul -> Add(bias)` whose bias no fused op took (the Q/K/V
+    projections of an unfused attention) into one MatMulIntegerToFloat with the bias: onnxruntime
+    makes MatMulIntegerToFloat of the QDQ MatMul but leaves the Add a node of its own. The same
+    int8 weights, scales and zero points; returns how many."""
+    index = _Index(model)
+    nodes: list[onnx.NodeProto | None] = list(index.graph.node)
+    position = {out: i for i, node in enumerate(nodes) for out in node.output}
+    fused = 0
+    for i, add in enumerate(list(nodes)):
+        if add is None or add.op_type != "Add":
+            continue
+        matmul, bias = index.parent(add, 0), index.constant(add.input[1])
+        if matmul is None or matmul.op_type != "MatMul" or bias is None or bias.ndim != 1:
+            continue
+        inputs = _integer_linear(index, matmul)
+        if inputs is None or len(index.consumers.get(matmul.output[0], [])) != 1:
+            continue
+        if bias.dtype != np.float32 or bias.shape[0] != index.constant(inputs[1]).shape[1]:
+            continue
+        nodes[i] = helper.make_node(
+            "MatMulIntegerToFloat",
+            [*inputs, add.input[1]],
+            list(add.output),
+            f"{_PREFIX}_{matmul.name}_bias",
+            domain=MS_DOMAIN,
+        )
+        nodes[position[matmul.output[0]]] = None
+        fused += 1
+    if fused:
+        kept = [node for node in nodes if node is not None]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        prune_dead_nodes(model)
+    return fused
 
 
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
