@@ -316,11 +316,74 @@ def test_quantized_embeddings_are_dequantized_after_the_lookup(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_option_runs_quantized_attention_as_qattention(qat_model_dir, tmp_path, per_channel):
+    """`fuse_quantized_attention`: the QAT attention (quantized Q, K, probs, V) becomes
+    QAttention over the same int8 Q/K/V weights; outputs stay within the QDQ tolerance."""
+    model_dir = qat_model_dir("text-classification", per_channel)
+    target = to_onnx(
+        model_dir,
+        "glue",
+        sequence_length=16,
+        output_dir=tmp_path / "fused",
+        fuse_quantized_attention=True,
+    )
+    report = report_of(target)
+    fusion = report["ort_fusion"]
+    assert fusion["applied"] is True and report["verification"]["passed"]
+    assert fusion["rewrites"]["float_attention_matmuls"] == LAYERS
+    assert fusion["fused_nodes"]["QAttention"] == LAYERS
+    optimized = report["onnxruntime_optimized_node_counts"]
+    # only the attention output, intermediate and output dense remain integer MatMuls
+    assert optimized.get("MatMulIntegerToFloat", 0) == 3 * LAYERS
+    assert "Softmax" not in optimized and "QLinearMatMul" not in optimized
+    assert "Transpose" not in optimized
+    graph = onnx.load(str(target / "model.onnx"))
+    stored = {init.name: onnx.numpy_helper.to_array(init) for init in graph.graph.initializer}
+    qattention = next(node for node in graph.graph.node if node.op_type == "QAttention")
+    assert stored[qattention.input[1]].dtype == np.int8
+    assert stored[qattention.input[1]].shape == (32, 96)
+    model = load_model(model_dir, "text-classification")
+    diff = verify.compare(
+        verify.create_session(target / "model.onnx"), model, padded_batches(), ["logits"]
+    )
+    assert verify.tolerance_check(diff, quantized=True)[0], diff
+
+
+@pytest.mark.slow
+def test_option_falls_back_when_the_float_attention_misses_the_tolerance(
+    qat_model_dir, tmp_path, monkeypatch
+):
+    """A quantized model's tolerance is loose: the miss is simulated, the fallback is real."""
+    real_check = ort_fusion._check
+
+    def refuse_qattention(path, *args):
+        if any(n.op_type == "QAttention" for n in onnx.load(str(path)).graph.node):
+            return "fused graph max |diff| 9 beyond tolerance"
+        return real_check(path, *args)
+
+    monkeypatch.setattr(ort_fusion, "_check", refuse_qattention)
+    target = to_onnx(
+        qat_model_dir("text-classification"),
+        "glue",
+        sequence_length=16,
+        output_dir=tmp_path / "fallback",
+        fuse_quantized_attention=True,
+    )
+    report = report_of(target)
+    fusion = report["ort_fusion"]
+    assert fusion["applied"] is True and report["verification"]["passed"]
+    assert fusion["fuse_quantized_attention"].startswith("not applied: fused graph max |diff|")
+    assert "QAttention" not in fusion["fused_nodes"]
+    assert fusion["rewrites"]["linear_biases"] == 3 * LAYERS
+
+
+@pytest.mark.slow
 def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
 
-    def corrupting_fuse(graph):
-        fused, report = real_fuse(graph)
+    def corrupting_fuse(graph, **options):
+        fused, report = real_fuse(graph, **options)
         for init in fused.graph.initializer:
             array = onnx.numpy_helper.to_array(init)
             if array.dtype == np.float32 and array.ndim == 2 and "qkv" in init.name.lower():
@@ -340,8 +403,8 @@ def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeyp
 def test_fused_graph_onnxruntime_cannot_load_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
 
-    def broken_fuse(graph):
-        fused, report = real_fuse(graph)
+    def broken_fuse(graph, **options):
+        fused, report = real_fuse(graph, **options)
         fused.graph.node[-1].input[0] = "no_such_tensor"
         return fused, report
 
@@ -361,3 +424,10 @@ def test_fused_graph_onnxruntime_cannot_load_is_not_kept(tiny_model_dir, monkeyp
 def test_cli_flag(argv, expected):
     args = build_parser().parse_args(["onnx", "--model_path", "m", "--task", "glue", *argv])
     assert args.ort_fusion is expected
+    assert args.fuse_quantized_attention is False
+
+
+def test_cli_flag_for_quantized_attention():
+    base = ["onnx", "--model_path", "m", "--task", "glue"]
+    for flag in ("--fuse_quantized_attention", "--fuse-quantized-attention"):
+        assert build_parser().parse_args([*base, flag]).fuse_quantized_attention is True
