@@ -593,6 +593,10 @@ def _walk_to_projection(
     return _Projection(index, node), reshape
 
 
+def _is_op(node: onnx.NodeProto | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type
+
+
 def _head_size(index: _Index, reshape: onnx.NodeProto) -> int | None:
     """The last entry of a `[batch, seq, heads, head_size]` head Reshape's shape, if constant."""
     shape = index.constant(reshape.input[1])
@@ -610,11 +614,12 @@ class _QuantizedAttention:
     def __init__(self, index: _Index, softmax: onnx.NodeProto):
         self.ok = False
         add = index.producer.get(softmax.input[0])
-        scores = index.parent(add, 0) if add is not None and add.op_type == "Add" else None
-        if scores is None or scores.op_type != "MatMul" or MASK_INPUT not in index.inputs:
+        if add is None or add.op_type != "Add" or MASK_INPUT not in index.inputs:
             return
-        if not _depends_on(index, add.input[1], MASK_INPUT):
+        position = next((i for i in (0, 1) if _is_op(index.parent(add, i), "MatMul")), None)
+        if position is None or not _depends_on(index, add.input[1 - position], MASK_INPUT):
             return
+        scores = index.parent(add, position)
         self.scales: list[float] = []
         (q, q_shape), (k, _) = (_walk_to_projection(index, n, self.scales) for n in scores.input)
         context = self._context(index, softmax)
@@ -630,6 +635,9 @@ class _QuantizedAttention:
             return
         self.head_size = _head_size(index, q_shape)
         width = q.weight[0].shape[1]
+        shapes = {(p.weight[0].shape, p.bias.shape) for p in self.projections}
+        if shapes != {(q.weight[0].shape, (width,))}:
+            return
         if not self.head_size or width % self.head_size or self.output is None:
             return
         self.heads = width // self.head_size
