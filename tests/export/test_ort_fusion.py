@@ -250,7 +250,7 @@ def test_qdq_export_gets_integer_attention_with_the_qat_scales(
 
 
 @pytest.mark.slow
-def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
+def test_quantized_attention_matmuls_stay_quantized(qat_model_dir, tmp_path):
     """QAttention computes Q.K^T and probs.V in float: a QAT model that quantized them keeps them."""
     model = load_model(qat_model_dir("text-classification"), "text-classification")
     assert model.config._attn_implementation == "sparseforge_qat"
@@ -266,14 +266,124 @@ def test_quantized_attention_matmuls_stay_quantized(qat_model_dir):
         optimized.get("QLinearMatMul", 0) + optimized.get("MatMulIntegerToFloat", 0)
         == 6 * LAYERS + 2 * LAYERS
     )
+    # Q/K/V biases are added by their MatMulIntegerToFloat, not by Add nodes of their own
+    assert report["ort_fusion"]["rewrites"]["linear_biases"] == 3 * LAYERS
+    optimized_path = tmp_path / "optimized.onnx"
+    verify.create_session(target / "model.onnx", optimized_path)
+    graph = onnx.load(str(optimized_path))
+    constants = {init.name for init in graph.graph.initializer}
+    kernels = {out: n.op_type for n in graph.graph.node for out in n.output}
+    with_bias = [n for n in graph.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert sum(len(n.input) == 7 and n.input[6] in constants for n in with_bias) == 3 * LAYERS
+    assert not [
+        n
+        for n in graph.graph.node
+        if n.op_type == "Add"
+        and kernels.get(n.input[0]) == "MatMulIntegerToFloat"
+        and n.input[1] in constants
+    ]
+
+
+def dequantized_tables(path, tmp_path, rows: int) -> list[str]:
+    """Initializers of `rows` rows that onnxruntime's optimized graph dequantizes whole."""
+    optimized = tmp_path / f"{path.stem}_optimized.onnx"
+    verify.create_session(path, optimized)
+    graph = onnx.load(str(optimized))
+    tables = {i.name for i in graph.graph.initializer if len(i.dims) == 2 and i.dims[0] == rows}
+    nodes = graph.graph.node
+    return [n.input[0] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in tables]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantized_embeddings_are_dequantized_after_the_lookup(
+    qat_model_dir, tmp_path, per_channel
+):
+    """onnxruntime would dequantize the whole int8 vocabulary table on every run (the largest
+    cost at batch 1); the export gathers the int8 rows first, plain and fused."""
+    model = load_model(qat_model_dir("text-classification", per_channel), "text-classification")
+    vocab, width = model.config.vocab_size, model.config.hidden_size
+    plain, fused, _ = export_and_fuse(model, tmp_path)
+    for path in (plain, fused):
+        graph = onnx.load(str(path))
+        tables = [i for i in graph.graph.initializer if list(i.dims) == [vocab, width]]
+        assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.INT8
+        lookup = next(n for n in graph.graph.node if n.input[:1] == [tables[0].name])
+        assert lookup.op_type == "Gather"
+        assert dequantized_tables(path, tmp_path, vocab) == []
+        diff = verify.compare(verify.create_session(path), model, padded_batches(), ["logits"])
+        assert verify.tolerance_check(diff, quantized=True)[0], diff
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_option_runs_quantized_attention_as_qattention(qat_model_dir, tmp_path, per_channel):
+    """`fuse_quantized_attention`: the QAT attention (quantized Q, K, probs, V) becomes
+    QAttention over the same int8 Q/K/V weights; outputs stay within the QDQ tolerance."""
+    model_dir = qat_model_dir("text-classification", per_channel)
+    target = to_onnx(
+        model_dir,
+        "glue",
+        sequence_length=16,
+        output_dir=tmp_path / "fused",
+        fuse_quantized_attention=True,
+    )
+    report = report_of(target)
+    fusion = report["ort_fusion"]
+    assert fusion["applied"] is True and report["verification"]["passed"]
+    assert fusion["rewrites"]["float_attention_matmuls"] == LAYERS
+    assert fusion["fused_nodes"]["QAttention"] == LAYERS
+    optimized = report["onnxruntime_optimized_node_counts"]
+    # only the attention output, intermediate and output dense remain integer MatMuls
+    assert optimized.get("MatMulIntegerToFloat", 0) == 3 * LAYERS
+    assert "Softmax" not in optimized and "QLinearMatMul" not in optimized
+    assert "Transpose" not in optimized
+    graph = onnx.load(str(target / "model.onnx"))
+    stored = {init.name: onnx.numpy_helper.to_array(init) for init in graph.graph.initializer}
+    qattention = next(node for node in graph.graph.node if node.op_type == "QAttention")
+    assert stored[qattention.input[1]].dtype == np.int8
+    assert stored[qattention.input[1]].shape == (32, 96)
+    model = load_model(model_dir, "text-classification")
+    diff = verify.compare(
+        verify.create_session(target / "model.onnx"), model, padded_batches(), ["logits"]
+    )
+    assert verify.tolerance_check(diff, quantized=True)[0], diff
+
+
+@pytest.mark.slow
+def test_option_falls_back_when_the_float_attention_misses_the_tolerance(
+    qat_model_dir, tmp_path, monkeypatch
+):
+    """A quantized model's tolerance is loose: the miss is simulated, the fallback is real."""
+    real_check = ort_fusion._check
+
+    def refuse_qattention(path, *args):
+        if any(n.op_type == "QAttention" for n in onnx.load(str(path)).graph.node):
+            return "fused graph max |diff| 9 beyond tolerance"
+        return real_check(path, *args)
+
+    monkeypatch.setattr(ort_fusion, "_check", refuse_qattention)
+    target = to_onnx(
+        qat_model_dir("text-classification"),
+        "glue",
+        sequence_length=16,
+        output_dir=tmp_path / "fallback",
+        fuse_quantized_attention=True,
+    )
+    report = report_of(target)
+    fusion = report["ort_fusion"]
+    assert fusion["applied"] is True and report["verification"]["passed"]
+    assert fusion["fuse_quantized_attention"].startswith("not applied: fused graph max |diff|")
+    assert "QAttention" not in fusion["fused_nodes"]
+    assert fusion["rewrites"]["linear_biases"] == 3 * LAYERS
 
 
 @pytest.mark.slow
 def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
 
-    def corrupting_fuse(graph):
-        fused, report = real_fuse(graph)
+    def corrupting_fuse(graph, **options):
+        fused, report = real_fuse(graph, **options)
         for init in fused.graph.initializer:
             array = onnx.numpy_helper.to_array(init)
             if array.dtype == np.float32 and array.ndim == 2 and "qkv" in init.name.lower():
@@ -293,8 +403,8 @@ def test_fused_graph_that_fails_verification_is_not_kept(tiny_model_dir, monkeyp
 def test_fused_graph_onnxruntime_cannot_load_is_not_kept(tiny_model_dir, monkeypatch):
     real_fuse = ort_fusion.fuse
 
-    def broken_fuse(graph):
-        fused, report = real_fuse(graph)
+    def broken_fuse(graph, **options):
+        fused, report = real_fuse(graph, **options)
         fused.graph.node[-1].input[0] = "no_such_tensor"
         return fused, report
 
@@ -314,3 +424,10 @@ def test_fused_graph_onnxruntime_cannot_load_is_not_kept(tiny_model_dir, monkeyp
 def test_cli_flag(argv, expected):
     args = build_parser().parse_args(["onnx", "--model_path", "m", "--task", "glue", *argv])
     assert args.ort_fusion is expected
+    assert args.fuse_quantized_attention is False
+
+
+def test_cli_flag_for_quantized_attention():
+    base = ["onnx", "--model_path", "m", "--task", "glue"]
+    for flag in ("--fuse_quantized_attention", "--fuse-quantized-attention"):
+        assert build_parser().parse_args([*base, flag]).fuse_quantized_attention is True

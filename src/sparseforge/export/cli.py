@@ -75,6 +75,13 @@ def _add_graph_args(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="keep the plain ONNX graph: no onnxruntime transformer fusions (contrib ops, onnxruntime only)",
     )
+    group.add_argument(
+        "--fuse_quantized_attention",
+        "--fuse-quantized-attention",
+        action="store_true",
+        help="QAT with quantized attention matmuls: run the attention as onnxruntime's QAttention "
+        "(faster; Q/K/probs/V computed in float, not on their QAT grids)",
+    )
 
 
 def _add_verification_args(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +142,7 @@ def cli_main(argv: Sequence[str]) -> int:
         overwrite=args.overwrite,
         recipe=args.recipe,
         optimize=args.ort_fusion,
+        fuse_quantized_attention=args.fuse_quantized_attention,
     )
     report = json.loads((target / REPORT_FILE).read_text(encoding="utf-8"))
     check = report["verification"]

@@ -149,6 +149,7 @@ def to_onnx(
     overwrite: bool = False,
     recipe: str | os.PathLike | None = None,
     optimize: bool = True,
+    fuse_quantized_attention: bool = False,
 ) -> Path:
     """Export the model at `model_path` for `task` into a verified deployment folder; returns it.
 
@@ -156,6 +157,8 @@ def to_onnx(
     (see `sparseforge.export.verify`); the report is then in the error message, no folder is written.
     `optimize` applies onnxruntime's transformer fusions when the fused graph verifies
     (`sparseforge.export.ort_fusion`); the verification below always checks the graph written.
+    `fuse_quantized_attention` (QAT models with quantized attention matmuls) runs their
+    attention as onnxruntime's QAttention, dropping the Q/K/probs/V rounding (see the docs).
     """
     model_path = Path(model_path)
     task = normalize_task(task)
@@ -178,6 +181,7 @@ def to_onnx(
             opset=opset,
             int8_ops=int8_ops,
             optimize=optimize,
+            fuse_quantized_attention=fuse_quantized_attention,
             target=target,
         )
         _copy_model_files(model_path, tokenizer, recipe, staging)
@@ -281,6 +285,7 @@ def _export_and_verify(
     opset: int,
     int8_ops: bool,
     optimize: bool,
+    fuse_quantized_attention: bool = False,
     target: Path,
 ) -> _Verified:
     """Write the graph to `onnx_path` (fused when `optimize` and it verifies), then compare
@@ -291,7 +296,9 @@ def _export_and_verify(
         )
     fusion = {"applied": False, "reason": "disabled"}
     if optimize:
-        fusion = ort_fusion.apply_to_export(onnx_path, model, batches, output_names)
+        fusion = ort_fusion.apply_to_export(
+            onnx_path, model, batches, output_names, fuse_quantized_attention
+        )
     proto = onnx.load(str(onnx_path))
     if written_opset(proto) != opset:
         raise ExportError(

@@ -22,6 +22,7 @@ from sparseforge.errors import ExportError
 from sparseforge.export.qdq import (
     convert_to_integer_ops,
     fold_weight_quantization,
+    gather_before_dequantize,
     name_weights,
     translation_table,
 )
@@ -124,6 +125,7 @@ def export_onnx(
             log.setLevel(level)
     proto = program.model_proto
     stats = {"folded_weights": fold_weight_quantization(proto)}
+    stats["gathered_embeddings"] = gather_before_dequantize(proto)
     arrays = {f"model.{name}": p.detach().cpu().numpy() for name, p in model.named_parameters()}
     stats["renamed_weights"] = name_weights(proto, arrays)
     if int8_ops:

@@ -491,19 +491,22 @@ def quantize_attention(model: onnx.ModelProto, found: _QuantizedQKV) -> int:
     return replaced
 
 
-def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def fuse(
+    model: onnx.ModelProto, fuse_quantized_attention: bool = False
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The rewrites above, then onnxruntime's BERT optimizer (Python fusions only, opt_level 0,
     so the saved graph holds no hardware-specific kernels); returns the new graph and what changed.
 
     Heads and hidden size are detected per layer from the graph (`num_heads=0`), so layers with
     different head counts after structured pruning fuse with their own counts. A QDQ graph whose
     attentions do not all become QAttention is fused again without exposing them, so no
-    quantized Q/K/V projection is left running in float.
+    quantized Q/K/V projection is left running in float. `fuse_quantized_attention` turns
+    attentions whose matmul inputs QAT quantized into QAttention too (`float_attention_matmuls`).
     """
-    graph, rewrites = _rewrite_and_optimize(model, expose=True)
+    graph, rewrites = _rewrite_and_optimize(model, True, fuse_quantized_attention)
     if rewrites.get("exposed_attention", 0) > rewrites.get("quantized_attention", 0):
         logger.info("not every QDQ attention fused; fusing without them")
-        graph, rewrites = _rewrite_and_optimize(model, expose=False)
+        graph, rewrites = _rewrite_and_optimize(model, False, fuse_quantized_attention)
     domains = {opset.domain for opset in graph.opset_import}
     if MS_DOMAIN not in domains and any(node.domain == MS_DOMAIN for node in graph.graph.node):
         graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
@@ -511,7 +514,7 @@ def fuse(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
 
 
 def _rewrite_and_optimize(
-    model: onnx.ModelProto, expose: bool
+    model: onnx.ModelProto, expose: bool, fuse_quantized_attention: bool
 ) -> tuple[onnx.ModelProto, dict[str, int]]:
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -533,6 +536,9 @@ def _rewrite_and_optimize(
         ).model
     finally:
         quiet.setLevel(level)
+    if fuse_quantized_attention:
+        rewrites["float_attention_matmuls"] = float_attention_matmuls(graph)
+    rewrites["linear_biases"] = fuse_linear_bias(graph)
     if exposed.inputs:
         rewrites["exposed_attention"] = len(exposed.inputs)
         for name, array in exposed.params.items():
@@ -547,6 +553,257 @@ def _rewrite_and_optimize(
     return graph, rewrites
 
 
+class _Projection:
+    """A quantized Linear feeding the attention: its quantized input and int8 weight, bias."""
+
+    def __init__(self, index: _Index, add: onnx.NodeProto):
+        matmul = index.parent(add, 0)
+        self.bias = index.constant(add.input[1])
+        self.weight = _dq_weight(index, matmul.input[1]) if matmul is not None else None
+        dq = index.producer.get(matmul.input[0]) if matmul is not None else None
+        self.activation = _activation_qdq(index, dq) if dq is not None else None
+        self.input = dq.input[0] if dq is not None else None
+
+
+def _walk_to_projection(
+    index: _Index, name: str, scales: list[float]
+) -> tuple[_Projection | None, onnx.NodeProto | None]:
+    """From an attention matmul input back through its Quantize/Dequantize, Transpose, head
+    Reshape and scaling Mul (its constant appended to `scales`) to the projection's bias Add;
+    returns (projection, head Reshape)."""
+    reshape = None
+    node = index.producer.get(name)
+    while node is not None and node.op_type in (
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Transpose",
+        "Reshape",
+        "Mul",
+    ):
+        if node.op_type == "Reshape":
+            reshape = node
+        if node.op_type == "Mul":
+            factor = index.constant(node.input[1])
+            if factor is None or factor.size != 1:
+                return None, None
+            scales.append(float(factor.reshape(-1)[0]))
+        node = index.parent(node, 0)
+    if node is None or node.op_type != "Add" or reshape is None:
+        return None, None
+    return _Projection(index, node), reshape
+
+
+def _is_op(node: onnx.NodeProto | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type
+
+
+def _head_size(index: _Index, reshape: onnx.NodeProto) -> int | None:
+    """The last entry of a `[batch, seq, heads, head_size]` head Reshape's shape, if constant."""
+    shape = index.constant(reshape.input[1])
+    if shape is None:
+        concat = index.parent(reshape, 1)
+        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+            return None
+        shape = index.constant(concat.input[3])
+    return int(shape.reshape(-1)[-1]) if shape is not None and shape.size >= 1 else None
+
+
+class _QuantizedAttention:
+    """One unfused attention of a QDQ graph whose Q.K^T and probs.V inputs are quantized."""
+
+    def __init__(self, index: _Index, softmax: onnx.NodeProto):
+        self.ok = False
+        add = index.producer.get(softmax.input[0])
+        if add is None or add.op_type != "Add" or MASK_INPUT not in index.inputs:
+            return
+        position = next((i for i in (0, 1) if _is_op(index.parent(add, i), "MatMul")), None)
+        if position is None or not _depends_on(index, add.input[1 - position], MASK_INPUT):
+            return
+        scores = index.parent(add, position)
+        self.scales: list[float] = []
+        (q, q_shape), (k, _) = (_walk_to_projection(index, n, self.scales) for n in scores.input)
+        context = self._context(index, softmax)
+        if context is None or q is None or k is None:
+            return
+        v, _ = _walk_to_projection(index, context.input[1], [])
+        self.projections = [q, k, v]
+        if v is None or len(self.scales) > 1 or len({p.input for p in self.projections}) != 1:
+            return
+        if any(
+            p.weight is None or p.activation is None or p.bias is None for p in self.projections
+        ):
+            return
+        self.head_size = _head_size(index, q_shape)
+        width = q.weight[0].shape[1]
+        shapes = {(p.weight[0].shape, p.bias.shape) for p in self.projections}
+        if shapes != {(q.weight[0].shape, (width,))}:
+            return
+        if not self.head_size or width % self.head_size or self.output is None:
+            return
+        self.heads = width // self.head_size
+        self.ok = True
+
+    def _context(self, index: _Index, softmax: onnx.NodeProto) -> onnx.NodeProto | None:
+        """probs.V MatMul after Softmax's Quantize/Dequantize; sets `output`, the heads merged."""
+        self.output = None
+        node = softmax
+        for op in ("QuantizeLinear", "DequantizeLinear", "MatMul"):
+            users = index.consumers.get(node.output[0], [])
+            if len(users) != 1 or users[0].op_type != op:
+                return None
+            node = users[0]
+        merged = node
+        for op in ("Transpose", "Reshape"):
+            users = index.consumers.get(merged.output[0], [])
+            if len(users) != 1 or users[0].op_type != op:
+                return None
+            merged = users[0]
+        self.output = merged.output[0]
+        return node
+
+
+def float_attention_matmuls(model: onnx.ModelProto) -> int:
+    """Replace each attention whose Q.K^T and probs.V inputs QAT quantized by onnxruntime's
+    QAttention (export option `fuse_quantized_attention`); returns how many.
+
+    QAttention keeps the Q/K/V projections' int8 weights and the QAT scale of their input, but
+    computes Q, K, V, the scores, probs and context in float: the rounding of Q, K, probs and V
+    to their QAT grids is dropped (an approximation of the trained model the export
+    verification bounds). The key-padding mask is `attention_mask` itself (QAttention's raw
+    2-D mask), as `canonical_attention_mask` assumes for the float attention.
+    """
+    index = _Index(model)
+    found = [_QuantizedAttention(index, n) for n in index.graph.node if n.op_type == "Softmax"]
+    found = [attention for attention in found if attention.ok]
+    if not found:
+        return 0
+    mask = f"{_PREFIX}_mask_int32"
+    nodes = [helper.make_node("Cast", [MASK_INPUT], [mask], mask, to=TensorProto.INT32)]
+    for number, attention in enumerate(found):
+        nodes.extend(_qattention(model, attention, mask, f"{_PREFIX}_qattention_{number}"))
+    replaced = {attention.output for attention in found}
+    for node in model.graph.node:  # the old head merge stops producing the attention output
+        node.output[:] = [f"{out}_unused" if out in replaced else out for out in node.output]
+    model.graph.node.extend(nodes)
+    _sort_topologically(model)
+    prune_dead_nodes(model)
+    used = {name for node in model.graph.node for name in node.input}
+    for init in [init for init in model.graph.initializer if init.name not in used]:
+        model.graph.initializer.remove(init)  # the float biases and unpacked weights
+    return len(found)
+
+
+def _qattention(
+    model: onnx.ModelProto, attention: _QuantizedAttention, mask: str, name: str
+) -> list[onnx.NodeProto]:
+    """QAttention over the packed int8 Q/K/V weights, their biases and the shared input scale."""
+    weights = [p.weight for p in attention.projections]
+    int8 = np.ascontiguousarray(np.concatenate([w[0] for w in weights], axis=1))
+    scales = np.concatenate([w[1] for w in weights])
+    scales = scales[:1] if np.all(scales == scales[0]) else scales
+    bias = np.concatenate([p.bias for p in attention.projections]).astype(np.float32)
+    _, x_scale, x_zero = attention.projections[0].activation
+    arrays = {
+        "w": int8,
+        "ws": scales.astype(np.float32),
+        "wzp": np.zeros(1, np.int8),
+        "b": bias,
+        "xs": x_scale.reshape(()).astype(np.float32),
+        "xzp": x_zero.reshape(()),
+    }
+    for suffix, array in arrays.items():
+        model.graph.initializer.append(numpy_helper.from_array(array, f"{name}_{suffix}"))
+    inputs = [attention.projections[0].input] + [f"{name}_{s}" for s in ("w", "b", "xs", "ws")]
+    inputs += [mask, f"{name}_xzp", f"{name}_wzp"]
+    scale = attention.scales[0] if attention.scales else 1.0
+    return [
+        helper.make_node(
+            "QAttention",
+            inputs,
+            [attention.output],
+            name,
+            domain=MS_DOMAIN,
+            num_heads=attention.heads,
+            scale=float(scale),
+        )
+    ]
+
+
+def _sort_topologically(model: onnx.ModelProto) -> None:
+    """Order the graph's nodes so each comes after the producers of its inputs."""
+    nodes = list(model.graph.node)
+    available = {init.name for init in model.graph.initializer}
+    available |= {value.name for value in model.graph.input} | {""}
+    ordered, pending = [], nodes
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            raise ValueError("graph has a cycle or a missing input")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def _integer_linear(index: _Index, matmul: onnx.NodeProto) -> list[str] | None:
+    """MatMulIntegerToFloat inputs (A, B, scales, zero points) of `DQ(A) x DQ(int8 weight)`, or
+    None: a per-tensor quantized activation times an int8 weight with per-tensor or per-column
+    scales, the forms onnxruntime's kernel takes."""
+    parts = [index.producer.get(name) for name in matmul.input[:2]]
+    if any(p is None or p.op_type != "DequantizeLinear" or len(p.input) < 3 for p in parts):
+        return None
+    (a, b), weight = parts, index.constant(parts[1].input[0])
+    a_scale, b_scale = index.constant(a.input[1]), index.constant(b.input[1])
+    if weight is None or weight.dtype != np.int8 or weight.ndim != 2 or a_scale is None:
+        return None
+    if a.input[0] in index.initializers or a_scale.size != 1 or b_scale is None:
+        return None
+    axis = next((helper.get_attribute_value(x) for x in b.attribute if x.name == "axis"), 1)
+    if b_scale.size != 1 and (axis % 2 != 1 or b_scale.shape != (weight.shape[1],)):
+        return None
+    return [a.input[0], b.input[0], a.input[1], b.input[1], a.input[2], b.input[2]]
+
+
+def fuse_linear_bias(model: onnx.ModelProto) -> int:
+    """Turn each quantized `MatMul -> Add(bias)` whose bias no fused op took (the Q/K/V
+    projections of an unfused attention) into one MatMulIntegerToFloat with the bias: onnxruntime
+    makes MatMulIntegerToFloat of the QDQ MatMul but leaves the Add a node of its own. The same
+    int8 weights, scales and zero points; returns how many."""
+    index = _Index(model)
+    nodes: list[onnx.NodeProto | None] = list(index.graph.node)
+    position = {out: i for i, node in enumerate(nodes) for out in node.output}
+    fused = 0
+    for i, add in enumerate(list(nodes)):
+        if add is None or add.op_type != "Add":
+            continue
+        matmul, bias = index.parent(add, 0), index.constant(add.input[1])
+        if matmul is None or matmul.op_type != "MatMul" or bias is None or bias.ndim != 1:
+            continue
+        inputs = _integer_linear(index, matmul)
+        if inputs is None or len(index.consumers.get(matmul.output[0], [])) != 1:
+            continue
+        if bias.dtype != np.float32 or bias.shape[0] != index.constant(inputs[1]).shape[1]:
+            continue
+        nodes[i] = helper.make_node(
+            "MatMulIntegerToFloat",
+            [*inputs, add.input[1]],
+            list(add.output),
+            f"{_PREFIX}_{matmul.name}_bias",
+            domain=MS_DOMAIN,
+        )
+        nodes[position[matmul.output[0]]] = None
+        fused += 1
+    if fused:
+        kept = [node for node in nodes if node is not None]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        prune_dead_nodes(model)
+    return fused
+
+
 def fused_counts(model: onnx.ModelProto) -> dict[str, int]:
     """How many nodes of each fused op type the graph holds."""
     types = [node.op_type for node in model.graph.node]
@@ -558,18 +815,41 @@ def apply_to_export(
     model: torch.nn.Module,
     batches: Sequence[Mapping[str, torch.Tensor]],
     output_names: Sequence[str],
+    fuse_quantized_attention: bool = False,
 ) -> dict[str, Any]:
     """Replace the ONNX file at `path` by its fused graph if onnxruntime still matches PyTorch.
 
     Returns the report entry: whether the fused graph was kept, the rewrites, the fused node
     counts and, when it was not kept, why. The caller verifies the file finally written as usual.
+    With `fuse_quantized_attention`, a graph whose float attention misses the tolerance is fused
+    again without it (the report says why under `fuse_quantized_attention`).
     """
     from sparseforge.export import verify
 
     original = onnx.load(str(path))
     quantized = verify.is_quantized_graph(original)
+    entry = _fuse_and_check(path, model, batches, output_names, quantized, fuse_quantized_attention)
+    if fuse_quantized_attention and not entry["applied"]:
+        logger.warning("%s with fuse_quantized_attention; fusing without it", entry["reason"])
+        refused = entry["reason"]
+        entry = _fuse_and_check(path, model, batches, output_names, quantized, False)
+        entry["fuse_quantized_attention"] = f"not applied: {refused}"
+    return entry
+
+
+def _fuse_and_check(
+    path: Path,
+    model: torch.nn.Module,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    output_names: Sequence[str],
+    quantized: bool,
+    fuse_quantized_attention: bool,
+) -> dict[str, Any]:
+    """One attempt of `apply_to_export`: fuse, verify the candidate, move it over `path` if kept."""
     try:
-        fused, report = fuse(original)
+        fused, report = fuse(
+            onnx.load(str(path)), fuse_quantized_attention=fuse_quantized_attention
+        )
     except Exception as err:  # the optimizer's pattern code raises many types
         logger.warning("onnxruntime fusion failed (%s); keeping the unfused graph", err)
         return {"applied": False, "reason": f"optimizer failed: {type(err).__name__}: {err}"}

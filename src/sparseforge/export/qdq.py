@@ -8,7 +8,10 @@
 2. `fold_weight_quantization` stores each quantized weight as an int8 initializer feeding its
    DequantizeLinear (4x smaller, what onnxruntime's QDQ fusions look for), folding the weight
    Transpose the exporter puts before MatMul into the initializer.
-3. `convert_to_integer_ops` (`--int8_ops`) rewrites DQ -> MatMul / Gemm into MatMulInteger ->
+3. `gather_before_dequantize` gathers the rows of a quantized embedding table before
+   dequantizing them: onnxruntime would otherwise dequantize the whole table (30522 x 384 for
+   BERT's vocabulary) on every run, the largest cost of a batch-1 QDQ graph.
+4. `convert_to_integer_ops` (`--int8_ops`) rewrites DQ -> MatMul / Gemm into MatMulInteger ->
    Cast -> Mul (-> Add bias), SparseML's integer form, for runtimes without QDQ fusion.
 """
 
@@ -218,6 +221,76 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
         folded += 1
     g.remove_unused()
     return folded
+
+
+def gather_before_dequantize(model: onnx.ModelProto) -> int:
+    """Rewrite `Gather(DequantizeLinear(int table), ids)` into `DequantizeLinear(Gather(int
+    table, ids))`: the same values, dequantizing only the rows read; returns how many Gathers.
+
+    Per-tensor scales and per-channel scales on a non-gathered axis move as they are (the axis
+    counted from the end). Scales per gathered row (zero points 0) are gathered with the rows:
+    `Cast(Gather(q)) * Gather(scale)`. Other consumers of the table keep its DequantizeLinear.
+    """
+    g = _Graph(model)
+    rewritten = 0
+    new_nodes: list[onnx.NodeProto] = []
+    for node in g.graph.node:
+        replacement = _gathered_rows(g, node) if node.op_type == "Gather" else None
+        new_nodes.extend(replacement or [node])
+        rewritten += replacement is not None
+    del g.graph.node[:]
+    g.graph.node.extend(new_nodes)
+    g.remove_unused()
+    return rewritten
+
+
+def _gathered_rows(g: _Graph, gather: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    parts = _dq_parts(g, gather.input[0])
+    if parts is None or parts[1] not in g.initializers:
+        return None
+    dq, table, scale, zero_point = parts
+    if scale not in g.constants or zero_point not in g.constants:
+        return None
+    rank = len(g.initializers[table].dims)
+    axis = _attr(gather, "axis", 0) % rank
+    out, prefix = gather.output[0], f"{gather.name or gather.output[0]}_rows"
+    take = helper.make_node(
+        "Gather", [table, gather.input[1]], [f"{prefix}_q"], name=f"{prefix}_gather", axis=axis
+    )
+    if g.constants[scale].size == 1:
+        return [
+            take,
+            helper.make_node(
+                "DequantizeLinear", [f"{prefix}_q", scale, zero_point], [out], name=f"{prefix}_dq"
+            ),
+        ]
+    dq_axis = _attr(dq, "axis", 1) % rank
+    if dq_axis != axis:
+        position = dq_axis if dq_axis < axis else dq_axis - rank  # counted from the end
+        dequantize = helper.make_node(
+            "DequantizeLinear",
+            [f"{prefix}_q", scale, zero_point],
+            [out],
+            name=f"{prefix}_dq",
+            axis=position,
+        )
+        return [take, dequantize]
+    if rank != 2 or axis != 0 or np.any(g.constants[zero_point] != 0):
+        return None
+    column = g.add_initializer(np.array([-1], np.int64), f"{prefix}_last_axis")
+    return [
+        take,
+        helper.make_node(
+            "Cast", [f"{prefix}_q"], [f"{prefix}_f"], name=f"{prefix}_cast", to=TensorProto.FLOAT
+        ),
+        helper.make_node(
+            "Gather", [scale, gather.input[1]], [f"{prefix}_s"], name=f"{prefix}_scales", axis=0
+        ),
+        helper.make_node(
+            "Unsqueeze", [f"{prefix}_s", column], [f"{prefix}_su"], name=f"{prefix}_unsqueeze"
+        ),
+        helper.make_node("Mul", [f"{prefix}_f", f"{prefix}_su"], [out], name=f"{prefix}_mul"),
+    ]
 
 
 def _fingerprint(array: np.ndarray) -> tuple:
