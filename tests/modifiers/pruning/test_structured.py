@@ -128,6 +128,27 @@ def test_exact_group_counts_after_each_update_and_masks_in_forward(score):
     assert manager.logs()["structured/heads_kept"] == 9.0
 
 
+def test_global_sparsity_false_prunes_every_kept_layer_alike():
+    """Per-layer ranking (`global_sparsity: false`): layers chosen first, then each kept layer
+    keeps the same number of heads and neurons (the even shapes that run fastest)."""
+    model = make_model("bert", layers=4)
+    text = recipe("{heads: 0.5, neurons: 0.75, layers: 0.5}", global_sparsity="false")
+    manager, _ = run(model, text, 9)  # past end_epoch 2.0: final targets, compacted
+    mod = manager.modifiers[0]
+    kept_layers = [i for i, alive in enumerate(mod.group_keep()["layers"][0].tolist()) if alive]
+    assert len(kept_layers) == 2
+    groups = find_encoder_groups(model)  # compacted: the kept layers' Linears are smaller
+    widths = [
+        (
+            model.get_submodule(groups.layers[i].q).out_features,
+            groups.neurons(model, groups.layers[i]),
+        )
+        for i in kept_layers
+    ]
+    assert widths == [(2 * 8, 16), (2 * 8, 16)]  # 2 of 4 heads (size 8), 16 of 64 neurons each
+    assert type(mod).model_fields["global_sparsity"].default is True  # the default ranks across
+
+
 # ----- compaction: outputs equal the masked model's ----------------------------------------------
 @pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
 def test_compacted_model_equals_masked_model(family):

@@ -66,7 +66,6 @@ class StructuredPruningModifier(GroupPruningModifier):
     """SparseML's structured (filter / channel) GMP, mapped onto heads and FFN neurons."""
 
     params_define_groups: ClassVar[bool] = True
-    ranks_globally: ClassVar[bool] = False
 
     params: str | list[str] = Field(default=ALL_PRUNABLE)
     param_groups: list[list[str]] | None = None
@@ -76,6 +75,7 @@ class StructuredPruningModifier(GroupPruningModifier):
     leave_enabled: bool = True
     score: Literal["magnitude", "first_order", "movement"] = "magnitude"
     compact: bool = False
+    global_sparsity: bool = False  # each layer to the target apart, as SparseML
 
     @field_validator("mask_type", mode="before")
     @classmethod

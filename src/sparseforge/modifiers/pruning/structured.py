@@ -78,9 +78,6 @@ class GroupPruningModifier(PruningModifier):
 
     # SparseML's StructuredPruningModifier names parameters; ours finds every group itself
     params_define_groups: ClassVar[bool] = False
-    # one ranking over all layers (True) or each layer pruned to the target apart (SparseML)
-    ranks_globally: ClassVar[bool] = True
-
     init_sparsity: float | dict[str, float] = 0.0
     final_sparsity: float | dict[str, float]
     inter_func: Literal["linear", "cubic", "inverse_cubic"] = "cubic"
@@ -89,6 +86,10 @@ class GroupPruningModifier(PruningModifier):
     min_neurons_per_layer: int = Field(default=16, ge=1)
     min_layers: int = Field(default=1, ge=1)
     compact: bool = True
+    # heads and neurons ranked over all (kept) layers at once, so layers end uneven (True), or
+    # every kept layer pruned to the target apart, so they end alike (False; SparseML's way):
+    # even shapes run faster at the same multiply-accumulates (BENCHMARKS.md, issue 22)
+    global_sparsity: bool = True
 
     _groups: EncoderGroups | None = PrivateAttr(default=None)
     _group_keep: dict[str, list[torch.Tensor]] = PrivateAttr(default_factory=dict)
@@ -269,7 +270,7 @@ class GroupPruningModifier(PruningModifier):
         ]
         previous = self._group_keep.get(structure)
         min_keep = self._min_keep(structure)
-        batches = [index] if type(self).ranks_globally else [[i] for i in index]
+        batches = [index] if self.global_sparsity else [[i] for i in index]
         full = [torch.ones(v.numel(), dtype=torch.bool) for v in scores]
         for part in batches:
             count = target_count(target, [scores[i].numel() for i in part], min_keep)
