@@ -92,9 +92,17 @@ def test_runs_a_few_steps_on_a_tiny_bert_and_compacts(stub):
         optimizer.step()
         optimizer.zero_grad()
     manager.finalize(model)
-    heads = sum(layer.attention.self.query.out_features // 8 for layer in model.bert.encoder.layer)
-    neurons = sum(layer.intermediate.dense.out_features for layer in model.bert.encoder.layer)
-    assert heads == 4 and neurons == 256 - round(0.76 * 256)
+    # the tiny BERT: 2 layers of 4 heads (size 8) and 128 neurons; layers go first, heads and
+    # neurons are then counted over the layers kept
+    targets = Recipe.load(zoo.resolve_recipe(stub)).modifiers_of(GroupPruningModifier)[0]
+    targets = targets.final_targets
+    kept = 2 - round(2 * targets.get("layers", 0.0))
+    layers = model.bert.encoder.layer
+    assert len(layers) == kept
+    heads = sum(layer.attention.self.query.out_features // 8 for layer in layers)
+    neurons = sum(layer.intermediate.dense.out_features for layer in layers)
+    assert heads == 4 * kept - round(targets["heads"] * 4 * kept)
+    assert neurons == 128 * kept - round(targets["neurons"] * 128 * kept)
     assert any(
         "fake" in type(m).__name__.lower() or "quant" in type(m).__name__.lower()
         for m in model.modules()
