@@ -130,7 +130,7 @@ def test_exact_group_counts_after_each_update_and_masks_in_forward(score):
 
 def test_global_sparsity_false_prunes_every_kept_layer_alike():
     """Per-layer ranking (`global_sparsity: false`): layers chosen first, then each kept layer
-    keeps the same number of heads and neurons (the even shapes that run fastest)."""
+    keeps the same number of heads and neurons."""
     model = make_model("bert", layers=4)
     text = recipe("{heads: 0.5, neurons: 0.75, layers: 0.5}", global_sparsity="false")
     manager, _ = run(model, text, 9)  # past end_epoch 2.0: final targets, compacted

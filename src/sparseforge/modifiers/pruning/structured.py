@@ -87,8 +87,7 @@ class GroupPruningModifier(PruningModifier):
     min_layers: int = Field(default=1, ge=1)
     compact: bool = True
     # heads and neurons ranked over all (kept) layers at once, so layers end uneven (True), or
-    # every kept layer pruned to the target apart, so they end alike (False; SparseML's way):
-    # even shapes run faster at the same multiply-accumulates (BENCHMARKS.md, issue 22)
+    # every kept layer pruned to the target apart, so they end alike (False; SparseML's way)
     global_sparsity: bool = True
 
     _groups: EncoderGroups | None = PrivateAttr(default=None)
