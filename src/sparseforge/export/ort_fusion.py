@@ -672,6 +672,8 @@ def float_attention_matmuls(model: onnx.ModelProto) -> int:
     verification bounds). The key-padding mask is `attention_mask` itself (QAttention's raw
     2-D mask), as `canonical_attention_mask` assumes for the float attention.
     """
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
     index = _Index(model)
     found = [_QuantizedAttention(index, n) for n in index.graph.node if n.op_type == "Softmax"]
     found = [attention for attention in found if attention.ok]
@@ -685,7 +687,7 @@ def float_attention_matmuls(model: onnx.ModelProto) -> int:
     for node in model.graph.node:  # the old head merge stops producing the attention output
         node.output[:] = [f"{out}_unused" if out in replaced else out for out in node.output]
     model.graph.node.extend(nodes)
-    _sort_topologically(model)
+    OnnxModel.graph_topological_sort(model.graph)  # the new nodes after their inputs
     prune_dead_nodes(model)
     used = {name for node in model.graph.node for name in node.input}
     for init in [init for init in model.graph.initializer if init.name not in used]:
@@ -727,25 +729,6 @@ def _qattention(
             scale=float(scale),
         )
     ]
-
-
-def _sort_topologically(model: onnx.ModelProto) -> None:
-    """Order the graph's nodes so each comes after the producers of its inputs."""
-    nodes = list(model.graph.node)
-    available = {init.name for init in model.graph.initializer}
-    available |= {value.name for value in model.graph.input} | {""}
-    ordered, pending = [], nodes
-    while pending:
-        ready = [n for n in pending if all(name in available for name in n.input)]
-        if not ready:
-            raise ValueError("graph has a cycle or a missing input")
-        for node in ready:
-            available.update(node.output)
-        ordered.extend(ready)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
 
 
 def _integer_linear(index: _Index, matmul: onnx.NodeProto) -> list[str] | None:
