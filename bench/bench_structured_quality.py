@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -102,18 +101,19 @@ def structured_recipe(work: Path, layer_gain: float | None, num_layers: int) -> 
     """The shipped stub itself, or (with per-layer distillation) its YAML plus that modifier."""
     if layer_gain is None:
         return STUB
+    from sparseforge.recipe.recipe import extract_front_matter
     from sparseforge.zoo import resolve_recipe
 
-    text = Path(resolve_recipe(STUB)).read_text(encoding="utf-8")
-    front = re.search(r"^---\n(.*?)^---\n", text, re.S | re.M)
-    if front is None or not front.group(1).rstrip().endswith("distill_output_keys: [logits]"):
+    stub = Path(resolve_recipe(STUB))
+    front = extract_front_matter(stub.read_text(encoding="utf-8"), str(stub), required=True)
+    if not front.rstrip().endswith("distill_output_keys: [logits]"):
         raise SystemExit(
             f"{STUB}: recipe layout changed (distillation_modifiers no longer last); update the bench"
         )
     layers = ", ".join(f"bert.encoder.layer.{i}" for i in range(num_layers))
     path = work / "structured_layer_distillation.yaml"
     path.write_text(
-        front.group(1) + LAYER_DISTILLATION.format(gain=layer_gain, layers=layers), encoding="utf-8"
+        front + LAYER_DISTILLATION.format(gain=layer_gain, layers=layers), encoding="utf-8"
     )
     return str(path)
 

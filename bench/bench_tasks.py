@@ -404,11 +404,12 @@ ENCODER_LINEAR = re.compile(
 
 def without_quantization(recipe: str, workdir: Path) -> str:
     """A copy of `recipe`'s YAML without its `quantization_modifiers:` block (all else equal)."""
+    from sparseforge.recipe.recipe import extract_front_matter
     from sparseforge.zoo import resolve_recipe
 
-    text = Path(resolve_recipe(recipe)).read_text(encoding="utf-8")
-    front = re.search(r"^---\n(.*?)^---\n", text, re.S | re.M)
-    lines = (front.group(1) if front else text).splitlines(keepends=True)
+    path = Path(resolve_recipe(recipe))
+    text = extract_front_matter(path.read_text(encoding="utf-8"), str(path))
+    lines = text.splitlines(keepends=True)
     kept, skipping = [], False
     for line in lines:
         if line.startswith("quantization_modifiers:"):
