@@ -425,9 +425,14 @@ def without_quantization(recipe: str, workdir: Path) -> str:
     return str(path)
 
 
+def variant_suffix(args: argparse.Namespace) -> str:
+    """"" or "_<variant>": what a diagnostic run adds to its folder and results file names."""
+    return f"_{args.variant}" if args.variant else ""
+
+
 def sparse_name(task: str, args: argparse.Namespace) -> str:
     """The sparse stage's folder name: <task>_sparse, or <task>_sparse_<variant>."""
-    return f"{task}_sparse" + (f"_{args.variant}" if args.variant else "")
+    return f"{task}_sparse{variant_suffix(args)}"
 
 
 def encoder_sparsity(model_dir: Path) -> float:
@@ -500,7 +505,7 @@ def main() -> int:
             total_seconds=time.perf_counter() - start,
             args=vars(args),
         )
-        suffix = f"_{args.variant}" if args.variant else ""
+        suffix = variant_suffix(args)
         (workdir / f"results_{task}{suffix}.json").write_text(json.dumps(info, indent=2) + "\n")
         print(
             "| task | dense F1 | sparse INT8 F1 (PyTorch) | (ONNX) | recovery | ONNX recovery "
