@@ -426,7 +426,7 @@ def without_quantization(recipe: str, workdir: Path) -> str:
 
 
 def variant_suffix(args: argparse.Namespace) -> str:
-    """ "" or "_<variant>": what a diagnostic run adds to its folder and results file names."""
+    """Nothing, or "_<variant>": what a diagnostic run adds to its folder and results file names."""
     return f"_{args.variant}" if args.variant else ""
 
 
